@@ -1,0 +1,117 @@
+"""Model and tensor names: the one contract shared by the exporter, the Triton configs and every client.
+
+The exporter names ONNX inputs/outputs from here, the model repository renders ``config.pbtxt`` from here,
+the gateway and load tests call Triton with these names, and a test checks every rendered config
+against its ONNX graph. Nothing else in the code base spells a model or tensor name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+EMBED_DIM = 512
+"""CLIP ViT-B/32 projection width; the index stores vectors of this size."""
+
+CLIP_CONTEXT_LENGTH = 77
+"""CLIP's positional table holds 77 tokens (BOS + 75 + EOS): longer text is truncated, deliberately."""
+
+CLIP_TEXT_BUCKETS = (8, 16, 32, 77)
+"""Token lengths text is padded to, so requests of similar length share a shape and batch together.
+
+CLIP's causal mask makes trailing pad tokens invisible to the EOT position, so padding to a bucket changes
+nothing in the embedding while costing far less than padding every query to 77.
+"""
+
+CLIP_IMAGE_SIZE = 224
+CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+RERANK_MAX_LENGTH = 256
+"""Token budget of one (query, passage) pair; the passage side is truncated first."""
+
+RERANK_PAIR_BUCKETS = (32, 64, 128, 256)
+
+MAX_IMAGE_PIXELS = 40_000_000
+"""Decoded images above this many pixels are refused before decoding (decompression-bomb guard)."""
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MIN_IMAGE_SIDE = 8
+MAX_PASSAGES = 256
+"""Most passages one ``rerank`` request may carry (also the cross-encoder's max batch size)."""
+
+MAX_TEXT_CHARS = 100_000
+"""Text longer than this is refused outright; anything shorter is tokenized and truncated if needed."""
+
+
+class Model(str, Enum):
+    """Triton model names, read as pipelines: pre-processing -> core encoder -> ensemble."""
+
+    CLIP_TEXT_TOKENIZE = "clip_text_tokenize"
+    CLIP_TEXT_ENCODER = "clip_text_encoder"
+    EMBED_TEXT = "embed_text"
+
+    CLIP_IMAGE_PREPROCESS = "clip_image_preprocess"
+    CLIP_IMAGE_ENCODER = "clip_image_encoder"
+    EMBED_IMAGE = "embed_image"
+
+    RERANK_TOKENIZE = "rerank_tokenize"
+    CROSS_ENCODER = "cross_encoder"
+    RERANK = "rerank"
+
+
+class Tensor(str, Enum):
+    """Tensor names, shared by ONNX graphs, configs and clients."""
+
+    # embed_text ensemble and its steps
+    TEXT = "TEXT"  # BYTES [1] per request: UTF-8 query text
+    INPUT_IDS = "input_ids"  # INT64 [seq]
+    ATTENTION_MASK = "attention_mask"  # INT64 [seq]
+    TOKEN_TYPE_IDS = "token_type_ids"  # INT64 [seq] (cross-encoder only)
+    EOT_INDEX = "eot_index"  # INT64 [1]: position of CLIP's end-of-text token
+    TRUNCATED = "TRUNCATED"  # BOOL [1]: the text was longer than the model's context and was cut
+    EMBEDDING = "EMBEDDING"  # FP32 [512], L2-normalised
+
+    # embed_image ensemble and its steps
+    IMAGE = "IMAGE"  # BYTES [1]: encoded JPEG/PNG/WebP bytes
+    PIXEL_VALUES = "pixel_values"  # FP32 [3, 224, 224], CLIP-normalised
+
+    # rerank ensemble and its steps
+    QUERY = "QUERY"  # BYTES [1]
+    PASSAGES = "PASSAGES"  # BYTES [n]
+    SCORES = "SCORES"  # FP32 [n]: cross-encoder logits, higher is more relevant
+    LOGITS = "logits"  # FP32 [1] per pair, the cross-encoder head's raw output
+
+
+class Target(str, Enum):
+    """Runtime targets rendered from one model-repository specification."""
+
+    CPU = "cpu"  # embedded tritonserver (nvidia-pytriton wheel), Python backend + onnxruntime
+    GPU = "gpu"  # NVIDIA Triton container: onnxruntime backend with TensorRT fp16, KIND_GPU
+
+
+class Weights(str, Enum):
+    """Where an artifact's weights came from; every artifact and every benchmark figure records it."""
+
+    PRETRAINED = "pretrained"  # a real checkpoint (hub id or local directory)
+    RANDOM = "random"  # architecture-identical, seeded random weights (offline)
+    PARTIAL = "partial"  # real encoder weights with a seeded random head (offline cross-encoder)
+
+
+class Size(str, Enum):
+    FULL = "full"  # ViT-B/32 CLIP + MiniLM-L6 cross-encoder: real compute cost
+    TINY = "tiny"  # same graph shapes, a few small layers: for tests
+
+
+@dataclass(frozen=True)
+class EnsembleIO:
+    """The public face of one ensemble: what a plain tritonclient sends and receives."""
+
+    model: Model
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+
+
+EMBED_TEXT_IO = EnsembleIO(Model.EMBED_TEXT, (Tensor.TEXT,), (Tensor.EMBEDDING, Tensor.TRUNCATED))
+EMBED_IMAGE_IO = EnsembleIO(Model.EMBED_IMAGE, (Tensor.IMAGE,), (Tensor.EMBEDDING,))
+RERANK_IO = EnsembleIO(Model.RERANK, (Tensor.QUERY, Tensor.PASSAGES), (Tensor.SCORES, Tensor.TRUNCATED))

@@ -1,0 +1,1 @@
+"""Generated index.v1 stubs (built from proto/ by `make protos`)."""
