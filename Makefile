@@ -59,3 +59,13 @@ fmt: venv ## format and autofix
 clean: ## remove build outputs (keeps the virtual environment)
 	rm -rf build $(VAR) .pytest_cache .mypy_cache .ruff_cache vitrine/.protos-*
 	find vitrine -name '*_pb2*.py*' -delete
+
+# ---- export (ONNX artifacts) ----
+
+# ---- model_repository (Triton) ----
+
+# ---- index_service (FAISS over gRPC) ----
+
+# ---- gateway, catalog and the main job ----
+
+# ---- loadtest and observability ----
