@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import functools
 import os
 import types
 import typing
@@ -62,10 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str) -> No
             parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_text)
         elif isinstance(tp, type) and issubclass(tp, enum.Enum):
             parser.add_argument(
-                flag, default=default, type=tp, choices=list(tp), help=help_text, metavar="{" + ",".join(m.value for m in tp) + "}"
+                flag,
+                default=default,
+                type=tp,
+                choices=list(tp),
+                help=help_text,
+                metavar="{" + ",".join(m.value for m in tp) + "}",
             )
         else:
-            parser.add_argument(flag, default=default, type=lambda raw, tp=tp: _parse(tp, raw), help=help_text)
+            parser.add_argument(flag, default=default, type=functools.partial(_parse, tp), help=help_text)
 
 
 def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
