@@ -1,0 +1,301 @@
+"""The pipeline's real clients: Triton (tritonclient.grpc.aio) and the index service (grpc.aio).
+
+Every call goes through ``_call``-style wrappers that hand dependency exceptions to
+``gateway.errors.from_dependency``, the one translation point, and pass the caller's remaining time as
+the dependency's own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from gateway.errors import Dependency, GatewayError, InvalidInput, from_dependency
+from gateway.pipeline import Candidate, FieldFilter, Record
+from vitrine.catalog import CATEGORY_SEPARATOR, Product
+from vitrine.contracts import EMBED_DIM, EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Model, Tensor
+from vitrine.index.v1 import index_pb2 as ipb
+from vitrine.index.v1 import index_pb2_grpc as ipb_grpc
+
+ATTR_PREFIX = "attr."
+CATEGORY_TAG = "category:"
+
+
+class TritonModels:
+    """Embedder and Reranker over one Triton endpoint."""
+
+    def __init__(self, url: str) -> None:
+        from tritonclient.grpc import aio as triton_aio
+
+        self.url = url
+        self.client = triton_aio.InferenceServerClient(url=url)
+        self._batched: dict[str, bool] = {}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def ready(self, timeout: float = 2.0) -> bool:
+        """Server live and every ensemble the gateway calls loaded."""
+        try:
+            async with asyncio.timeout(timeout):
+                if not await self.client.is_server_ready():
+                    return False
+                for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO):
+                    if not await self.client.is_model_ready(io.model.value):
+                        return False
+        except Exception:
+            return False
+        return True
+
+    async def _has_batch_dim(self, model: Model, timeout: float | None) -> bool:
+        """Ensembles that batch take a leading batch axis; ``rerank`` (max_batch_size 0) does not."""
+        if model.value not in self._batched:
+            cfg = await self.client.get_model_config(model.value, as_json=True, client_timeout=timeout)
+            self._batched[model.value] = int(cfg["config"].get("max_batch_size", 0)) > 0
+        return self._batched[model.value]
+
+    async def _infer(
+        self, model: Model, inputs: dict[Tensor, np.ndarray], outputs: Sequence[Tensor], timeout: float | None
+    ) -> dict[Tensor, np.ndarray]:
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+
+        try:
+            batched = await self._has_batch_dim(model, timeout)
+            tensors = []
+            for name, array in inputs.items():
+                arr = array[None, ...] if batched else array
+                dtype = "BYTES" if arr.dtype == np.object_ else "FP32"
+                tensor = InferInput(name.value, list(arr.shape), dtype)
+                tensor.set_data_from_numpy(arr)
+                tensors.append(tensor)
+            result = await self.client.infer(
+                model.value,
+                tensors,
+                outputs=[InferRequestedOutput(o.value) for o in outputs],
+                client_timeout=timeout,
+            )
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise from_dependency(Dependency.TRITON, exc) from exc
+        out = {}
+        for o in outputs:
+            arr = result.as_numpy(o.value)
+            if arr is None:
+                raise from_dependency(Dependency.TRITON, RuntimeError(f"{model.value} returned no {o.value}"))
+            out[o] = arr[0] if batched else arr
+        return out
+
+    async def embed_text(self, text: str, timeout: float | None) -> tuple[np.ndarray, bool]:
+        res = await self._infer(
+            Model.EMBED_TEXT,
+            {Tensor.TEXT: np.array([text.encode("utf-8")], dtype=np.object_)},
+            EMBED_TEXT_IO.outputs,
+            timeout,
+        )
+        return res[Tensor.EMBEDDING].astype(np.float32).reshape(EMBED_DIM), bool(res[Tensor.TRUNCATED].any())
+
+    async def embed_image(self, image: bytes, timeout: float | None) -> np.ndarray:
+        res = await self._infer(
+            Model.EMBED_IMAGE,
+            {Tensor.IMAGE: np.array([image], dtype=np.object_)},
+            EMBED_IMAGE_IO.outputs,
+            timeout,
+        )
+        return res[Tensor.EMBEDDING].astype(np.float32).reshape(EMBED_DIM)
+
+    async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray:
+        res = await self._infer(
+            Model.RERANK,
+            {
+                Tensor.QUERY: np.array([query.encode("utf-8")], dtype=np.object_),
+                Tensor.PASSAGES: np.array([p.encode("utf-8") for p in passages], dtype=np.object_),
+            },
+            (Tensor.SCORES,),
+            timeout,
+        )
+        return res[Tensor.SCORES].astype(np.float32).reshape(len(passages))
+
+
+def product_of(item: ipb.Item) -> Product:
+    """Rebuild a product from the payload stored next to its vector (no second lookup on the hot path)."""
+    p = item.payload
+    extra = dict(p.extra)
+    category = tuple(c for c in extra.get("category", "").split(CATEGORY_SEPARATOR) if c)
+    return Product(
+        id=item.id,
+        title=p.title,
+        description=p.description,
+        category=category,
+        brand=extra.get("brand", ""),
+        price=float(extra.get("price", "0") or 0.0),
+        image=p.image_uri,
+        attributes={k[len(ATTR_PREFIX) :]: v for k, v in extra.items() if k.startswith(ATTR_PREFIX)},
+    )
+
+
+def category_tags(category: Sequence[str]) -> list[str]:
+    """Every level's name and every path prefix, so a filter on "Shoes" or "Fashion > Shoes" matches."""
+    tags = set()
+    for i, name in enumerate(category):
+        tags.add(CATEGORY_TAG + name)
+        tags.add(CATEGORY_TAG + CATEGORY_SEPARATOR.join(category[: i + 1]))
+    return sorted(tags)
+
+
+class IndexRetriever:
+    """Retriever over the index service: two collections per catalog, same attributes and payload."""
+
+    def __init__(self, address: str, filter_attributes: Sequence[str], index_kind: str = "flat") -> None:
+        self.address = address
+        self.filter_attributes = tuple(filter_attributes)
+        self.index_kind = index_kind
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = ipb_grpc.IndexServiceStub(self.channel)
+        self._ensured: set[str] = set()
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+    async def ready(self, timeout: float = 2.0) -> bool:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            resp = await health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise from_dependency(Dependency.INDEX, exc) from exc
+
+    async def ensure_collection(self, name: str, timeout: float | None = 10.0) -> None:
+        """Create the collection when missing; an existing one is kept (ingestion is idempotent)."""
+        if name in self._ensured:
+            return
+        kind = {
+            "flat": ipb.INDEX_KIND_FLAT,
+            "hnsw": ipb.INDEX_KIND_HNSW,
+            "ivf_flat": ipb.INDEX_KIND_IVF_FLAT,
+        }[self.index_kind]
+        spec = ipb.CollectionSpec(
+            name=name,
+            dim=EMBED_DIM,
+            metric=ipb.METRIC_INNER_PRODUCT,
+            index=ipb.IndexSpec(kind=kind),
+            schema=ipb.AttributeSchema(
+                number_fields=["price"], keyword_fields=["brand", *self.filter_attributes]
+            ),
+        )
+        try:
+            await self.stub.CreateCollection(ipb.CreateCollectionRequest(spec=spec), timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise from_dependency(Dependency.INDEX, exc) from exc
+        self._ensured.add(name)
+
+    def _filter(self, filters: Sequence[FieldFilter]) -> ipb.Filter | None:
+        clauses = []
+        for f in filters:
+            if f.field == "category":
+                clauses.append(ipb.Filter(tags=ipb.TagMatch(any=[CATEGORY_TAG + v for v in f.any_of])))
+            elif f.field == "price":
+                rng = ipb.NumberRange(field="price")
+                if f.min is not None:
+                    rng.gte = f.min
+                if f.max is not None:
+                    rng.lte = f.max
+                clauses.append(ipb.Filter(range=rng))
+            else:
+                clauses.append(ipb.Filter(keyword=ipb.KeywordIn(field=f.field, values=list(f.any_of))))
+        if not clauses:
+            return None
+        return clauses[0] if len(clauses) == 1 else ipb.Filter(all=ipb.FilterList(filters=clauses))
+
+    async def search(
+        self,
+        collection: str,
+        vectors: Sequence[np.ndarray],
+        k: int,
+        filters: Sequence[FieldFilter],
+        timeout: float | None,
+    ) -> list[list[Candidate]]:
+        req = ipb.SearchRequest(
+            collection=collection,
+            queries=[ipb.Query(vector=np.asarray(v, dtype=np.float32).tolist()) for v in vectors],
+            k=k,
+            include_payload=True,
+        )
+        flt = self._filter(filters)
+        if flt is not None:
+            req.filter.CopyFrom(flt)
+        resp = await self._call(self.stub.Search, req, timeout)
+        return [[Candidate(h.id, h.score, product_of(h.item)) for h in r.hits] for r in resp.results]
+
+    async def get(
+        self, collection: str, ids: Sequence[str], timeout: float | None
+    ) -> dict[str, tuple[Product, np.ndarray]]:
+        resp = await self._call(
+            self.stub.Get, ipb.GetRequest(collection=collection, ids=list(ids), include_vectors=True), timeout
+        )
+        return {it.id: (product_of(it), np.asarray(it.vector, dtype=np.float32)) for it in resp.items}
+
+    def _item(self, record: Record) -> ipb.Item:
+        p = record.product
+        extra = {"category": p.category_path(), "brand": p.brand, "price": repr(float(p.price))}
+        extra.update({ATTR_PREFIX + k: v for k, v in p.attributes.items()})
+        keywords = {"brand": p.brand} if p.brand else {}
+        keywords.update({k: v for k, v in p.attributes.items() if k in self.filter_attributes})
+        return ipb.Item(
+            id=p.id,
+            vector=np.asarray(record.vector, dtype=np.float32).tolist(),
+            numbers={"price": float(p.price)},
+            keywords=keywords,
+            tags=category_tags(p.category),
+            payload=ipb.Payload(title=p.title, description=p.description, image_uri=p.image, extra=extra),
+        )
+
+    async def upsert(self, collection: str, records: Sequence[Record], timeout: float | None) -> None:
+        await self.ensure_collection(collection, timeout)
+        await self._call(
+            self.stub.Upsert,
+            ipb.UpsertRequest(collection=collection, items=[self._item(r) for r in records]),
+            timeout,
+        )
+
+    async def delete(self, collection: str, ids: Sequence[str], timeout: float | None) -> int:
+        resp = await self._call(
+            self.stub.Delete, ipb.DeleteRequest(collection=collection, ids=list(ids)), timeout
+        )
+        return int(resp.deleted)
+
+
+def check_image_header(image: bytes, max_pixels: int, min_side: int, max_bytes: int) -> None:
+    """Reject what is obviously not an image before it costs a Triton round trip (header only, cheap)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if len(image) > max_bytes:
+        raise InvalidInput(f"image is {len(image)} bytes; the limit is {max_bytes}")
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            width, height = img.size
+            fmt = img.format
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InvalidInput(f"image is not a decodable JPEG/PNG/WebP: {exc}") from None
+    if width * height > max_pixels:
+        raise InvalidInput(f"image is {width}x{height}; at most {max_pixels} pixels are accepted")
+    if min(width, height) < min_side:
+        raise InvalidInput(f"image is {width}x{height}; each side must be at least {min_side} pixels")
+    if fmt not in ("JPEG", "PNG", "WEBP", "GIF", "BMP"):
+        raise InvalidInput(f"image format {fmt} is not supported; send JPEG, PNG or WebP")

@@ -1,0 +1,62 @@
+"""The gateway's one configuration object; flags and ``VITRINE_GATEWAY_*`` variables derive from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.pipeline import Fusion, PipelineSettings, TextMatch
+
+ENV_PREFIX = "VITRINE_GATEWAY"
+DEFAULT_PORT = 50050
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
+    port: int = field(default=0, metadata={"help": "gRPC port; 0 binds a free one"})
+    triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC endpoint"})
+    index_address: str = field(default="127.0.0.1:50051", metadata={"help": "index service gRPC endpoint"})
+    collection: str = field(
+        default="products", metadata={"help": "catalog name; vectors live in <name>_image and <name>_title"}
+    )
+    text_match: TextMatch = field(
+        default=TextMatch.FUSION, metadata={"help": "how a text query meets products by default"}
+    )
+    fusion: Fusion = field(default=Fusion.RRF, metadata={"help": "how ranked lists of several spaces merge"})
+    rrf_k: int = field(default=60, metadata={"help": "reciprocal-rank fusion constant"})
+    title_weight: float = field(
+        default=0.5, metadata={"help": "share of a text query's weight on the title space (fusion)"}
+    )
+    filter_attributes: tuple[str, ...] = field(
+        default=("color", "material", "pattern"),
+        metadata={"help": "extra product attributes indexed for filtering (comma-separated)"},
+    )
+    index_kind: str = field(
+        default="flat", metadata={"help": "index of new collections: flat, hnsw, ivf_flat"}
+    )
+    max_in_flight: int = field(
+        default=64, metadata={"help": "requests served at once; more get RESOURCE_EXHAUSTED"}
+    )
+    default_timeout_s: float = field(
+        default=30.0, metadata={"help": "deadline applied when the caller sets none"}
+    )
+    upsert_batch: int = field(default=16, metadata={"help": "products embedded and written per batch"})
+    api_key: str = field(default="", metadata={"help": "require 'authorization: Bearer <key>'; empty = off"})
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate chain; with tls_key enables TLS"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key"})
+    health_interval_s: float = field(
+        default=1.0, metadata={"help": "seconds between dependency readiness probes"}
+    )
+    metrics_port: int = field(default=-1, metadata={"help": "Prometheus port; 0 = a free one, -1 = off"})
+    grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})
+    log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error"})
+
+    def pipeline_settings(self) -> PipelineSettings:
+        return PipelineSettings(
+            collection=self.collection,
+            text_match=self.text_match,
+            fusion=self.fusion,
+            rrf_k=self.rrf_k,
+            title_weight=self.title_weight,
+            filter_attributes=self.filter_attributes,
+        )

@@ -1,0 +1,120 @@
+"""The gateway's failure vocabulary and its two translation points.
+
+Dependencies fail in their own dialects (``grpc.aio.AioRpcError`` from the index service, tritonclient's
+``InferenceServerException`` with a status string from Triton). ``from_dependency`` turns both into
+typed errors once, at the client boundary, naming the dependency; ``status_of`` turns a typed error into
+the gRPC status the caller sees, once, in the servicer. Nothing in between inspects status codes.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import grpc
+
+
+class Dependency(str, Enum):
+    TRITON = "triton"
+    INDEX = "index"
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports on purpose."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidInput(GatewayError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(GatewayError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Overloaded(GatewayError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(GatewayError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(GatewayError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class DependencyError(GatewayError):
+    """A dependency failed; ``code`` is what the caller sees, ``dependency`` says which one."""
+
+    def __init__(self, dependency: Dependency, code: grpc.StatusCode, detail: str) -> None:
+        super().__init__(f"{dependency.value}: {detail}")
+        self.dependency = dependency
+        self.code = code
+        self.detail = detail
+
+
+class Unavailable(DependencyError):
+    def __init__(self, dependency: Dependency, detail: str) -> None:
+        super().__init__(dependency, grpc.StatusCode.UNAVAILABLE, f"unavailable ({detail})")
+
+
+# How a dependency's status reaches the caller. Caller mistakes the dependency detected (a corrupt image
+# Triton could not decode, a filter the index refused) stay INVALID_ARGUMENT; anything that says the
+# dependency is down or overloaded becomes UNAVAILABLE so clients retry; everything else is INTERNAL,
+# because the gateway built the request and a rejection is its bug.
+_PASS_THROUGH = {
+    grpc.StatusCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE: grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED: grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.NOT_FOUND: grpc.StatusCode.UNAVAILABLE,  # a model or collection that is not loaded
+    grpc.StatusCode.FAILED_PRECONDITION: grpc.StatusCode.UNAVAILABLE,
+}
+
+_BY_NAME = {code.name: code for code in grpc.StatusCode}
+
+
+def _triton_code(status: str | None) -> grpc.StatusCode:
+    """tritonclient reports gRPC codes as strings like ``StatusCode.UNAVAILABLE``."""
+    name = (status or "").rsplit(".", 1)[-1].upper()
+    return _BY_NAME.get(name, grpc.StatusCode.UNKNOWN)
+
+
+def from_dependency(dependency: Dependency, exc: BaseException) -> GatewayError:
+    """The one place dependency exceptions become typed errors."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        detail = (exc.details() if hasattr(exc, "details") else None) or str(code)
+    elif isinstance(exc, InferenceServerException):
+        code = _triton_code(exc.status())
+        detail = exc.message() or str(exc)
+        if code == grpc.StatusCode.UNKNOWN and "unavailable" in detail.lower():
+            code = grpc.StatusCode.UNAVAILABLE
+    elif isinstance(exc, (ConnectionError, OSError)):
+        code, detail = grpc.StatusCode.UNAVAILABLE, str(exc)
+    else:
+        code, detail = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+    mapped = _PASS_THROUGH.get(code, grpc.StatusCode.INTERNAL)
+    if mapped == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(dependency, detail)
+    if mapped == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"deadline exceeded waiting for {dependency.value}")
+    if mapped == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInput(f"{dependency.value} rejected the input: {detail}")
+    return DependencyError(dependency, mapped, detail)
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one place typed errors become a gRPC status and message."""
+    if isinstance(exc, GatewayError):
+        return exc.code, str(exc)
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"

@@ -1,0 +1,47 @@
+"""The gateway's own Prometheus metrics (Triton's count only what reached Triton).
+
+Each server gets its own registry, so several gateways in one process (tests) never share counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class GatewayMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "vitrine_gateway_requests",
+            "Requests by method and gRPC status code",
+            ["method", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "vitrine_gateway_request_seconds",
+            "Request latency by method",
+            ["method"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "vitrine_gateway_stage_seconds",
+            "Latency of pipeline stages (embed_text, embed_image, retrieve, rerank, total)",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("vitrine_gateway_in_flight", "Requests being served", registry=r)
+        self.dependency_up = Gauge(
+            "vitrine_gateway_dependency_up",
+            "1 when the dependency passed its last probe",
+            ["dependency"],
+            registry=r,
+        )

@@ -1,0 +1,463 @@
+"""Search as plain code: embed -> retrieve (one or more vector spaces, fused) -> re-rank.
+
+The clients are passed in as the three protocols below, so the pipeline runs the same against Triton and
+the index service (``gateway.clients``) as against anything a test or benchmark supplies. Each product
+lives in two vector spaces, ``<collection>_image`` (CLIP image embedding of its photo) and
+``<collection>_title`` (CLIP text embedding of its title). How a text query meets them is a choice
+(``TextMatch``), and so is how ranked lists from several spaces become one (``Fusion``):
+
+- ``rrf``: reciprocal-rank fusion, sum of ``weight / (rrf_k + rank)``. Scale-free, so cosine scores from
+  different spaces (text-image similarities sit far lower than text-text ones) need no calibration.
+- ``weighted``: sum of ``weight * cosine``; keeps score magnitudes, a product missing from one list
+  contributes nothing there.
+
+Deadlines: every stage gets the time left until the caller's deadline, and the whole search is bounded by
+it, so a slow dependency becomes DEADLINE_EXCEEDED rather than work nobody waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from gateway.errors import DeadlineExceeded, InvalidInput, NotFound
+from vitrine.catalog import Product
+
+T = TypeVar("T")
+
+
+class TextMatch(str, Enum):
+    IMAGE = "image"  # text query vs product image vectors (CLIP's cross-modal space)
+    TITLE = "title"  # text query vs product title vectors
+    FUSION = "fusion"  # both, fused
+
+
+class Fusion(str, Enum):
+    RRF = "rrf"
+    WEIGHTED = "weighted"
+
+
+BUILTIN_FILTER_FIELDS = ("category", "brand", "price")
+MAX_TOP_K = 100
+MAX_RERANK_DEPTH = 200
+DEFAULT_TOP_K = 10
+DEFAULT_RERANK_DEPTH = 50
+
+
+@dataclass(frozen=True)
+class FieldFilter:
+    field: str
+    any_of: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    score: float
+    product: Product
+
+
+@dataclass(frozen=True)
+class Record:
+    """One product as the index stores it in one vector space."""
+
+    product: Product
+    vector: np.ndarray
+
+
+class Embedder(Protocol):
+    async def embed_text(self, text: str, timeout: float | None) -> tuple[np.ndarray, bool]:
+        """Unit-norm 512-d embedding and whether the text was truncated."""
+        ...
+
+    async def embed_image(self, image: bytes, timeout: float | None) -> np.ndarray: ...
+
+
+class Reranker(Protocol):
+    async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray: ...
+
+
+class Retriever(Protocol):
+    async def search(
+        self,
+        collection: str,
+        vectors: Sequence[np.ndarray],
+        k: int,
+        filters: Sequence[FieldFilter],
+        timeout: float | None,
+    ) -> list[list[Candidate]]: ...
+
+    async def get(
+        self, collection: str, ids: Sequence[str], timeout: float | None
+    ) -> dict[str, tuple[Product, np.ndarray]]: ...
+
+    async def upsert(self, collection: str, records: Sequence[Record], timeout: float | None) -> None: ...
+
+    async def delete(self, collection: str, ids: Sequence[str], timeout: float | None) -> int: ...
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    text: str = ""
+    image: bytes = b""
+    image_weight: float = 0.5
+    top_k: int = DEFAULT_TOP_K
+    filters: tuple[FieldFilter, ...] = ()
+    rerank: bool = False
+    rerank_depth: int = DEFAULT_RERANK_DEPTH
+    text_match: TextMatch | None = None
+
+
+@dataclass
+class Hit:
+    product: Product
+    retrieval_score: float
+    rerank_score: float | None = None
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    timings: dict[str, float] = field(default_factory=dict)
+    text_truncated: bool = False
+    reranked: bool = False
+
+
+@dataclass
+class SimilarResult:
+    by_image: list[Hit]
+    by_title: list[Hit]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def passage_of(product: Product) -> str:
+    """What the cross-encoder reads for a product: title first, since the passage side is truncated."""
+    return f"{product.title}. {product.description}".strip()
+
+
+def fuse(lists: Sequence[tuple[float, Sequence[Candidate]]], method: Fusion, rrf_k: int) -> list[Candidate]:
+    """One ranked list from several weighted ones; a single list passes through unchanged."""
+    if len(lists) == 1:
+        return list(lists[0][1])
+    scores: dict[str, float] = {}
+    best: dict[str, Candidate] = {}
+    for weight, candidates in lists:
+        for rank, cand in enumerate(candidates):
+            gain = weight / (rrf_k + rank + 1) if method == Fusion.RRF else weight * cand.score
+            scores[cand.id] = scores.get(cand.id, 0.0) + gain
+            best.setdefault(cand.id, cand)
+    order = sorted(scores, key=lambda pid: (-scores[pid], pid))
+    return [Candidate(pid, scores[pid], best[pid].product) for pid in order]
+
+
+class Deadline:
+    """Absolute deadline on the event loop's clock; ``None`` means the caller set none."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._at = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        if self._at is None:
+            return None
+        left = self._at - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("deadline exceeded")
+        return left
+
+    async def run(self, awaitable: Awaitable[T]) -> T:
+        left = self.remaining()
+        if left is None:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, left)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("deadline exceeded") from None
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    collection: str = "products"
+    text_match: TextMatch = TextMatch.IMAGE
+    fusion: Fusion = Fusion.RRF
+    rrf_k: int = 60
+    title_weight: float = 0.5
+    """Share of a text query's weight given to the title space under ``TextMatch.FUSION``."""
+    filter_attributes: tuple[str, ...] = ("color", "material", "pattern")
+
+    @property
+    def image_collection(self) -> str:
+        return f"{self.collection}_image"
+
+    @property
+    def title_collection(self) -> str:
+        return f"{self.collection}_title"
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str) -> _Stage:
+        return _Stage(self.timings, name)
+
+
+class _Stage:
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self._timings, self._name = timings, name
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._timings[self._name] = (time.perf_counter() - self._t0) * 1000.0
+
+
+class Pipeline:
+    def __init__(
+        self, embedder: Embedder, retriever: Retriever, reranker: Reranker, settings: PipelineSettings
+    ) -> None:
+        self.embedder = embedder
+        self.retriever = retriever
+        self.reranker = reranker
+        self.settings = settings
+
+    # ---- validation -------------------------------------------------------------------------------
+
+    def validate_filters(self, filters: Sequence[FieldFilter]) -> None:
+        known = (*BUILTIN_FILTER_FIELDS, *self.settings.filter_attributes)
+        for f in filters:
+            if f.field not in known:
+                raise InvalidInput(f"unknown filter field {f.field!r}; filterable fields: {', '.join(known)}")
+            if f.field == "price":
+                if f.any_of:
+                    raise InvalidInput("filter on 'price' takes min/max, not any_of")
+                if f.min is None and f.max is None:
+                    raise InvalidInput("filter on 'price' needs min and/or max")
+                if f.min is not None and f.max is not None and f.min > f.max:
+                    raise InvalidInput(f"price filter min {f.min} is above max {f.max}")
+            else:
+                if f.min is not None or f.max is not None:
+                    raise InvalidInput(f"filter on {f.field!r} takes any_of, not min/max")
+                if not f.any_of:
+                    raise InvalidInput(f"filter on {f.field!r} needs at least one value in any_of")
+
+    def validate(self, q: SearchQuery) -> None:
+        if not q.text.strip() and not q.image:
+            raise InvalidInput("empty query: give text, an image, or both")
+        if not 1 <= q.top_k <= MAX_TOP_K:
+            raise InvalidInput(f"top_k must be in 1..{MAX_TOP_K}, got {q.top_k}")
+        if q.rerank and not q.top_k <= q.rerank_depth <= MAX_RERANK_DEPTH:
+            raise InvalidInput(f"rerank_depth must be in top_k..{MAX_RERANK_DEPTH}, got {q.rerank_depth}")
+        if not 0.0 <= q.image_weight <= 1.0:
+            raise InvalidInput(f"image_weight must be in [0, 1], got {q.image_weight}")
+        self.validate_filters(q.filters)
+
+    # ---- search -----------------------------------------------------------------------------------
+
+    def _spaces(self, q: SearchQuery, has_text: bool, has_image: bool) -> list[tuple[str, str, float]]:
+        """(collection, which query vector, weight) for every space searched."""
+        s = self.settings
+        text_w = 1.0 - q.image_weight if has_image else 1.0
+        image_w = q.image_weight if has_text else 1.0
+        spaces: list[tuple[str, str, float]] = []
+        if has_text:
+            match = q.text_match or s.text_match
+            if match == TextMatch.IMAGE:
+                spaces.append((s.image_collection, "text", text_w))
+            elif match == TextMatch.TITLE:
+                spaces.append((s.title_collection, "text", text_w))
+            else:
+                spaces.append((s.image_collection, "text", text_w * (1.0 - s.title_weight)))
+                spaces.append((s.title_collection, "text", text_w * s.title_weight))
+        if has_image:
+            spaces.append((s.image_collection, "image", image_w))
+        return spaces
+
+    async def search(self, q: SearchQuery, timeout: float | None = None) -> SearchResult:
+        self.validate(q)
+        deadline = Deadline(timeout)
+        timer = Timer()
+        t0 = time.perf_counter()
+        result = await deadline.run(self._search(q, deadline, timer))
+        timer.timings["total"] = (time.perf_counter() - t0) * 1000.0
+        result.timings = timer.timings
+        return result
+
+    async def _timed(self, timer: Timer, stage: str, awaitable: Awaitable[T]) -> T:
+        with timer.stage(stage):
+            return await awaitable
+
+    async def _search(self, q: SearchQuery, deadline: Deadline, timer: Timer) -> SearchResult:
+        has_text, has_image = bool(q.text.strip()), bool(q.image)
+        jobs: dict[str, Awaitable[object]] = {}
+        if has_text:
+            jobs["text"] = self._timed(
+                timer, "embed_text", self.embedder.embed_text(q.text, deadline.remaining())
+            )
+        if has_image:
+            jobs["image"] = self._timed(
+                timer, "embed_image", self.embedder.embed_image(q.image, deadline.remaining())
+            )
+        done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+        truncated = False
+        vectors: dict[str, np.ndarray] = {}
+        if has_text:
+            vectors["text"], truncated = done["text"]  # type: ignore[misc]
+        if has_image:
+            vectors["image"] = done["image"]  # type: ignore[assignment]
+
+        depth = max(q.top_k, q.rerank_depth) if (q.rerank and has_text) else q.top_k
+        spaces = self._spaces(q, has_text, has_image)
+        by_collection: dict[str, list[int]] = {}
+        for i, (collection, _, _) in enumerate(spaces):
+            by_collection.setdefault(collection, []).append(i)
+        with timer.stage("retrieve"):
+            # One index request per collection, carrying every query vector aimed at it.
+            per_collection = await asyncio.gather(
+                *(
+                    self.retriever.search(
+                        collection,
+                        [vectors[spaces[i][1]] for i in idx],
+                        depth,
+                        q.filters,
+                        deadline.remaining(),
+                    )
+                    for collection, idx in by_collection.items()
+                )
+            )
+        ranked: list[list[Candidate]] = [[] for _ in spaces]
+        for idx, results in zip(by_collection.values(), per_collection, strict=True):
+            for i, res in zip(idx, results, strict=True):
+                ranked[i] = res
+        fused = fuse(
+            [(w, ranked[i]) for i, (_, _, w) in enumerate(spaces)], self.settings.fusion, self.settings.rrf_k
+        )
+
+        if not (q.rerank and has_text) or not fused:
+            hits = [Hit(c.product, c.score) for c in fused[: q.top_k]]
+            return SearchResult(hits, text_truncated=truncated, reranked=False)
+
+        pool = fused[:depth]
+        with timer.stage("rerank"):
+            scores = await self.reranker.rerank(
+                q.text, [passage_of(c.product) for c in pool], deadline.remaining()
+            )
+        order = sorted(range(len(pool)), key=lambda i: (-float(scores[i]), i))[: q.top_k]
+        hits = [Hit(pool[i].product, pool[i].score, float(scores[i])) for i in order]
+        return SearchResult(hits, text_truncated=truncated, reranked=True)
+
+    # ---- similar items ----------------------------------------------------------------------------
+
+    async def similar(
+        self, product_id: str, top_k: int, filters: Sequence[FieldFilter] = (), timeout: float | None = None
+    ) -> SimilarResult:
+        if not product_id:
+            raise InvalidInput("product id is empty")
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidInput(f"top_k must be in 1..{MAX_TOP_K}, got {top_k}")
+        self.validate_filters(filters)
+        deadline = Deadline(timeout)
+        timer = Timer()
+        return await deadline.run(self._similar(product_id, top_k, filters, deadline, timer))
+
+    async def _similar(
+        self, pid: str, top_k: int, filters: Sequence[FieldFilter], deadline: Deadline, timer: Timer
+    ) -> SimilarResult:
+        s = self.settings
+        with timer.stage("lookup"):
+            stored = await asyncio.gather(
+                self.retriever.get(s.image_collection, [pid], deadline.remaining()),
+                self.retriever.get(s.title_collection, [pid], deadline.remaining()),
+            )
+        if pid not in stored[0] or pid not in stored[1]:
+            raise NotFound(f"unknown product id {pid!r}")
+        with timer.stage("retrieve"):
+            results = await asyncio.gather(
+                *(
+                    self.retriever.search(coll, [found[pid][1]], top_k + 1, filters, deadline.remaining())
+                    for coll, found in ((s.image_collection, stored[0]), (s.title_collection, stored[1]))
+                )
+            )
+        by_image, by_title = (
+            [Hit(c.product, c.score) for c in res[0] if c.id != pid][:top_k] for res in results
+        )
+        return SimilarResult(by_image, by_title, timer.timings)
+
+    # ---- catalog maintenance ----------------------------------------------------------------------
+
+    async def get(self, ids: Sequence[str], timeout: float | None = None) -> list[Product]:
+        if not ids or any(not i for i in ids):
+            raise InvalidInput("give at least one non-empty product id")
+        found = await self.retriever.get(self.settings.image_collection, ids, timeout)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise NotFound(f"unknown product ids: {', '.join(missing[:10])}")
+        return [found[i][0] for i in ids]
+
+    async def upsert(
+        self, items: Sequence[tuple[Product, bytes]], timeout: float | None = None
+    ) -> list[BaseException | None]:
+        """Embeds and stores a batch; returns one error (or None) per item, so one bad image does not
+        sink its neighbours. Dependency outages still raise: nothing can be stored then."""
+        deadline = Deadline(timeout)
+        errors: list[BaseException | None] = [None] * len(items)
+        for i, (product, image) in enumerate(items):
+            if not product.id:
+                errors[i] = InvalidInput("missing product id")
+            elif not product.title.strip():
+                errors[i] = InvalidInput(f"product {product.id!r}: missing title")
+            elif not image:
+                errors[i] = InvalidInput(f"product {product.id!r}: missing image")
+        todo = [i for i, e in enumerate(errors) if e is None]
+        image_vecs = await asyncio.gather(
+            *(self.embedder.embed_image(items[i][1], deadline.remaining()) for i in todo),
+            return_exceptions=True,
+        )
+        title_vecs = await asyncio.gather(
+            *(self.embedder.embed_text(items[i][0].title, deadline.remaining()) for i in todo),
+            return_exceptions=True,
+        )
+        image_records, title_records = [], []
+        for i, iv, tv in zip(todo, image_vecs, title_vecs, strict=True):
+            for res in (iv, tv):
+                if isinstance(res, BaseException) and not isinstance(res, InvalidInput):
+                    raise res
+            if isinstance(iv, BaseException):
+                errors[i] = InvalidInput(f"product {items[i][0].id!r}: {iv}")
+                continue
+            if isinstance(tv, BaseException):
+                errors[i] = InvalidInput(f"product {items[i][0].id!r}: {tv}")
+                continue
+            image_records.append(Record(items[i][0], iv))
+            title_records.append(Record(items[i][0], tv[0]))
+        if image_records:
+            s = self.settings
+            await asyncio.gather(
+                self.retriever.upsert(s.image_collection, image_records, deadline.remaining()),
+                self.retriever.upsert(s.title_collection, title_records, deadline.remaining()),
+            )
+        return errors
+
+    async def delete(self, ids: Sequence[str], timeout: float | None = None) -> tuple[int, list[str]]:
+        if not ids or any(not i for i in ids):
+            raise InvalidInput("give at least one non-empty product id")
+        s = self.settings
+        found = await self.retriever.get(s.image_collection, ids, timeout)
+        missing = [i for i in ids if i not in found]
+        deleted, _ = await asyncio.gather(
+            self.retriever.delete(s.image_collection, ids, timeout),
+            self.retriever.delete(s.title_collection, ids, timeout),
+        )
+        return deleted, missing
+
+
+def as_mapping(timings: Mapping[str, float]) -> list[tuple[str, float]]:
+    return sorted(timings.items(), key=lambda kv: kv[0])

@@ -1,0 +1,203 @@
+"""The gateway server: factory, dependency health probe, authentication, metrics endpoint, shutdown.
+
+Health is computed from the dependencies, not assumed: a probe asks Triton whether the three ensembles
+are ready and the index service whether it serves, every ``health_interval_s``, and sets grpc.health.v1
+accordingly. A request that finds a dependency unreachable flips health at once; the probe flips it
+back when the dependency returns. Clients reconnect on their own, so recovery needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.clients import IndexRetriever, TritonModels
+from gateway.config import GatewayConfig
+from gateway.errors import Dependency, DependencyError
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import Pipeline
+from gateway.servicer import ProductSearchServicer
+from vitrine.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["ProductSearch"].full_name
+_OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Bearer-token check on every API method; health and reflection stay open for probes and tools."""
+
+    def __init__(self, api_key: str) -> None:
+        self._expected = f"bearer {api_key}"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method or ""
+        if method.startswith(_OPEN_PREFIXES):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        token = str(metadata.get("authorization", ""))
+        if token.lower().startswith("bearer ") and token[7:] == self._expected[7:]:
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        return _denying(handler)
+
+
+def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key (authorization: Bearer)"
+        )
+
+    if handler.request_streaming and not handler.response_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny)
+    if handler.request_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny)
+    return grpc.unary_unary_rpc_method_handler(
+        deny,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class Gateway:
+    """A running gateway: the gRPC server plus its clients, probe task and metrics endpoint."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.triton = TritonModels(config.triton_url)
+        self.index = IndexRetriever(config.index_address, config.filter_attributes, config.index_kind)
+        self.pipeline = Pipeline(self.triton, self.index, self.triton, config.pipeline_settings())
+        self.health = health_aio.HealthServicer()
+        self.servicer = ProductSearchServicer(
+            self.pipeline,
+            self.metrics,
+            config.max_in_flight,
+            config.default_timeout_s,
+            config.upsert_batch,
+            self._on_unavailable,
+        )
+        interceptors = [ApiKeyInterceptor(config.api_key)] if config.api_key else []
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        gateway_pb2_grpc.add_ProductSearchServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert and config.tls_key:
+            creds = grpc.ssl_server_credentials(
+                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+            )
+            self.port = self.server.add_secure_port(address, creds)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        self.up: dict[Dependency, bool] = {Dependency.TRITON: False, Dependency.INDEX: False}
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_now = asyncio.Event()
+        self._metrics_http: Any = None
+        self.metrics_port: int | None = None
+
+    def _on_unavailable(self, exc: DependencyError) -> None:
+        if self.up.get(exc.dependency, False):
+            log.warning("dependency unavailable", extra={"dependency": exc.dependency.value})
+        self.up[exc.dependency] = False
+        self._probe_now.set()
+
+    async def _publish(self) -> None:
+        serving = all(self.up.values())
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for dep, ok in self.up.items():
+            self.metrics.dependency_up.labels(dep.value).set(1.0 if ok else 0.0)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def probe_once(self) -> bool:
+        triton_ok, index_ok = await asyncio.gather(self.triton.ready(), self.index.ready())
+        self.up[Dependency.TRITON], self.up[Dependency.INDEX] = triton_ok, index_ok
+        if index_ok:
+            s = self.pipeline.settings
+            try:
+                for name in (s.image_collection, s.title_collection):
+                    await self.index.ensure_collection(name, timeout=5.0)
+            except DependencyError:
+                self.up[Dependency.INDEX] = False
+        await self._publish()
+        return all(self.up.values())
+
+    async def _probe_loop(self) -> None:
+        while True:
+            try:
+                await self.probe_once()
+            except Exception:  # the probe must outlive any surprise
+                log.exception("health probe failed")
+            self._probe_now.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._probe_now.wait(), self.config.health_interval_s)
+
+    async def start(self) -> None:
+        await self.server.start()
+        if self.config.metrics_port >= 0:
+            from prometheus_client import start_http_server
+
+            self._metrics_http, _ = start_http_server(
+                self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+            )
+            self.metrics_port = int(self._metrics_http.server_port)
+        await self.probe_once()
+        self._probe_task = asyncio.create_task(self._probe_loop())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain in-flight calls, then release clients; safe to call twice."""
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_s if grace is None else grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+        await self.triton.close()
+        await self.index.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def create_server(config: GatewayConfig) -> tuple[Gateway, int]:
+    """Build and start a gateway bound to ``config.port`` (0 = a free one); returns it and its port."""
+    gateway = Gateway(config)
+    await gateway.start()
+    return gateway, gateway.port
