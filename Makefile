@@ -66,6 +66,14 @@ clean: ## remove build outputs (keeps the virtual environment)
 
 # ---- index_service (FAISS over gRPC) ----
 
+.PHONY: index
+index: venv protos ## serve the index service on :50051 with data in $(VAR)/index
+	$(PY) -m index_service --port 50051 --data-dir $(VAR)/index --metrics-port 9102 --log-level info
+
+.PHONY: bench-index
+bench-index: venv protos ## index benchmark: Flat/IVF/HNSW latency, QPS, recall, gRPC overhead, restart
+	$(PY) -m index_service.bench $(BENCH_INDEX_ARGS)
+
 # ---- gateway, catalog and the main job ----
 
 # ---- loadtest and observability ----

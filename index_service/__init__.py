@@ -1,0 +1,1 @@
+"""FAISS collections over gRPC: filtered batch search over durable, named collections."""

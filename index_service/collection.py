@@ -1,0 +1,428 @@
+"""One collection: a FAISS index over slot-numbered vectors, attribute columns and stored item bodies.
+
+Every write gives an item a fresh *slot* (an int64 FAISS id that is never reused); replacing or deleting
+an item only marks its old slot dead. That keeps the durable log simple (a slot above a snapshot's
+watermark was written after it) and suits HNSW, which cannot remove vectors at all. Dead slots are kept
+out of results by an ID selector and removed from Flat/IVF indexes, or HNSW rebuilt, when a snapshot
+finds enough of them.
+
+This module does no locking and no I/O; ``engine.py`` serialises writers and persists before applying.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from index_service.errors import InvalidArgument
+from vitrine.index.v1 import index_pb2 as pb
+
+BRUTE_FORCE_MAX = 20_000
+"""Filtered searches with at most this many matching items scan those items exactly (cheaper and exact)."""
+
+TOMBSTONE_REBUILD_FRACTION = 0.25
+"""A snapshot compacts the index once this share of the vectors it holds are dead."""
+
+RETRAIN_GROWTH = 8
+"""An IVF index is retrained once the collection holds this many times the vectors it was trained on."""
+
+TRAIN_SAMPLE_MAX = 200_000
+DEFAULT_HNSW_M = 32
+DEFAULT_EF_CONSTRUCTION = 80
+DEFAULT_NPROBE = 16
+DEFAULT_PQ_NBITS = 8
+
+
+class _Grow:
+    """A numpy array that grows by amortised doubling, indexed by slot."""
+
+    def __init__(self, dtype: type | np.dtype, fill: float | int | bool, width: int = 0) -> None:
+        self.fill = fill
+        self.width = width
+        shape = (0, width) if width else (0,)
+        self.data = np.full(shape, fill, dtype=dtype)
+
+    def ensure(self, n: int) -> None:
+        cap = self.data.shape[0]
+        if n <= cap:
+            return
+        new_cap = max(n, int(cap * 1.5) + 16)
+        shape = (new_cap, self.width) if self.width else (new_cap,)
+        grown = np.full(shape, self.fill, dtype=self.data.dtype)
+        grown[:cap] = self.data
+        self.data = grown
+
+
+@dataclass(frozen=True)
+class Hit:
+    slot: int
+    score: float
+
+
+def normalize_spec(spec: pb.CollectionSpec) -> pb.CollectionSpec:
+    """Validate a new collection's spec and fill its defaults, so what is stored is explicit."""
+    from index_service.config import MAX_DIM, MAX_NAME_CHARS
+
+    out = pb.CollectionSpec()
+    out.CopyFrom(spec)
+    name = spec.name
+    if not name or len(name) > MAX_NAME_CHARS or not all(c.isalnum() or c in "-_." for c in name):
+        raise InvalidArgument(
+            f"collection name must be 1-{MAX_NAME_CHARS} characters of letters, digits, '-', '_' or '.'"
+        )
+    if not 1 <= spec.dim <= MAX_DIM:
+        raise InvalidArgument(f"dim must be between 1 and {MAX_DIM}, got {spec.dim}")
+    if spec.metric == pb.METRIC_UNSPECIFIED:
+        raise InvalidArgument("metric must be METRIC_INNER_PRODUCT or METRIC_L2")
+    if spec.metric not in (pb.METRIC_INNER_PRODUCT, pb.METRIC_L2):
+        raise InvalidArgument(f"unknown metric {spec.metric}")
+    kind = spec.index.kind or pb.INDEX_KIND_FLAT
+    if kind not in (pb.INDEX_KIND_FLAT, pb.INDEX_KIND_IVF_FLAT, pb.INDEX_KIND_IVF_PQ, pb.INDEX_KIND_HNSW):
+        raise InvalidArgument(f"unknown index kind {kind}")
+    idx = out.index
+    idx.kind = kind
+    if kind == pb.INDEX_KIND_IVF_PQ:
+        idx.pq_m = idx.pq_m or max(1, spec.dim // 8)
+        idx.pq_nbits = idx.pq_nbits or DEFAULT_PQ_NBITS
+        if spec.dim % idx.pq_m:
+            raise InvalidArgument(f"pq_m={idx.pq_m} must divide dim={spec.dim}")
+        if not 1 <= idx.pq_nbits <= 16:
+            raise InvalidArgument(f"pq_nbits must be between 1 and 16, got {idx.pq_nbits}")
+    if kind in (pb.INDEX_KIND_IVF_FLAT, pb.INDEX_KIND_IVF_PQ):
+        if idx.nlist > 1 << 20:
+            raise InvalidArgument(f"nlist must be at most {1 << 20}, got {idx.nlist}")
+        floor = 39 * idx.nlist if idx.nlist else 1000
+        if kind == pb.INDEX_KIND_IVF_PQ:
+            floor = max(floor, 39 * (1 << idx.pq_nbits))
+        idx.train_min = max(idx.train_min, floor)
+    if kind == pb.INDEX_KIND_HNSW:
+        idx.hnsw_m = idx.hnsw_m or DEFAULT_HNSW_M
+        idx.ef_construction = idx.ef_construction or DEFAULT_EF_CONSTRUCTION
+        if idx.hnsw_m > 256:
+            raise InvalidArgument(f"hnsw_m must be at most 256, got {idx.hnsw_m}")
+    numbers, keywords = list(spec.schema.number_fields), list(spec.schema.keyword_fields)
+    every = numbers + keywords
+    if len(set(every)) != len(every) or any(not f for f in every):
+        raise InvalidArgument("schema fields must be non-empty and unique across number and keyword fields")
+    return out
+
+
+class Collection:
+    def __init__(self, spec: pb.CollectionSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.dim = spec.dim
+        self.kind = spec.index.kind
+        self.metric = (
+            faiss.METRIC_INNER_PRODUCT if spec.metric == pb.METRIC_INNER_PRODUCT else faiss.METRIC_L2
+        )
+        self.number_fields = frozenset(spec.schema.number_fields)
+        self.keyword_fields = frozenset(spec.schema.keyword_fields)
+        self.next_slot = 0
+        self.vectors = _Grow(np.float32, 0.0, self.dim)
+        self.alive = _Grow(np.bool_, False)
+        self.slot_ids: list[str | None] = []
+        self.bodies: list[bytes | None] = []
+        self.slot_of: dict[str, int] = {}
+        self.numbers = {f: _Grow(np.float64, np.nan) for f in self.number_fields}
+        self.keywords = {f: _Grow(np.int32, -1) for f in self.keyword_fields}
+        self.vocab: dict[str, dict[str, int]] = {f: {} for f in self.keyword_fields}
+        self.tags: dict[str, _Grow] = {}
+        self.tag_counts: dict[str, int] = {}
+        self.index: faiss.Index | None = None
+        self.indexed_upto = 0  # slots below this are in `index` (dead ones too, until compaction)
+        self.dead_in_index = 0
+        self.trained_on = 0
+        self.nlist = 0
+        self.snapshot_slot = 0
+        self.writes_since_snapshot = 0
+        if self.kind in (pb.INDEX_KIND_FLAT, pb.INDEX_KIND_HNSW):
+            self.index = self._new_index(0)
+
+    # ---- attribute view for filters.evaluate ----
+
+    @property
+    def size(self) -> int:
+        return self.next_slot
+
+    def number_column(self, field: str) -> np.ndarray:
+        return self.numbers[field].data[: self.next_slot]
+
+    def keyword_column(self, field: str) -> np.ndarray:
+        return self.keywords[field].data[: self.next_slot]
+
+    def keyword_codes(self, field: str, values: list[str]) -> np.ndarray:
+        vocab = self.vocab[field]
+        return np.array([vocab[v] for v in values if v in vocab], dtype=np.int32)
+
+    def tag_slots(self, tag: str) -> np.ndarray:
+        grow = self.tags.get(tag)
+        if grow is None:
+            return np.zeros(0, dtype=np.int64)
+        return grow.data[: self.tag_counts[tag]]
+
+    # ---- state ----
+
+    @property
+    def count(self) -> int:
+        return len(self.slot_of)
+
+    @property
+    def trained(self) -> bool:
+        return self.index is not None
+
+    def prepare_vectors(self, rows: list[list[float]] | np.ndarray, what: str) -> np.ndarray:
+        """Check shape and finiteness (and normalise for inner product) before anything is written."""
+        try:
+            arr = np.asarray(rows, dtype=np.float32)
+        except ValueError as exc:  # ragged rows
+            raise InvalidArgument(f"{what}: every vector must have dim={self.dim}") from exc
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            got = sorted({len(r) for r in rows}) if len(rows) else []
+            raise InvalidArgument(
+                f"{what}: wrong dimension, collection {self.name!r} has dim={self.dim}, got {got}"
+            )
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise InvalidArgument(f"{what}: vector {bad} contains NaN or infinity")
+        if self.metric == faiss.METRIC_INNER_PRODUCT:
+            norms = np.linalg.norm(arr, axis=1, keepdims=True)
+            if (norms == 0).any():
+                bad = int(np.flatnonzero(norms[:, 0] == 0)[0])
+                raise InvalidArgument(f"{what}: vector {bad} is all zeros and cannot be normalised")
+            arr = arr / norms
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def check_attributes(self, item: pb.Item, position: int) -> None:
+        for f, v in item.numbers.items():
+            if f not in self.number_fields:
+                raise InvalidArgument(
+                    f"item {position} ({item.id!r}): unknown attribute {f!r}; "
+                    f"declared number fields: {sorted(self.number_fields)}"
+                )
+            if not math.isfinite(v):
+                raise InvalidArgument(f"item {position} ({item.id!r}): number {f!r} is not finite")
+        for f in item.keywords:
+            if f not in self.keyword_fields:
+                raise InvalidArgument(
+                    f"item {position} ({item.id!r}): unknown attribute {f!r}; "
+                    f"declared keyword fields: {sorted(self.keyword_fields)}"
+                )
+
+    # ---- writes (called with the collection's write lock held, after the write is durable) ----
+
+    def apply_upsert(self, ids: list[str], vectors: np.ndarray, bodies: list[bytes], first_slot: int) -> None:
+        n = len(ids)
+        slots = np.arange(first_slot, first_slot + n, dtype=np.int64)
+        end = first_slot + n
+        self._ensure(end)
+        for item_id in ids:
+            old = self.slot_of.get(item_id)
+            if old is not None:
+                self._kill(old)
+        self.vectors.data[first_slot:end] = vectors
+        self.alive.data[first_slot:end] = True
+        for slot, item_id, body in zip(slots.tolist(), ids, bodies, strict=True):
+            self.slot_ids[slot] = item_id
+            self.bodies[slot] = body
+            self.slot_of[item_id] = slot
+            self._index_attributes(slot, body)
+        self.next_slot = end
+        self.writes_since_snapshot += n
+        self._add_to_index(first_slot, end)
+
+    def apply_delete(self, ids: list[str]) -> int:
+        deleted = 0
+        for item_id in ids:
+            slot = self.slot_of.pop(item_id, None)
+            if slot is not None:
+                self._kill(slot)
+                deleted += 1
+        self.writes_since_snapshot += deleted
+        return deleted
+
+    def _kill(self, slot: int) -> None:
+        self.alive.data[slot] = False
+        self.slot_ids[slot] = None
+        self.bodies[slot] = None
+        if slot < self.indexed_upto:
+            self.dead_in_index += 1
+
+    def _ensure(self, n: int) -> None:
+        self.vectors.ensure(n)
+        self.alive.ensure(n)
+        for col in (*self.numbers.values(), *self.keywords.values()):
+            col.ensure(n)
+        grow = n - len(self.slot_ids)
+        if grow > 0:
+            self.slot_ids.extend([None] * grow)
+            self.bodies.extend([None] * grow)
+
+    def _index_attributes(self, slot: int, body: bytes) -> None:
+        item = pb.Item.FromString(body)
+        for f, number in item.numbers.items():
+            self.numbers[f].data[slot] = number
+        for f, word in item.keywords.items():
+            vocab = self.vocab[f]
+            self.keywords[f].data[slot] = vocab.setdefault(word, len(vocab))
+        for tag in set(item.tags):
+            grow = self.tags.get(tag)
+            if grow is None:
+                grow = self.tags[tag] = _Grow(np.int64, 0)
+                self.tag_counts[tag] = 0
+            count = self.tag_counts[tag]
+            grow.ensure(count + 1)
+            grow.data[count] = slot
+            self.tag_counts[tag] = count + 1
+
+    # ---- the FAISS index ----
+
+    def _new_index(self, n_train: int) -> faiss.Index:
+        idx = self.spec.index
+        if self.kind == pb.INDEX_KIND_FLAT:
+            return faiss.IndexIDMap(faiss.IndexFlat(self.dim, self.metric))
+        if self.kind == pb.INDEX_KIND_HNSW:
+            hnsw = faiss.IndexHNSWFlat(self.dim, idx.hnsw_m, self.metric)
+            hnsw.hnsw.efConstruction = idx.ef_construction
+            return faiss.IndexIDMap(hnsw)
+        nlist = idx.nlist or max(1, min(int(4 * math.sqrt(n_train)), n_train // 39))
+        self.nlist = nlist
+        quantizer = faiss.IndexFlat(self.dim, self.metric)
+        if self.kind == pb.INDEX_KIND_IVF_PQ:
+            ivf: faiss.Index = faiss.IndexIVFPQ(
+                quantizer, self.dim, nlist, idx.pq_m, idx.pq_nbits, self.metric
+            )
+        else:
+            ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, self.metric)
+        return ivf
+
+    def alive_slots(self, below: int | None = None) -> np.ndarray:
+        end = self.next_slot if below is None else below
+        return np.flatnonzero(self.alive.data[:end]).astype(np.int64)
+
+    def _add_to_index(self, start: int, end: int) -> None:
+        if self.index is None:
+            if self.count >= self.spec.index.train_min:
+                self.rebuild_index()
+            return
+        if self.kind in (pb.INDEX_KIND_IVF_FLAT, pb.INDEX_KIND_IVF_PQ) and (
+            self.count >= RETRAIN_GROWTH * self.trained_on
+        ):
+            self.rebuild_index()
+            return
+        slots = np.arange(start, end, dtype=np.int64)
+        live = slots[self.alive.data[start:end]]
+        self.index.add_with_ids(self.vectors.data[live], live)
+        self.indexed_upto = end
+
+    def rebuild_index(self) -> None:
+        """(Re)train where needed and re-add the live vectors: compaction and the retraining policy."""
+        slots = self.alive_slots()
+        n = len(slots)
+        index = self._new_index(n)
+        if not index.is_trained:
+            rng = np.random.default_rng(n)
+            sample = slots if n <= TRAIN_SAMPLE_MAX else np.sort(rng.choice(slots, TRAIN_SAMPLE_MAX, False))
+            index.train(self.vectors.data[sample])
+            self.trained_on = n
+        for start in range(0, n, 65_536):
+            chunk = slots[start : start + 65_536]
+            index.add_with_ids(self.vectors.data[chunk], chunk)
+        self.index = index
+        self.indexed_upto = self.next_slot
+        self.dead_in_index = 0
+
+    def needs_compaction(self) -> bool:
+        total = self.index.ntotal if self.index is not None else 0
+        return total > 0 and self.dead_in_index >= TOMBSTONE_REBUILD_FRACTION * total
+
+    def compact(self) -> None:
+        """Drop dead vectors from the index: removal where FAISS supports it, a rebuild for HNSW."""
+        if self.index is None or self.dead_in_index == 0:
+            return
+        if self.kind == pb.INDEX_KIND_HNSW:
+            self.rebuild_index()
+            return
+        dead = np.flatnonzero(~self.alive.data[: self.indexed_upto]).astype(np.int64)
+        self.index.remove_ids(faiss.IDSelectorBatch(dead))
+        self.dead_in_index = 0
+
+    # ---- search ----
+
+    def search(
+        self, queries: np.ndarray, k: int, mask: np.ndarray | None, params: pb.SearchParams
+    ) -> tuple[list[list[Hit]], bool]:
+        """Top k per query among live items matching ``mask``; returns (hits, every result exact)."""
+        nq = queries.shape[0]
+        if self.count == 0:
+            return [[] for _ in range(nq)], True
+        if mask is None and self.index is not None and not params.exact and self.dead_in_index == 0:
+            return self._index_search(queries, k, None, params, self.count), self.kind == pb.INDEX_KIND_FLAT
+        candidates = self.alive.data[: self.next_slot].copy()
+        if mask is not None:
+            candidates &= mask
+        matching = int(candidates.sum())
+        if matching == 0:
+            return [[] for _ in range(nq)], True
+        if self.index is None or params.exact or matching <= max(BRUTE_FORCE_MAX, k):
+            return self._brute_force(queries, k, np.flatnonzero(candidates)), True
+        if self.indexed_upto < self.next_slot:
+            candidates[self.indexed_upto :] = False  # cannot happen while writes index eagerly
+        bitmap = np.packbits(candidates, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        hits = self._index_search(queries, k, selector, params, matching)
+        exact = self.kind == pb.INDEX_KIND_FLAT
+        want = min(k, matching)
+        short = [i for i, row in enumerate(hits) if len(row) < want]
+        if short:
+            # An approximate index may visit too few matching items; never return a silent shortfall.
+            exact_rows = self._brute_force(queries[short], k, np.flatnonzero(candidates))
+            for i, row in zip(short, exact_rows, strict=True):
+                hits[i] = row
+        del bitmap
+        return hits, exact
+
+    def _search_parameters(self, k: int, params: pb.SearchParams) -> faiss.SearchParameters:
+        if self.kind == pb.INDEX_KIND_HNSW:
+            sp = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            sp.efSearch = max(params.ef_search or 64, k)
+            return sp
+        if self.kind in (pb.INDEX_KIND_IVF_FLAT, pb.INDEX_KIND_IVF_PQ):
+            sp = faiss.SearchParametersIVF()
+            sp.nprobe = min(params.nprobe or DEFAULT_NPROBE, max(self.nlist, 1))
+            return sp
+        return faiss.SearchParameters()
+
+    def _index_search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        selector: faiss.IDSelector | None,
+        params: pb.SearchParams,
+        available: int,
+    ) -> list[list[Hit]]:
+        assert self.index is not None
+        sp = self._search_parameters(k, params)
+        if selector is not None:
+            sp.sel = selector
+        kk = min(k, max(available, 1))
+        distances, labels = self.index.search(queries, kk, params=sp)
+        return _rows(distances, labels)
+
+    def _brute_force(self, queries: np.ndarray, k: int, slots: np.ndarray) -> list[list[Hit]]:
+        sub = self.vectors.data[slots]
+        kk = min(k, len(slots))
+        distances, positions = faiss.knn(queries, sub, kk, metric=self.metric)
+        labels = np.where(positions >= 0, slots[np.clip(positions, 0, None)], -1)
+        return _rows(distances, labels)
+
+
+def _rows(distances: np.ndarray, labels: np.ndarray) -> list[list[Hit]]:
+    out = []
+    for drow, lrow in zip(distances.tolist(), labels.tolist(), strict=True):
+        out.append([Hit(int(slot), float(d)) for d, slot in zip(drow, lrow, strict=True) if slot >= 0])
+    return out

@@ -1,0 +1,54 @@
+"""The index service's one configuration object; flags and ``VITRINE_INDEX_*`` variables derive from it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+ENV_PREFIX = "VITRINE_INDEX"
+DEFAULT_PORT = 50051
+
+MAX_K = 1000
+"""Most neighbours one query may ask for: beyond this a result list is a scan, not a search."""
+
+MAX_QUERIES = 256
+"""Most query vectors in one Search call."""
+
+MAX_BATCH = 1000
+"""Most items in one Upsert/Delete/Get call (or one message of UpsertStream)."""
+
+MAX_DIM = 4096
+MAX_PAYLOAD_BYTES = 64 * 1024
+"""Largest stored attributes + payload of one item, serialised."""
+
+MAX_FILTER_NODES = 256
+MAX_NAME_CHARS = 128
+MAX_ID_CHARS = 512
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""gRPC message limit: a full Upsert batch of 1000 x 4096-d vectors plus payloads fits."""
+
+
+class Device(str, enum.Enum):
+    AUTO = "auto"  # a GPU copy of flat/IVF indexes when FAISS reports a GPU, CPU otherwise
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+@dataclass(frozen=True)
+class IndexServiceConfig:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
+    port: int = field(default=0, metadata={"help": "gRPC port; 0 binds a free one"})
+    data_dir: str = field(default="var/index", metadata={"help": "where the database and snapshots live"})
+    threads: int = field(default=2, metadata={"help": "executor threads for FAISS and database work"})
+    omp_threads: int = field(default=0, metadata={"help": "FAISS OpenMP threads; 0 = FAISS default"})
+    device: Device = field(default=Device.AUTO, metadata={"help": "where searches run"})
+    coalesce: bool = field(
+        default=True, metadata={"help": "merge concurrent single-query searches into one FAISS call"}
+    )
+    metrics_port: int = field(default=-1, metadata={"help": "Prometheus port; 0 = a free one, -1 = off"})
+    snapshot_every: int = field(
+        default=100_000,
+        metadata={"help": "snapshot a collection after this many writes since the last one; 0 = never"},
+    )
+    grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})
+    log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error"})

@@ -1,0 +1,335 @@
+"""The index engine: collections, their locks and their durability. Synchronous; run off the event loop.
+
+Concurrency: per collection, one writer at a time (``write_mutex``), and a readers-writer lock that
+searches share and that a writer holds exclusively only while it applies an already-committed write to
+memory. A write is applied before it is acknowledged, so a search issued after the acknowledgement sees
+it; searches never wait for a disk commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from index_service import filters
+from index_service.collection import Collection, normalize_spec
+from index_service.config import MAX_BATCH, MAX_ID_CHARS, MAX_K, MAX_PAYLOAD_BYTES, MAX_QUERIES
+from index_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from index_service.storage import Storage
+from vitrine.index.v1 import index_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class RWLock:
+    """Many readers or one writer; writers are not starved because a waiting writer blocks new readers."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class _Handle:
+    def __init__(self, collection: Collection) -> None:
+        self.c = collection
+        self.write_mutex = threading.Lock()
+        self.rw = RWLock()
+        self.dropped = False
+
+
+@dataclass(frozen=True)
+class Found:
+    id: str
+    score: float
+    body: bytes
+
+
+class Engine:
+    def __init__(self, data_dir: str, snapshot_every: int = 100_000, device: str = "cpu") -> None:
+        self.storage = Storage(data_dir)
+        self.snapshot_every = snapshot_every
+        self.device = device
+        self._handles: dict[str, _Handle] = {}
+        self._registry_lock = threading.Lock()
+        self.load_seconds = 0.0
+
+    def close(self) -> None:
+        self.storage.close()
+
+    # ---- restart ----
+
+    def load(self, progress: bool = False) -> None:
+        """Rebuild memory from the database and the latest snapshots (the restart path)."""
+        start = time.perf_counter()
+        for stored in self.storage.collections():
+            c = Collection(stored.spec)
+            c._ensure(stored.next_slot)
+            bar = tqdm(desc=f"loading {c.name}", unit="item", disable=not progress)
+            for rows in self.storage.items(c.name):
+                slots = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+                vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(-1, c.dim)
+                c.vectors.data[slots] = vecs
+                c.alive.data[slots] = True
+                for item_id, slot, _, body in rows:
+                    c.slot_ids[slot] = item_id
+                    c.bodies[slot] = body
+                    c.slot_of[item_id] = slot
+                    c._index_attributes(slot, body)
+                bar.update(len(rows))
+            bar.close()
+            c.next_slot = stored.next_slot
+            self._restore_index(c, stored.snapshot_slot, stored.snapshot_path)
+            self._handles[c.name] = _Handle(c)
+        self.load_seconds = time.perf_counter() - start
+        log.info(
+            "index loaded", extra={"seconds": round(self.load_seconds, 3), "collections": len(self._handles)}
+        )
+
+    def _restore_index(self, c: Collection, snapshot_slot: int, path: object) -> None:
+        if path is not None and hasattr(path, "exists") and path.exists():
+            index = faiss.read_index(str(path))
+            c.index = index
+            c.snapshot_slot = snapshot_slot
+            c.indexed_upto = snapshot_slot
+            c.dead_in_index = int(index.ntotal) - len(c.alive_slots(below=snapshot_slot))
+            if isinstance(index, faiss.IndexIVF):
+                c.nlist = int(index.nlist)
+                c.trained_on = int(index.ntotal)
+            tail = c.alive_slots()
+            tail = tail[tail >= snapshot_slot]
+            if len(tail):
+                c.index.add_with_ids(c.vectors.data[tail], tail)
+            c.indexed_upto = c.next_slot
+            return
+        if c.index is not None or c.count >= c.spec.index.train_min:
+            c.rebuild_index()
+
+    # ---- collections ----
+
+    def _handle(self, name: str) -> _Handle:
+        handle = self._handles.get(name)
+        if handle is None:
+            raise NotFound(f"collection {name!r} does not exist")
+        return handle
+
+    def create(self, spec: pb.CollectionSpec) -> pb.CollectionStats:
+        spec = normalize_spec(spec)
+        with self._registry_lock:
+            self.storage.create_collection(spec)
+            handle = self._handles[spec.name] = _Handle(Collection(spec))
+        return self._stats(handle)
+
+    def drop(self, name: str) -> None:
+        with self._registry_lock:
+            handle = self._handle(name)
+            with handle.write_mutex:
+                self.storage.drop_collection(name)
+                handle.dropped = True
+                del self._handles[name]
+
+    def list_collections(self) -> list[pb.CollectionStats]:
+        return [self._stats(h) for h in sorted(self._handles.values(), key=lambda h: h.c.name)]
+
+    def stats(self, name: str) -> pb.CollectionStats:
+        return self._stats(self._handle(name))
+
+    def _stats(self, handle: _Handle) -> pb.CollectionStats:
+        c = handle.c
+        with handle.rw.read():
+            return pb.CollectionStats(
+                spec=c.spec,
+                count=c.count,
+                index_total=int(c.index.ntotal) if c.index is not None else 0,
+                trained=c.trained,
+                nlist=c.nlist,
+                snapshot_slot=c.snapshot_slot,
+                device=self.device,
+            )
+
+    def counts(self) -> dict[str, int]:
+        return {name: h.c.count for name, h in list(self._handles.items())}
+
+    # ---- writes ----
+
+    def upsert(self, name: str, items: list[pb.Item]) -> tuple[int, int]:
+        handle = self._handle(name)
+        c = handle.c
+        if not items:
+            raise InvalidArgument("upsert needs at least one item")
+        if len(items) > MAX_BATCH:
+            raise InvalidArgument(f"batch of {len(items)} items exceeds the limit of {MAX_BATCH}")
+        seen: set[str] = set()
+        bodies = []
+        for i, item in enumerate(items):
+            _check_id(item.id, f"item {i}")
+            if item.id in seen:
+                raise InvalidArgument(f"duplicate id {item.id!r} in one batch (item {i})")
+            seen.add(item.id)
+            c.check_attributes(item, i)
+            body = pb.Item(numbers=item.numbers, keywords=item.keywords, tags=item.tags, payload=item.payload)
+            raw = body.SerializeToString(deterministic=True)
+            if len(raw) > MAX_PAYLOAD_BYTES:
+                raise InvalidArgument(
+                    f"item {i} ({item.id!r}): attributes and payload take {len(raw)} bytes, "
+                    f"more than the limit of {MAX_PAYLOAD_BYTES}"
+                )
+            bodies.append(raw)
+        vectors = c.prepare_vectors([list(item.vector) for item in items], "upsert")
+        ids = [item.id for item in items]
+        with handle.write_mutex:
+            if handle.dropped:
+                raise NotFound(f"collection {name!r} does not exist")
+            first = c.next_slot
+            rows = [(item_id, first + i, vectors[i].tobytes(), bodies[i]) for i, item_id in enumerate(ids)]
+            self.storage.upsert(name, rows, first + len(ids))
+            with handle.rw.write():
+                c.apply_upsert(ids, vectors, bodies, first)
+            self._maybe_snapshot(handle)
+            return len(ids), c.count
+
+    def delete(self, name: str, ids: list[str]) -> tuple[int, int]:
+        handle = self._handle(name)
+        if not ids:
+            raise InvalidArgument("delete needs at least one id")
+        if len(ids) > MAX_BATCH:
+            raise InvalidArgument(f"batch of {len(ids)} ids exceeds the limit of {MAX_BATCH}")
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument("duplicate ids in one delete batch")
+        for i, item_id in enumerate(ids):
+            _check_id(item_id, f"id {i}")
+        with handle.write_mutex:
+            if handle.dropped:
+                raise NotFound(f"collection {name!r} does not exist")
+            self.storage.delete(name, ids)
+            with handle.rw.write():
+                deleted = handle.c.apply_delete(ids)
+            self._maybe_snapshot(handle)
+            return deleted, handle.c.count
+
+    def _maybe_snapshot(self, handle: _Handle) -> None:
+        if self.snapshot_every and handle.c.writes_since_snapshot >= self.snapshot_every:
+            self._snapshot_locked(handle)
+
+    def snapshot(self, name: str) -> list[pb.CollectionStats]:
+        handles = [self._handle(name)] if name else list(self._handles.values())
+        out = []
+        for handle in handles:
+            with handle.write_mutex:
+                if handle.dropped:
+                    continue
+                self._snapshot_locked(handle)
+            out.append(self._stats(handle))
+        return out
+
+    def _snapshot_locked(self, handle: _Handle) -> None:
+        c = handle.c
+        if c.needs_compaction():
+            with handle.rw.write():
+                c.compact()
+        with handle.rw.read():
+            if c.index is not None:
+                self.storage.write_snapshot(c.name, c.index, c.next_slot)
+                c.snapshot_slot = c.next_slot
+            c.writes_since_snapshot = 0
+
+    # ---- reads ----
+
+    def get(self, name: str, ids: list[str], include_vectors: bool) -> tuple[list[pb.Item], list[str]]:
+        handle = self._handle(name)
+        if len(ids) > MAX_BATCH:
+            raise InvalidArgument(f"batch of {len(ids)} ids exceeds the limit of {MAX_BATCH}")
+        c = handle.c
+        found, missing = [], []
+        with handle.rw.read():
+            for item_id in ids:
+                slot = c.slot_of.get(item_id)
+                body = c.bodies[slot] if slot is not None else None
+                if slot is None or body is None:
+                    missing.append(item_id)
+                    continue
+                item = pb.Item.FromString(body)
+                item.id = item_id
+                if include_vectors:
+                    item.vector.extend(c.vectors.data[slot].tolist())
+                found.append(item)
+        return found, missing
+
+    def prepare_search(
+        self, name: str, queries: list[list[float]], k: int, flt: pb.Filter | None
+    ) -> np.ndarray:
+        """Validate one search request completely, so a coalesced batch cannot fail for its neighbours."""
+        handle = self._handle(name)
+        if not queries:
+            raise InvalidArgument("search needs at least one query vector")
+        if len(queries) > MAX_QUERIES:
+            raise InvalidArgument(f"{len(queries)} queries exceed the limit of {MAX_QUERIES}")
+        if not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+        if flt is not None:
+            filters.validate(flt, handle.c.number_fields, handle.c.keyword_fields)
+        return handle.c.prepare_vectors(queries, "query")
+
+    def search(
+        self, name: str, queries: np.ndarray, k: int, flt: pb.Filter | None, params: pb.SearchParams
+    ) -> tuple[list[list[Found]], bool]:
+        handle = self._handle(name)
+        c = handle.c
+        with handle.rw.read():
+            mask = filters.evaluate(flt, c) if flt is not None else None
+            hits, exact = c.search(queries, k, mask, params)
+            out = []
+            for row in hits:
+                found = []
+                for h in row:
+                    item_id, body = c.slot_ids[h.slot], c.bodies[h.slot]
+                    if item_id is None or body is None:  # an index answer for a dead slot: never expected
+                        raise FailedPrecondition(f"index of {name!r} returned a deleted item")
+                    found.append(Found(item_id, h.score, body))
+                out.append(found)
+        return out, exact
+
+
+def _check_id(item_id: str, where: str) -> None:
+    if not item_id:
+        raise InvalidArgument(f"{where}: id must not be empty")
+    if len(item_id) > MAX_ID_CHARS:
+        raise InvalidArgument(f"{where}: id is longer than {MAX_ID_CHARS} characters")

@@ -1,0 +1,87 @@
+"""Builds the index gRPC server: servicer, health, reflection, metrics, a sized executor."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import faiss
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from index_service.config import MAX_MESSAGE_BYTES, Device, IndexServiceConfig
+from index_service.engine import Engine
+from index_service.servicer import IndexServicer, Metrics
+from vitrine.index.v1 import index_pb2, index_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
+
+
+def resolve_device(device: Device) -> str:
+    """``auto`` means GPU when FAISS reports one; asking for ``gpu`` without one is a startup error."""
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if device == Device.GPU and gpus == 0:
+        raise RuntimeError("device=gpu requested but FAISS reports no GPU (install faiss-gpu on a GPU host)")
+    if device == Device.CPU:
+        return "cpu"
+    return "gpu" if gpus > 0 else "cpu"
+
+
+@dataclass
+class IndexServer:
+    """What ``create_server`` hands back besides the gRPC server: things to close on shutdown."""
+
+    server: grpc.aio.Server
+    port: int
+    engine: Engine
+    executor: ThreadPoolExecutor
+    health: HealthServicer
+    metrics_port: int | None
+
+    async def stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.executor.shutdown(wait=True)
+        self.engine.close()
+
+
+async def create_server(config: IndexServiceConfig) -> tuple[IndexServer, int]:
+    """Load the data directory, then bind; the port is known (and health SERVING) only once data is loaded."""
+    if config.omp_threads > 0:
+        faiss.omp_set_num_threads(config.omp_threads)
+    device = resolve_device(config.device)
+    engine = Engine(config.data_dir, snapshot_every=config.snapshot_every, device=device)
+    engine.load(progress=log.isEnabledFor(logging.INFO))
+    executor = ThreadPoolExecutor(max_workers=max(1, config.threads), thread_name_prefix="index")
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, engine)
+    metrics_port = None
+    if config.metrics_port >= 0:
+        http_server, _thread = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+        metrics_port = int(http_server.server_port)
+
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    server = grpc.aio.server(options=options)
+    index_pb2_grpc.add_IndexServiceServicer_to_server(
+        IndexServicer(engine, executor, metrics, coalesce=config.coalesce), server
+    )
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("index service listening", extra={"port": port, "metrics_port": metrics_port, "device": device})
+    return IndexServer(server, port, engine, executor, health_servicer, metrics_port), port
