@@ -1,0 +1,42 @@
+"""Triton Python-backend model around one ONNX encoder (the CPU target's stand-in for the ORT backend).
+
+Thin by design: ``initialize`` opens the session once, ``execute`` hands the batch to
+``model_repository.runtime.run_batched`` and returns one response per request; a request that cannot run
+gets its own INVALID_ARG error while its batch neighbours get their results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from model_repository.runtime import make_session, run_batched
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.inputs = [i["name"] for i in config["input"]]
+        self.outputs = [o["name"] for o in config["output"]]
+        path = os.path.join(args["model_repository"], args["model_version"], params["onnx_file"])
+        self.session = make_session(path, threads=int(params.get("intra_op_threads", "0")))
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        feeds = [
+            {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs}
+            for r in requests
+        ]
+        responses = []
+        for result in run_batched(self.session, feeds, self.outputs):
+            if result.outputs is None:
+                error = pb_utils.TritonError(result.error, pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                continue
+            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in result.outputs.items()]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses

@@ -1,0 +1,134 @@
+"""Write a Triton model repository for one target from the artifacts of an export.
+
+One spec (``model_repository.spec``) renders both targets; this module only places files: a
+``config.pbtxt`` per model, the Python-backend sources (kept once, under ``backends/``), the ONNX graphs
+(hard-linked where the filesystem allows, else copied, so the repository can be mounted into a container)
+and the tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from model_repository.spec import (
+    ENCODER_SOURCE,
+    ONNX_FILE,
+    SPECS,
+    VERSION,
+    ModelSpec,
+    Role,
+    render_config,
+    to_pbtxt,
+)
+from vitrine.contracts import Target
+
+log = logging.getLogger(__name__)
+
+BACKENDS = Path(__file__).resolve().parent / "backends"
+INT8_FILE = "model.int8.onnx"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    INT8 = "int8"  # dynamic int8 graphs, only where the export measured agreement and marked them servable
+
+
+class RenderError(RuntimeError):
+    """The artifacts cannot produce the requested repository; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    target: Target = Target.CPU
+    precision: Precision = Precision.FP32
+    dynamic_batching: bool = True
+
+
+def load_manifest(artifacts: Path) -> dict[str, Any]:
+    path = artifacts / "manifest.json"
+    if not path.is_file():
+        raise RenderError(f"{path} not found: run the export first (python -m export --out {artifacts})")
+    return dict(json.loads(path.read_text()))
+
+
+def int8_servable(manifest: dict[str, Any], name: str) -> bool:
+    """Whether the export marked this model's int8 graph servable (agreement measured and sufficient)."""
+    entry = manifest.get("models", {}).get(name, {}) if isinstance(manifest.get("models"), dict) else {}
+    int8 = entry.get("int8") if isinstance(entry, dict) else None
+    if isinstance(int8, dict):
+        return bool(int8.get("servable", False))
+    return False
+
+
+def _place(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise RenderError(f"artifact {src} is missing; re-run the export")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _onnx_source(artifacts: Path, spec: ModelSpec, options: RenderOptions, manifest: dict[str, Any]) -> Path:
+    """The graph to serve: the manifest's entry (fp32, or int8 where it is marked servable)."""
+    assert spec.artifact is not None
+    entry = manifest.get("models", {}).get(spec.model.value) or {}
+    fp32 = artifacts / str(entry.get("path") or Path(spec.artifact) / ONNX_FILE)
+    if options.precision is Precision.INT8:
+        if int8_servable(manifest, spec.model.value):
+            return fp32.parent / str(entry["int8"].get("path", INT8_FILE))
+        log.warning(
+            "int8 not servable for this model; serving fp32",
+            extra={"model": spec.model.value, "reason": "manifest does not mark int8 servable"},
+        )
+    return fp32
+
+
+def render_repository(artifacts: Path, out: Path, options: RenderOptions | None = None) -> Path:
+    """Render every model of the spec into ``out`` (created or refreshed in place) and return it."""
+    options = options or RenderOptions()
+    artifacts = artifacts.resolve()
+    manifest = load_manifest(artifacts)
+    if options.precision is Precision.INT8 and not any(
+        int8_servable(manifest, s.model.value) for s in SPECS if s.role is Role.ENCODER
+    ):
+        raise RenderError(
+            "--precision int8 requested but the manifest marks no int8 graph servable "
+            "(the export keeps int8 only where its agreement with fp32 was measured and sufficient)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in SPECS:
+        model_dir = out / spec.model.value
+        version_dir = model_dir / VERSION
+        params: dict[str, str] = {}
+        if spec.role is not Role.ENSEMBLE:
+            version_dir.mkdir(parents=True, exist_ok=True)
+        if spec.role is Role.ENCODER:
+            _place(_onnx_source(artifacts, spec, options, manifest), version_dir / ONNX_FILE)
+            if options.target is Target.CPU:
+                shutil.copyfile(BACKENDS / ENCODER_SOURCE, version_dir / "model.py")
+                params["onnx_file"] = ONNX_FILE
+        elif spec.role is Role.PREPROCESS:
+            assert spec.source is not None
+            shutil.copyfile(BACKENDS / spec.source, version_dir / "model.py")
+            for name in spec.files:
+                assert spec.artifact is not None
+                _place(artifacts / spec.artifact / name, version_dir / name)
+        else:
+            version_dir.mkdir(parents=True, exist_ok=True)  # Triton wants a version directory for ensembles
+        config = render_config(
+            spec, options.target, dynamic_batching=options.dynamic_batching, parameters=params
+        )
+        (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
+    log.info("rendered model repository", extra={"out": str(out), "target": options.target.value})
+    return out

@@ -1,0 +1,282 @@
+"""The model repository, declared once and rendered for each runtime target.
+
+Every model is one :class:`ModelSpec`; :func:`render_config` turns a spec into a Triton ``ModelConfig``
+message for :attr:`Target.CPU` (the embedded tritonserver: Python-backend models running the ONNX graphs
+through onnxruntime, ``KIND_CPU``) or :attr:`Target.GPU` (NVIDIA's Triton container: the native
+onnxruntime backend with the TensorRT accelerator in fp16, ``KIND_GPU``). Pre-processing stays a Python
+model on both targets. Rendering goes through the protobuf message, so a config that is not a valid
+``ModelConfig`` cannot be written.
+
+Batching choices (measured by ``python -m model_repository.bench``, see docs/BENCHMARKS.md):
+
+* Encoders batch dynamically with preferred sizes; text is padded to ``CLIP_TEXT_BUCKETS`` by the
+  tokenizer so requests of similar length share a shape (Triton only batches equal shapes).
+* Queue delays are short. On a compute-bound CPU a batch of n costs about n times one request, so
+  waiting buys throughput only from amortised per-execution overhead (Python-backend IPC, session
+  dispatch) and costs latency at low load; under load the queue fills while the instance is busy and
+  batches form without any delay. The delay is a small fraction of one execution: it lets requests
+  that arrive together (an ensemble's fan-in, a gateway's burst) share one execution.
+* Every batching model has a bounded queue (``max_queue_size``) with ``REJECT``: overload is refused
+  with UNAVAILABLE at once instead of queueing until every caller's deadline has passed.
+* ``rerank`` has ``max_batch_size 0`` (one query and n passages per request); its tokenizer emits the
+  n pairs as a batch of n for the ``cross_encoder``, which batches pairs of concurrent requests when
+  their length bucket matches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from vitrine.contracts import CLIP_IMAGE_SIZE, EMBED_DIM, MAX_PASSAGES, Model, Target, Tensor
+
+VERSION = "1"
+"""Every model is served as version 1; artifacts carry their own provenance in the manifest."""
+
+
+class Role(str, Enum):
+    PREPROCESS = "preprocess"  # Python backend on every target
+    ENCODER = "encoder"  # ONNX graph: Python backend + onnxruntime on CPU, onnxruntime/TensorRT on GPU
+    ENSEMBLE = "ensemble"
+
+
+@dataclass(frozen=True)
+class Io:
+    name: Tensor
+    dtype: str  # a ``DataType`` name, e.g. "TYPE_FP32"
+    dims: tuple[int, ...]
+    reshape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Batching:
+    preferred: tuple[int, ...]
+    max_queue_delay_us: int
+    max_queue_size: int
+
+
+@dataclass(frozen=True)
+class Step:
+    model: Model
+    input_map: dict[str, str]  # step tensor -> ensemble tensor
+    output_map: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model: Model
+    role: Role
+    inputs: tuple[Io, ...]
+    outputs: tuple[Io, ...]
+    max_batch_size: int
+    batching: Batching | None = None
+    instances: dict[Target, int] = field(default_factory=lambda: {Target.CPU: 1, Target.GPU: 1})
+    source: str | None = None  # Python-backend source under model_repository/backends/
+    artifact: str | None = None  # directory of the artifacts holding this model's files
+    files: tuple[str, ...] = ()  # artifact files placed next to model.py (tokenizers)
+    parameters: dict[str, str] = field(default_factory=dict)
+    steps: tuple[Step, ...] = ()
+
+
+def _same(*names: Tensor) -> dict[str, str]:
+    return {n.value: n.value for n in names}
+
+
+T = Tensor
+SPECS: tuple[ModelSpec, ...] = (
+    # ---- embed_text: TEXT -> tokens padded to a bucket -> CLIP text tower ----
+    ModelSpec(
+        Model.CLIP_TEXT_TOKENIZE,
+        Role.PREPROCESS,
+        inputs=(Io(T.TEXT, "TYPE_STRING", (1,)),),
+        outputs=(
+            Io(T.INPUT_IDS, "TYPE_INT64", (-1,)),
+            Io(T.EOT_INDEX, "TYPE_INT64", (1,)),
+            Io(T.TRUNCATED, "TYPE_BOOL", (1,)),
+        ),
+        max_batch_size=64,
+        batching=Batching(preferred=(), max_queue_delay_us=0, max_queue_size=256),
+        source="clip_text_tokenize.py",
+        artifact="tokenizers/clip",
+        files=("tokenizer.json",),
+    ),
+    ModelSpec(
+        Model.CLIP_TEXT_ENCODER,
+        Role.ENCODER,
+        inputs=(Io(T.INPUT_IDS, "TYPE_INT64", (-1,)), Io(T.EOT_INDEX, "TYPE_INT64", (1,))),
+        outputs=(Io(T.EMBEDDING, "TYPE_FP32", (EMBED_DIM,)),),
+        max_batch_size=64,
+        batching=Batching(preferred=(8, 16, 32, 64), max_queue_delay_us=2_000, max_queue_size=256),
+        artifact="clip_text_encoder",
+    ),
+    ModelSpec(
+        Model.EMBED_TEXT,
+        Role.ENSEMBLE,
+        inputs=(Io(T.TEXT, "TYPE_STRING", (1,)),),
+        outputs=(Io(T.EMBEDDING, "TYPE_FP32", (EMBED_DIM,)), Io(T.TRUNCATED, "TYPE_BOOL", (1,))),
+        max_batch_size=64,
+        steps=(
+            Step(
+                Model.CLIP_TEXT_TOKENIZE,
+                _same(T.TEXT),
+                _same(T.INPUT_IDS, T.EOT_INDEX, T.TRUNCATED),
+            ),
+            Step(Model.CLIP_TEXT_ENCODER, _same(T.INPUT_IDS, T.EOT_INDEX), _same(T.EMBEDDING)),
+        ),
+    ),
+    # ---- embed_image: encoded bytes -> decode/resize/crop/normalise -> CLIP image tower ----
+    ModelSpec(
+        Model.CLIP_IMAGE_PREPROCESS,
+        Role.PREPROCESS,
+        inputs=(Io(T.IMAGE, "TYPE_STRING", (1,)),),
+        outputs=(Io(T.PIXEL_VALUES, "TYPE_FP32", (3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)),),
+        max_batch_size=32,
+        batching=Batching(preferred=(), max_queue_delay_us=0, max_queue_size=128),
+        source="clip_image_preprocess.py",
+    ),
+    ModelSpec(
+        Model.CLIP_IMAGE_ENCODER,
+        Role.ENCODER,
+        inputs=(Io(T.PIXEL_VALUES, "TYPE_FP32", (3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)),),
+        outputs=(Io(T.EMBEDDING, "TYPE_FP32", (EMBED_DIM,)),),
+        max_batch_size=32,
+        batching=Batching(preferred=(4, 8, 16, 32), max_queue_delay_us=5_000, max_queue_size=128),
+        artifact="clip_image_encoder",
+    ),
+    ModelSpec(
+        Model.EMBED_IMAGE,
+        Role.ENSEMBLE,
+        inputs=(Io(T.IMAGE, "TYPE_STRING", (1,)),),
+        outputs=(Io(T.EMBEDDING, "TYPE_FP32", (EMBED_DIM,)),),
+        max_batch_size=32,
+        steps=(
+            Step(Model.CLIP_IMAGE_PREPROCESS, _same(T.IMAGE), _same(T.PIXEL_VALUES)),
+            Step(Model.CLIP_IMAGE_ENCODER, _same(T.PIXEL_VALUES), _same(T.EMBEDDING)),
+        ),
+    ),
+    # ---- rerank: one query + n passages -> n pairs, padded to a bucket -> cross-encoder ----
+    ModelSpec(
+        Model.RERANK_TOKENIZE,
+        Role.PREPROCESS,
+        inputs=(Io(T.QUERY, "TYPE_STRING", (1,)), Io(T.PASSAGES, "TYPE_STRING", (-1,))),
+        outputs=(
+            Io(T.INPUT_IDS, "TYPE_INT64", (-1, -1)),
+            Io(T.ATTENTION_MASK, "TYPE_INT64", (-1, -1)),
+            Io(T.TOKEN_TYPE_IDS, "TYPE_INT64", (-1, -1)),
+            Io(T.TRUNCATED, "TYPE_BOOL", (-1,)),
+        ),
+        max_batch_size=0,
+        source="rerank_tokenize.py",
+        artifact="tokenizers/cross_encoder",
+        files=("tokenizer.json",),
+        instances={Target.CPU: 2, Target.GPU: 2},
+    ),
+    ModelSpec(
+        Model.CROSS_ENCODER,
+        Role.ENCODER,
+        inputs=(
+            Io(T.INPUT_IDS, "TYPE_INT64", (-1,)),
+            Io(T.ATTENTION_MASK, "TYPE_INT64", (-1,)),
+            Io(T.TOKEN_TYPE_IDS, "TYPE_INT64", (-1,)),
+        ),
+        outputs=(Io(T.LOGITS, "TYPE_FP32", (1,)),),
+        max_batch_size=MAX_PASSAGES,
+        batching=Batching(preferred=(64, 128, 256), max_queue_delay_us=2_000, max_queue_size=64),
+        artifact="cross_encoder",
+    ),
+    ModelSpec(
+        Model.RERANK,
+        Role.ENSEMBLE,
+        inputs=(Io(T.QUERY, "TYPE_STRING", (1,)), Io(T.PASSAGES, "TYPE_STRING", (-1,))),
+        # The head emits [n, 1]; the ensemble's reshape hands clients SCORES [n] (verified on 2.51).
+        outputs=(Io(T.SCORES, "TYPE_FP32", (-1,), reshape=(-1, 1)), Io(T.TRUNCATED, "TYPE_BOOL", (-1,))),
+        max_batch_size=0,
+        steps=(
+            Step(
+                Model.RERANK_TOKENIZE,
+                _same(T.QUERY, T.PASSAGES),
+                _same(T.INPUT_IDS, T.ATTENTION_MASK, T.TOKEN_TYPE_IDS, T.TRUNCATED),
+            ),
+            Step(
+                Model.CROSS_ENCODER,
+                _same(T.INPUT_IDS, T.ATTENTION_MASK, T.TOKEN_TYPE_IDS),
+                {T.LOGITS.value: T.SCORES.value},
+            ),
+        ),
+    ),
+)
+
+SPEC_BY_MODEL: dict[Model, ModelSpec] = {s.model: s for s in SPECS}
+
+ENCODER_SOURCE = "onnx_encoder.py"
+"""On the CPU target every encoder is this one Python model around an onnxruntime session."""
+
+ONNX_FILE = "model.onnx"
+
+
+def _io_message(io: Io, cls: type) -> object:
+    msg = cls(name=io.name.value, data_type=mc.DataType.Value(io.dtype), dims=list(io.dims))
+    if io.reshape is not None:
+        msg.reshape.SetInParent()
+        msg.reshape.shape.extend(io.reshape)
+    return msg
+
+
+def render_config(
+    spec: ModelSpec,
+    target: Target,
+    *,
+    dynamic_batching: bool = True,
+    parameters: dict[str, str] | None = None,
+) -> mc.ModelConfig:
+    """The ``ModelConfig`` of one model on one target.
+
+    ``dynamic_batching=False`` renders the same model without a batcher (each request is one execution),
+    the baseline the benchmark compares against; ``parameters`` adds per-render values (file names).
+    """
+    config = mc.ModelConfig(name=spec.model.value, max_batch_size=spec.max_batch_size)
+    config.input.extend(_io_message(io, mc.ModelInput) for io in spec.inputs)
+    config.output.extend(_io_message(io, mc.ModelOutput) for io in spec.outputs)
+
+    if spec.role is Role.ENSEMBLE:
+        config.platform = "ensemble"
+        for step in spec.steps:
+            config.ensemble_scheduling.step.add(
+                model_name=step.model.value,
+                model_version=-1,
+                input_map=step.input_map,
+                output_map=step.output_map,
+            )
+        return config
+
+    gpu_encoder = target is Target.GPU and spec.role is Role.ENCODER
+    if gpu_encoder:
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = ONNX_FILE
+        accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accel.parameters["precision_mode"] = "FP16"
+        accel.parameters["max_workspace_size_bytes"] = str(2 << 30)
+    else:
+        config.backend = "python"
+
+    kind = mc.ModelInstanceGroup.KIND_GPU if gpu_encoder else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(kind=kind, count=spec.instances[target])
+
+    if spec.batching is not None and dynamic_batching:
+        db = config.dynamic_batching
+        db.preferred_batch_size.extend(spec.batching.preferred)
+        db.max_queue_delay_microseconds = spec.batching.max_queue_delay_us
+        db.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        db.default_queue_policy.max_queue_size = spec.batching.max_queue_size
+        db.default_queue_policy.allow_timeout_override = True
+
+    for key, value in {**spec.parameters, **(parameters or {})}.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def to_pbtxt(config: mc.ModelConfig) -> str:
+    return str(text_format.MessageToString(config))
