@@ -1,0 +1,384 @@
+"""The export pipeline: checkpoints -> ONNX towers -> validation -> optional int8/fp16/TensorRT -> manifest.
+
+Every artifact goes through the same path whatever its weights (pretrained, partial or random), and the
+manifest records which, so no figure measured on random weights can pass for a pretrained one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export import checkpoints, validate, variants
+from export.checkpoints import Checkpoint
+from export.errors import ExportError
+from export.specs import CLIP_IMAGE, CLIP_TEXT, CROSS_ENCODER, OPSET, TOWERS, Family, TowerSpec
+from export.towers import ClipImageTower, ClipTextTower, CrossEncoderTower, load_clip, load_cross_encoder
+from vitrine.contracts import CLIP_CONTEXT_LENGTH, CLIP_IMAGE_SIZE, RERANK_MAX_LENGTH, Model, Size, Weights
+from vitrine.tokenization import (
+    ClipTokenizer,
+    PairTokenizer,
+    build_clip_tokenizer_json,
+    bundled_clip_bpe,
+    write_pair_tokenizer_json,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+INT8_MIN_AGREEMENT = 0.99
+"""An int8 graph is served only where its top-10 agrees with fp32 at least this often (measured)."""
+
+TOKENIZER_FILES = {
+    Family.CLIP: Path("tokenizers/clip/tokenizer.json"),
+    Family.CROSS_ENCODER: Path("tokenizers/cross_encoder/tokenizer.json"),
+}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    out: Path = field(default=Path("var/artifacts"), metadata={"help": "artifact directory"})
+    source: str = field(
+        default=checkpoints.AUTO,
+        metadata={"help": "auto (hub, else random weights) | random | hub id | checkpoint directory"},
+    )
+    clip_source: str = field(default="", metadata={"help": "CLIP source, overriding --source"})
+    cross_encoder_source: str = field(
+        default="", metadata={"help": "cross-encoder source, overriding --source"}
+    )
+    size: Size = field(default=Size.FULL, metadata={"help": "full (real architectures) or tiny (tests)"})
+    seed: int = field(default=0, metadata={"help": "seed of random weights and validation inputs"})
+    int8: bool = field(default=False, metadata={"help": "also write dynamically quantised int8 graphs"})
+    fp16: bool = field(default=False, metadata={"help": "also write fp16 graphs (fp32 inputs/outputs)"})
+    tensorrt: bool = field(default=False, metadata={"help": "also build TensorRT fp16 engines (GPU host)"})
+    opset: int = field(default=OPSET, metadata={"help": "ONNX opset (>= 17)"})
+
+    def source_for(self, family: Family) -> str:
+        override = self.clip_source if family is Family.CLIP else self.cross_encoder_source
+        return override or self.source
+
+
+@dataclass
+class ModelEntry:
+    model: str
+    path: str
+    weights: str
+    source: str
+    size: str
+    opset: int
+    sha256: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    validation: dict[str, Any]
+    int8: dict[str, Any] | None = None
+    fp16: dict[str, Any] | None = None
+    tensorrt: dict[str, Any] | None = None
+
+
+@dataclass
+class Manifest:
+    root: Path
+    size: str
+    seed: int
+    tokenizers: dict[str, str]
+    models: dict[str, ModelEntry]
+    durations_s: dict[str, float] = field(default_factory=dict)
+    format: int = 1
+
+    def entry(self, model: Model) -> ModelEntry:
+        return self.models[model.value]
+
+    def path(self, model: Model, variant: str = "fp32") -> Path:
+        """Absolute path of a model's graph; ``variant`` is fp32, int8 or fp16."""
+        entry = self.entry(model)
+        if variant == "fp32":
+            return self.root / entry.path
+        extra = entry.int8 if variant == "int8" else entry.fp16 if variant == "fp16" else None
+        if not extra or "path" not in extra:
+            raise KeyError(f"{model.value} has no {variant} graph in {self.root / MANIFEST}")
+        return self.root / Path(entry.path).parent / extra["path"]
+
+    def tokenizer(self, family: Family) -> Path:
+        return self.root / self.tokenizers[family.value]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("root")
+        return data
+
+    def save(self) -> None:
+        (self.root / MANIFEST).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, root: Path) -> Manifest:
+        path = Path(root) / MANIFEST
+        if not path.is_file():
+            raise ExportError(f"no {MANIFEST} in {root}: run `python -m export --out {root}` first")
+        data = json.loads(path.read_text())
+        models = {k: ModelEntry(**v) for k, v in data.pop("models").items()}
+        return cls(root=Path(root), models=models, **data)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _torch_runner(module: torch.nn.Module) -> Callable[[validate.Feeds], np.ndarray]:
+    @torch.inference_mode()
+    def run(feeds: validate.Feeds) -> np.ndarray:
+        return module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+
+    return run
+
+
+def export_onnx(
+    spec: TowerSpec, module: torch.nn.Module, dummy: validate.Feeds, path: Path, opset: int
+) -> None:
+    """TorchScript-based exporter: one self-contained file and exact opset control (the dynamo exporter
+    splits weights into a side file and cannot down-convert these graphs to opset 17)."""
+    if opset < OPSET:
+        raise ExportError(f"opset {opset} < {OPSET}: LayerNormalization would be decomposed (fp16 overflow)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            tuple(torch.from_numpy(v) for v in dummy.values()),
+            str(path),
+            input_names=[t.name.value for t in spec.inputs],
+            output_names=[t.name.value for t in spec.outputs],
+            dynamic_axes=spec.dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _dummy(spec: TowerSpec) -> validate.Feeds:
+    """Tracing inputs; validation never reuses them."""
+    if spec is CLIP_IMAGE:
+        return {"pixel_values": np.zeros((2, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE), np.float32)}
+    ids = np.full((2, 16), 1000, np.int64)
+    if spec is CLIP_TEXT:
+        return {"input_ids": ids, "eot_index": np.array([[15], [9]], np.int64)}
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def probe_for(spec: TowerSpec, out: Path, seed: int) -> validate.RankingProbe:
+    """Fresh validation inputs: serving-tokenized texts, random pixels, (query, passage) pairs."""
+    rng = np.random.default_rng(seed + 7919)
+    cat = validate.catalog(seed + 104729)
+    n = validate.QUERIES
+    if spec is CLIP_TEXT:
+        tok = ClipTokenizer.from_file(out / TOKENIZER_FILES[Family.CLIP])
+        batches = []
+        for texts in (validate.product_texts(n, seed + 1), validate.product_texts(4, seed + 2, long_every=1)):
+            b = tok.encode_batch(texts)
+            batches.append({"input_ids": b.input_ids, "eot_index": b.eot_index})
+        return validate.RankingProbe(batches, lambda e: e[:n] @ cat.T)
+    if spec is CLIP_IMAGE:
+        batches = [
+            {
+                "pixel_values": rng.standard_normal((n // 2, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)).astype(
+                    np.float32
+                )
+            }
+            for _ in range(2)
+        ]
+        return validate.RankingProbe(batches, lambda e: e @ cat.T)
+    pairs = PairTokenizer.from_file(out / TOKENIZER_FILES[Family.CROSS_ENCODER], RERANK_MAX_LENGTH)
+    queries = validate.product_texts(validate.RERANK_QUERIES, seed + 3)
+    batches = []
+    for i, query in enumerate(queries):
+        passages = validate.product_texts(validate.RERANK_PASSAGES, seed + 100 + i, long_every=5)
+        p = pairs.encode(query, passages)
+        batches.append(
+            {"input_ids": p.input_ids, "attention_mask": p.attention_mask, "token_type_ids": p.token_type_ids}
+        )
+    return validate.RankingProbe(batches, lambda s: s.reshape(validate.RERANK_QUERIES, -1))
+
+
+def _write_tokenizers(out: Path, ckpts: dict[Family, Checkpoint]) -> None:
+    clip_json = out / TOKENIZER_FILES[Family.CLIP]
+    if (
+        ckpts[Family.CLIP].weights is Weights.PRETRAINED
+        and (ckpts[Family.CLIP].path / "tokenizer.json").is_file()
+    ):
+        clip_json.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ckpts[Family.CLIP].path / "tokenizer.json", clip_json)
+    else:
+        build_clip_tokenizer_json(bundled_clip_bpe(), clip_json)
+    write_pair_tokenizer_json(
+        ckpts[Family.CROSS_ENCODER].path / "tokenizer.json", out / TOKENIZER_FILES[Family.CROSS_ENCODER]
+    )
+    # The reference tokenizer must not inherit truncation/padding baked into a copied tokenizer.json either.
+    write_pair_tokenizer_json(
+        ckpts[Family.CROSS_ENCODER].path / "tokenizer.json",
+        ckpts[Family.CROSS_ENCODER].path / "tokenizer.json",
+    )
+
+
+def export_all(cfg: ExportConfig) -> Manifest:
+    """Export, validate and describe all three towers into ``cfg.out``; raise ExportError on any failure."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a half-written export must not look finished
+    steps = 2 + len(TOWERS) * (2 + cfg.int8 + cfg.fp16 + cfg.tensorrt)
+    durations: dict[str, float] = {}
+    started = time.perf_counter()
+    bar = tqdm(total=steps, desc="export", unit="step", disable=None)
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        result = fn()
+        durations[name] = round(time.perf_counter() - t0, 2)
+        bar.update()
+        return result
+
+    try:
+        ckpts: dict[Family, Checkpoint] = {}
+        for family in Family:
+            ckpts[family] = step(
+                f"checkpoint {family.value}",
+                functools.partial(
+                    checkpoints.obtain,
+                    family,
+                    cfg.source_for(family),
+                    cfg.size,
+                    cfg.seed,
+                    out / "checkpoints" / family.value,
+                ),
+            )
+        _write_tokenizers(out, ckpts)
+        clip = load_clip(ckpts[Family.CLIP].path)
+        cross = load_cross_encoder(ckpts[Family.CROSS_ENCODER].path)
+        modules: dict[Model, torch.nn.Module] = {
+            Model.CLIP_TEXT_ENCODER: ClipTextTower(clip).eval(),
+            Model.CLIP_IMAGE_ENCODER: ClipImageTower(clip).eval(),
+            Model.CROSS_ENCODER: CrossEncoderTower(cross).eval(),
+        }
+        entries = {}
+        for spec in TOWERS:
+            entries[spec.model.value] = _export_tower(
+                cfg, spec, modules[spec.model], ckpts[spec.family], step
+            )
+    finally:
+        bar.close()
+    durations["total"] = round(time.perf_counter() - started, 2)
+    manifest = Manifest(
+        root=out,
+        size=cfg.size.value,
+        seed=cfg.seed,
+        tokenizers={f.value: str(p) for f, p in TOKENIZER_FILES.items()},
+        models=entries,
+        durations_s=durations,
+    )
+    manifest.save()
+    return manifest
+
+
+def _export_tower(
+    cfg: ExportConfig,
+    spec: TowerSpec,
+    module: torch.nn.Module,
+    ckpt: Checkpoint,
+    step: Callable[[str, Callable[[], Any]], Any],
+) -> ModelEntry:
+    out = Path(cfg.out)
+    name = spec.model.value
+    path = out / name / "model.onnx"
+    step(f"export {name}", lambda: export_onnx(spec, module, _dummy(spec), path, cfg.opset))
+    probe = probe_for(spec, out, cfg.seed)
+    run_torch = _torch_runner(module)
+    figures = step(f"validate {name}", lambda: validate.validate(spec, path, run_torch, probe))
+    entry = ModelEntry(
+        model=name,
+        path=str(path.relative_to(out)),
+        weights=ckpt.weights.value,
+        source=ckpt.source,
+        size=cfg.size.value,
+        opset=cfg.opset,
+        sha256=sha256(path),
+        inputs=[t.to_dict() for t in spec.inputs],
+        outputs=[t.to_dict() for t in spec.outputs],
+        validation=figures,
+    )
+    if cfg.int8:
+        q = path.with_name("model.int8.onnx")
+
+        def quantise() -> dict[str, Any]:
+            variants.int8(path, q)
+            agreement = validate.agreement_vs(q, path, probe)
+            return {
+                "path": q.name,
+                "sha256": sha256(q),
+                **agreement,
+                "servable": agreement["agreement_top10"] >= INT8_MIN_AGREEMENT,
+                "rule": f"top-10 agreement with fp32 >= {INT8_MIN_AGREEMENT} ({probe_description(spec)})",
+            }
+
+        entry.int8 = step(f"int8 {name}", quantise)
+        if not entry.int8["servable"]:
+            log.warning(
+                "int8 %s not servable: top-10 agreement %.3f < %.2f",
+                name,
+                entry.int8["agreement_top10"],
+                INT8_MIN_AGREEMENT,
+            )
+    if cfg.fp16:
+        h = path.with_name("model.fp16.onnx")
+
+        def half() -> dict[str, Any]:
+            variants.fp16(path, h)
+            try:
+                result = validate.validate(spec, h, run_torch, probe, fp16=True)
+                status = "validated"
+            except ExportError:
+                raise
+            except Exception as exc:  # onnxruntime's CPU provider lacks fp16 kernels for some ops
+                result, status = {"reason": f"{type(exc).__name__}: {str(exc)[:200]}"}, "unvalidated"
+            return {"path": h.name, "sha256": sha256(h), "status": status, "validation": result}
+
+        entry.fp16 = step(f"fp16 {name}", half)
+    if cfg.tensorrt:
+        reason = variants.tensorrt_unavailable()
+        if reason:
+            log.warning("%s: %s", name, reason)
+            entry.tensorrt = step(f"tensorrt {name}", lambda: {"status": "skipped", "reason": reason})
+        else:
+            seq = CLIP_CONTEXT_LENGTH if spec is CLIP_TEXT else RERANK_MAX_LENGTH
+            entry.tensorrt = step(
+                f"tensorrt {name}",
+                lambda: variants.tensorrt_engine(
+                    spec, path, path.with_name("model.plan"), max_batch=64, max_seq=seq
+                ),
+            )
+    return entry
+
+
+def probe_description(spec: TowerSpec) -> str:
+    if spec is CROSS_ENCODER:
+        return f"{validate.RERANK_QUERIES} queries x {validate.RERANK_PASSAGES} passages"
+    return f"{validate.QUERIES} queries x {validate.CATALOG_SIZE} random catalog vectors"
