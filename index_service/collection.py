@@ -18,10 +18,11 @@ import faiss
 import numpy as np
 
 from index_service.errors import InvalidArgument
+from index_service.gpu import GpuMirror
 from vitrine.index.v1 import index_pb2 as pb
 
 BRUTE_FORCE_MAX = 20_000
-"""Filtered searches with at most this many matching items scan those items exactly (cheaper and exact)."""
+"""Default: filtered searches matching at most this many items scan those items exactly (cheaper, exact)."""
 
 TOMBSTONE_REBUILD_FRACTION = 0.25
 """A snapshot compacts the index once this share of the vectors it holds are dead."""
@@ -111,8 +112,11 @@ def normalize_spec(spec: pb.CollectionSpec) -> pb.CollectionSpec:
 
 
 class Collection:
-    def __init__(self, spec: pb.CollectionSpec) -> None:
+    def __init__(self, spec: pb.CollectionSpec, brute_force_max: int = BRUTE_FORCE_MAX) -> None:
         self.spec = spec
+        self.brute_force_max = brute_force_max
+        self.gpu: GpuMirror | None = None
+        self.version = 0  # bumped by every change to the index, so a GPU copy knows it is stale
         self.name = spec.name
         self.dim = spec.dim
         self.kind = spec.index.kind
@@ -233,6 +237,7 @@ class Collection:
             self._index_attributes(slot, body)
         self.next_slot = end
         self.writes_since_snapshot += n
+        self.version += 1
         self._add_to_index(first_slot, end)
 
     def apply_delete(self, ids: list[str]) -> int:
@@ -243,6 +248,7 @@ class Collection:
                 self._kill(slot)
                 deleted += 1
         self.writes_since_snapshot += deleted
+        self.version += 1
         return deleted
 
     def _kill(self, slot: int) -> None:
@@ -335,6 +341,7 @@ class Collection:
         self.index = index
         self.indexed_upto = self.next_slot
         self.dead_in_index = 0
+        self.version += 1
 
     def needs_compaction(self) -> bool:
         total = self.index.ntotal if self.index is not None else 0
@@ -350,6 +357,7 @@ class Collection:
         dead = np.flatnonzero(~self.alive.data[: self.indexed_upto]).astype(np.int64)
         self.index.remove_ids(faiss.IDSelectorBatch(dead))
         self.dead_in_index = 0
+        self.version += 1
 
     # ---- search ----
 
@@ -361,6 +369,11 @@ class Collection:
         if self.count == 0:
             return [[] for _ in range(nq)], True
         if mask is None and self.index is not None and not params.exact and self.dead_in_index == 0:
+            if self.gpu is not None and self.kind != pb.INDEX_KIND_HNSW:  # GPU
+                kk = min(k, self.count)
+                nprobe = params.nprobe or DEFAULT_NPROBE
+                distances, labels = self.gpu.search(self.index, self.version, queries, kk, nprobe)
+                return _rows(distances, labels), self.kind == pb.INDEX_KIND_FLAT
             return self._index_search(queries, k, None, params, self.count), self.kind == pb.INDEX_KIND_FLAT
         candidates = self.alive.data[: self.next_slot].copy()
         if mask is not None:
@@ -368,7 +381,7 @@ class Collection:
         matching = int(candidates.sum())
         if matching == 0:
             return [[] for _ in range(nq)], True
-        if self.index is None or params.exact or matching <= max(BRUTE_FORCE_MAX, k):
+        if self.index is None or params.exact or matching <= max(self.brute_force_max, k):
             return self._brute_force(queries, k, np.flatnonzero(candidates)), True
         if self.indexed_upto < self.next_slot:
             candidates[self.indexed_upto :] = False  # cannot happen while writes index eagerly

@@ -50,5 +50,9 @@ class IndexServiceConfig:
         default=100_000,
         metadata={"help": "snapshot a collection after this many writes since the last one; 0 = never"},
     )
+    brute_force_max: int = field(
+        default=20_000,
+        metadata={"help": "filtered searches matching at most this many items scan them exactly"},
+    )
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error"})

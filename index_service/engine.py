@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from index_service import filters
-from index_service.collection import Collection, normalize_spec
+from index_service.collection import BRUTE_FORCE_MAX, Collection, normalize_spec
 from index_service.config import MAX_BATCH, MAX_ID_CHARS, MAX_K, MAX_PAYLOAD_BYTES, MAX_QUERIES
 from index_service.errors import FailedPrecondition, InvalidArgument, NotFound
 from index_service.storage import Storage
@@ -69,8 +69,12 @@ class RWLock:
 
 
 class _Handle:
-    def __init__(self, collection: Collection) -> None:
+    def __init__(self, collection: Collection, device: str) -> None:
         self.c = collection
+        if device == "gpu":  # GPU
+            from index_service.gpu import GpuMirror
+
+            collection.gpu = GpuMirror()
         self.write_mutex = threading.Lock()
         self.rw = RWLock()
         self.dropped = False
@@ -84,7 +88,14 @@ class Found:
 
 
 class Engine:
-    def __init__(self, data_dir: str, snapshot_every: int = 100_000, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        snapshot_every: int = 100_000,
+        device: str = "cpu",
+        brute_force_max: int = BRUTE_FORCE_MAX,
+    ) -> None:
+        self.brute_force_max = brute_force_max
         self.storage = Storage(data_dir)
         self.snapshot_every = snapshot_every
         self.device = device
@@ -101,7 +112,7 @@ class Engine:
         """Rebuild memory from the database and the latest snapshots (the restart path)."""
         start = time.perf_counter()
         for stored in self.storage.collections():
-            c = Collection(stored.spec)
+            c = Collection(stored.spec, self.brute_force_max)
             c._ensure(stored.next_slot)
             bar = tqdm(desc=f"loading {c.name}", unit="item", disable=not progress)
             for rows in self.storage.items(c.name):
@@ -118,7 +129,7 @@ class Engine:
             bar.close()
             c.next_slot = stored.next_slot
             self._restore_index(c, stored.snapshot_slot, stored.snapshot_path)
-            self._handles[c.name] = _Handle(c)
+            self._handles[c.name] = _Handle(c, self.device)
         self.load_seconds = time.perf_counter() - start
         log.info(
             "index loaded", extra={"seconds": round(self.load_seconds, 3), "collections": len(self._handles)}
@@ -155,7 +166,7 @@ class Engine:
         spec = normalize_spec(spec)
         with self._registry_lock:
             self.storage.create_collection(spec)
-            handle = self._handles[spec.name] = _Handle(Collection(spec))
+            handle = self._handles[spec.name] = _Handle(Collection(spec, self.brute_force_max), self.device)
         return self._stats(handle)
 
     def drop(self, name: str) -> None:

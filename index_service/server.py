@@ -55,7 +55,12 @@ async def create_server(config: IndexServiceConfig) -> tuple[IndexServer, int]:
     if config.omp_threads > 0:
         faiss.omp_set_num_threads(config.omp_threads)
     device = resolve_device(config.device)
-    engine = Engine(config.data_dir, snapshot_every=config.snapshot_every, device=device)
+    engine = Engine(
+        config.data_dir,
+        snapshot_every=config.snapshot_every,
+        device=device,
+        brute_force_max=config.brute_force_max,
+    )
     engine.load(progress=log.isEnabledFor(logging.INFO))
     executor = ThreadPoolExecutor(max_workers=max(1, config.threads), thread_name_prefix="index")
     registry = CollectorRegistry()

@@ -1,0 +1,82 @@
+"""Builders shared by the index service tests: seeded items with known attributes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vitrine.index.v1 import index_pb2 as pb
+
+CATEGORIES = ("shoes", "bags", "hats", "coats")
+TAGS = ("red", "blue", "leather", "sale", "new")
+
+
+def spec(
+    name: str,
+    dim: int,
+    *,
+    metric: int = pb.METRIC_L2,
+    kind: int = pb.INDEX_KIND_FLAT,
+    **index: int,
+) -> pb.CollectionSpec:
+    return pb.CollectionSpec(
+        name=name,
+        dim=dim,
+        metric=metric,  # type: ignore[arg-type]
+        index=pb.IndexSpec(kind=kind, **index),  # type: ignore[arg-type]
+        schema=pb.AttributeSchema(number_fields=["price"], keyword_fields=["category", "brand"]),
+    )
+
+
+def attributes(i: int) -> tuple[float, str, str, list[str]]:
+    """Deterministic attributes of item i: price, category, brand, tags."""
+    price = float((i * 37) % 1000)
+    category = CATEGORIES[i % len(CATEGORIES)]
+    brand = f"brand{i % 50}"
+    tags = [t for j, t in enumerate(TAGS) if (i >> j) & 1]
+    return price, category, brand, tags
+
+
+def items(vectors: np.ndarray, start: int = 0, prefix: str = "p") -> list[pb.Item]:
+    out = []
+    for offset, vec in enumerate(vectors):
+        i = start + offset
+        price, category, brand, tags = attributes(i)
+        out.append(
+            pb.Item(
+                id=f"{prefix}{i}",
+                vector=vec.tolist(),
+                numbers={"price": price},
+                keywords={"category": category, "brand": brand},
+                tags=tags,
+                payload=pb.Payload(title=f"product {i}", image_uri=f"s3://images/{i}.jpg"),
+            )
+        )
+    return out
+
+
+def attribute_columns(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[set[str]]]:
+    cols = [attributes(i) for i in range(n)]
+    price = np.array([c[0] for c in cols])
+    category = np.array([c[1] for c in cols])
+    brand = np.array([c[2] for c in cols])
+    return price, category, brand, [set(c[3]) for c in cols]
+
+
+async def load(stub: object, name: str, vectors: np.ndarray, batch: int = 1000) -> None:
+    for start in range(0, len(vectors), batch):
+        await stub.Upsert(  # type: ignore[attr-defined]
+            pb.UpsertRequest(collection=name, items=items(vectors[start : start + batch], start))
+        )
+
+
+def search_request(name: str, queries: np.ndarray, k: int, **kwargs: object) -> pb.SearchRequest:
+    return pb.SearchRequest(
+        collection=name,
+        queries=[pb.Query(vector=q.tolist()) for q in queries],
+        k=k,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def ids_of(reply: pb.SearchResponse) -> list[list[int]]:
+    return [[int(h.id[1:]) for h in r.hits] for r in reply.results]
