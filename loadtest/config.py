@@ -1,0 +1,56 @@
+"""Load-test settings, one frozen dataclass per command; flags and LOADTEST_* variables derive from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+ENV_PREFIX = "LOADTEST"
+
+
+class LoadTarget(str, Enum):
+    GATEWAY = "gateway"  # the public API: what shoppers see
+    TRITON = "triton"  # the model tier alone, through its ensembles
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    target: LoadTarget = field(default=LoadTarget.GATEWAY, metadata={"help": "what to load"})
+    gateway: str = field(default="127.0.0.1:50051", metadata={"help": "gateway gRPC address"})
+    triton: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address"})
+    users: int = field(default=10, metadata={"help": "concurrent simulated users"})
+    spawn_rate: float = field(default=10.0, metadata={"help": "users started per second"})
+    duration_s: float = field(default=60.0, metadata={"help": "run time (per step in step mode)"})
+    rate: float = field(
+        default=0.0,
+        metadata={"help": "total requests/s, paced across users; 0: each user sends back to back"},
+    )
+    mix: str = field(default="", metadata={"help": "scenario=weight,... (default: the target's full mix)"})
+    p95_ms: float = field(default=100.0, metadata={"help": "objective: p95 latency below this"})
+    max_error_rate: float = field(default=0.001, metadata={"help": "objective: failed fraction at most this"})
+    out: str = field(default="var/loadtest/run", metadata={"help": "report directory (CSV, HTML, summary)"})
+    catalog: str = field(
+        default="", metadata={"help": "catalog JSONL the stack serves (default: the seeded demo vocabulary)"}
+    )
+    catalog_size: int = field(default=200, metadata={"help": "products generated when no catalog is given"})
+    seed: int = field(default=0, metadata={"help": "seed of the generated vocabulary"})
+    timeout_s: float = field(default=10.0, metadata={"help": "deadline of each call"})
+    top_k: int = field(default=10, metadata={"help": "results per search"})
+    weights: str = field(
+        default="unrecorded",
+        metadata={"help": "weights the stack serves (random/partial/pretrained), for the report"},
+    )
+
+
+@dataclass(frozen=True)
+class StepConfig(RunConfig):
+    out: str = field(default="var/loadtest/step", metadata={"help": "report directory (one folder per step)"})
+    duration_s: float = field(default=30.0, metadata={"help": "measured time per step"})
+    start_rate: float = field(default=2.0, metadata={"help": "first offered rate (requests/s)"})
+    factor: float = field(default=1.5, metadata={"help": "each step offers this many times the last"})
+    max_rate: float = field(default=500.0, metadata={"help": "never offer more than this"})
+    max_steps: int = field(default=8, metadata={"help": "most steps, bisection included"})
+    refine: int = field(default=2, metadata={"help": "bisection steps between last pass and first miss"})
+    interval_s: float = field(
+        default=0.5, metadata={"help": "each user's pacing interval; users = rate x interval"}
+    )

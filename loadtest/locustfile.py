@@ -1,0 +1,292 @@
+"""Locust users for Vitrine: the gateway's public API and Triton's ensembles, over gRPC.
+
+Run through ``python -m loadtest`` (which sets the options below and judges the result); it also works
+with plain ``locust -f loadtest/locustfile.py GatewayUser --vitrine-mix text=3,image=1 ...``.
+
+Each scenario is one request named in the statistics, so the report shows latency and failures per kind
+of traffic; ``--vitrine-mix`` weights them. Search responses carry per-stage timings; they are collected
+and written beside the CSV, which is how a run says which stage dominates.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+import numpy as np
+import tritonclient.grpc as triton
+from locust import TaskSet, User, constant_throughput, events
+from locust.env import Environment
+
+from loadtest import grpc_user
+from loadtest.data import FilterSpec, QueryData
+from loadtest.objective import percentile
+from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Tensor
+from vitrine.gateway.v1 import gateway_pb2 as pb
+from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+GATEWAY_MIX = "text=6,text_rerank10=2,text_rerank50=1,image=2,hybrid=1,filtered=2,similar=1"
+TRITON_MIX = "embed_text=6,embed_image=2,rerank10=2,rerank50=1"
+
+_data: QueryData | None = None
+_stages: dict[str, list[float]] = defaultdict(list)
+_reset_on_spawn = False
+_open: list[Callable[[], None]] = []
+"""Close functions of every channel opened; a channel left open keeps the process from exiting."""
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    group = parser.add_argument_group("vitrine")
+    group.add_argument("--vitrine-mix", default="", help="scenario=weight,... (default: all scenarios)")
+    group.add_argument(
+        "--vitrine-user-rate", type=float, default=0.0, help="requests/s per user; 0 = no pause"
+    )
+    group.add_argument(
+        "--vitrine-catalog", default="", help="catalog JSONL whose vocabulary and photos to use"
+    )
+    group.add_argument("--vitrine-catalog-size", type=int, default=200)
+    group.add_argument("--vitrine-seed", type=int, default=0)
+    group.add_argument("--vitrine-top-k", type=int, default=10)
+    group.add_argument("--vitrine-timeout-s", type=float, default=10.0)
+    group.add_argument("--vitrine-stages-out", default="", help="where to write per-stage timings (JSON)")
+
+
+def parse_mix(text: str, known: dict[str, Callable[..., None]]) -> list[TaskSet | Callable[..., Any]]:
+    """``"text=3,image=1"`` -> a task list with each task repeated by its weight (Locust's own form)."""
+    tasks: list[TaskSet | Callable[..., Any]] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, weight = part.partition("=")
+        if name not in known:
+            raise ValueError(f"unknown scenario {name!r}; choose from {', '.join(sorted(known))}")
+        count = int(weight or 1)
+        if count < 0:
+            raise ValueError(f"weight of {name!r} must be >= 0")
+        tasks.extend([known[name]] * count)
+    if not tasks:
+        raise ValueError("the mix selects no scenario")
+    return tasks
+
+
+def _record_stages(response: pb.SearchResponse) -> None:
+    for timing in response.timings:
+        _stages[timing.stage].append(timing.ms)
+
+
+def stage_summary() -> dict[str, dict[str, float]]:
+    return {
+        stage: {
+            "count": len(values),
+            "mean_ms": float(np.mean(values)),
+            "p50_ms": percentile(values, 0.50),
+            "p95_ms": percentile(values, 0.95),
+            "p99_ms": percentile(values, 0.99),
+        }
+        for stage, values in sorted(_stages.items())
+    }
+
+
+class _VitrineUser(User):
+    abstract = True
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        options = environment.parsed_options
+        self.rate = float(getattr(options, "vitrine_user_rate", 0.0) or 0.0)
+        self.timeout = float(getattr(options, "vitrine_timeout_s", 10.0))
+        self.top_k = int(getattr(options, "vitrine_top_k", 10))
+        self.rng = random.Random(random.getrandbits(32))
+        assert _data is not None, "query data is loaded on Locust's init event"
+        self.data: QueryData = _data
+
+    def wait_time(self) -> float:
+        """Constant throughput per user, so the offered rate is users x rate whatever the latency."""
+        return constant_throughput(self.rate)(self) if self.rate > 0 else 0.0
+
+    def on_start(self) -> None:
+        # Users spawned together would otherwise fire in lockstep bursts at every pacing interval.
+        if self.rate > 0:
+            self._sleep(self.rng.uniform(0, 1.0 / self.rate))
+
+    def _sleep(self, seconds: float) -> None:
+        gevent.sleep(seconds)
+
+
+def _filters(specs: list[FilterSpec]) -> list[pb.Filter]:
+    out = []
+    for spec in specs:
+        message = pb.Filter(field=spec.field, any_of=list(spec.any_of))
+        if spec.min is not None:
+            message.min = spec.min
+        if spec.max is not None:
+            message.max = spec.max
+        out.append(message)
+    return out
+
+
+class GatewayUser(_VitrineUser):
+    """A shop front calling the gateway: text, image and hybrid search, re-rank depths, filters."""
+
+    def on_start(self) -> None:
+        self.channel = grpc_user.intercepted_channel(self.host or "", self.environment.events.request.fire)
+        _open.append(self.channel.close)
+        self.stub = pb_grpc.ProductSearchStub(self.channel)
+        super().on_start()
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    def search(self, name: str, request: pb.SearchRequest) -> None:
+        request.top_k = self.top_k
+        try:
+            response = self.stub.Search(request, timeout=self.timeout, metadata=grpc_user.named(name))
+        except Exception:  # already reported as a failure by the interceptor
+            return
+        _record_stages(response)
+
+    def text(self) -> None:
+        self.search("text", pb.SearchRequest(text=self.data.text(self.rng)))
+
+    def text_rerank10(self) -> None:
+        request = pb.SearchRequest(text=self.data.text(self.rng), rerank=True, rerank_depth=10)
+        self.search("text_rerank10", request)
+
+    def text_rerank50(self) -> None:
+        request = pb.SearchRequest(text=self.data.text(self.rng), rerank=True, rerank_depth=50)
+        self.search("text_rerank50", request)
+
+    def image(self) -> None:
+        self.search("image", pb.SearchRequest(image=self.data.image(self.rng)))
+
+    def hybrid(self) -> None:
+        request = pb.SearchRequest(
+            text=self.data.text(self.rng), image=self.data.image(self.rng), image_weight=0.5
+        )
+        self.search("hybrid", request)
+
+    def filtered(self) -> None:
+        request = pb.SearchRequest(
+            text=self.data.text(self.rng), filters=_filters(self.data.filters(self.rng))
+        )
+        self.search("filtered", request)
+
+    def similar(self) -> None:
+        request = pb.SimilarItemsRequest(id=self.data.product_id(self.rng), top_k=self.top_k)
+        try:
+            self.stub.SimilarItems(request, timeout=self.timeout, metadata=grpc_user.named("similar"))
+        except Exception:  # already reported as a failure by the interceptor
+            return
+
+    @classmethod
+    def scenarios(cls) -> dict[str, Callable[..., None]]:
+        names = ("text", "text_rerank10", "text_rerank50", "image", "hybrid", "filtered", "similar")
+        return {name: getattr(cls, name) for name in names}
+
+
+class TritonUser(_VitrineUser):
+    """A client of Triton's ensembles directly: what the model tier alone sustains, without the gateway."""
+
+    def on_start(self) -> None:
+        self.client = triton.InferenceServerClient(self.host or "")
+        _open.append(self.client.close)
+        # Batching models take a leading batch dimension; the repository decides, so ask it.
+        self.batched = {}
+        for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO):
+            config = self.client.get_model_config(io.model.value, as_json=True, client_timeout=self.timeout)
+            self.batched[io.model] = int(config["config"].get("max_batch_size", 0)) > 0
+        super().on_start()
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    def _bytes(self, model: Any, tensor: Tensor, values: list[bytes]) -> triton.InferInput:
+        array = np.array(values, dtype=np.object_)
+        if self.batched[model]:
+            array = array[None, :]
+        tensor_input = triton.InferInput(tensor.value, list(array.shape), "BYTES")
+        tensor_input.set_data_from_numpy(array)
+        return tensor_input
+
+    def _infer(
+        self, name: str, model: Any, inputs: list[triton.InferInput], outputs: tuple[Tensor, ...]
+    ) -> None:
+        with grpc_user.timed(self.environment.events.request.fire, name) as report:
+            result = self.client.infer(
+                model.value,
+                inputs,
+                outputs=[triton.InferRequestedOutput(t.value) for t in outputs],
+                client_timeout=self.timeout,
+            )
+            report["length"] = result.get_response().ByteSize()
+
+    def embed_text(self) -> None:
+        io = EMBED_TEXT_IO
+        text = self.data.text(self.rng).encode()
+        self._infer("embed_text", io.model, [self._bytes(io.model, io.inputs[0], [text])], io.outputs)
+
+    def embed_image(self) -> None:
+        io = EMBED_IMAGE_IO
+        image = self.data.image(self.rng)
+        self._infer("embed_image", io.model, [self._bytes(io.model, io.inputs[0], [image])], io.outputs)
+
+    def _rerank(self, name: str, depth: int) -> None:
+        io = RERANK_IO
+        query = self.data.text(self.rng).encode()
+        passages = [p.encode() for p in self.data.passages(self.rng, depth)]
+        inputs = [
+            self._bytes(io.model, Tensor.QUERY, [query]),
+            self._bytes(io.model, Tensor.PASSAGES, passages),
+        ]
+        self._infer(name, io.model, inputs, io.outputs)
+
+    def rerank10(self) -> None:
+        self._rerank("rerank10", 10)
+
+    def rerank50(self) -> None:
+        self._rerank("rerank50", 50)
+
+    @classmethod
+    def scenarios(cls) -> dict[str, Callable[..., None]]:
+        names = ("embed_text", "embed_image", "rerank10", "rerank50")
+        return {name: getattr(cls, name) for name in names}
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    global _data, _reset_on_spawn
+    options = environment.parsed_options
+    if options is None:
+        return
+    _reset_on_spawn = bool(options.reset_stats)
+    if options.vitrine_catalog:
+        _data = QueryData.from_catalog(options.vitrine_catalog, seed=options.vitrine_seed)
+    else:
+        _data = QueryData.generated(options.vitrine_catalog_size, options.vitrine_seed)
+    # Loading blocked the event loop; without refreshing its clock, gevent dates the --run-time timer
+    # from before the load and the run ends seconds early.
+    gevent.get_hub().loop.update_now()
+    chosen = {cls.__name__ for cls in environment.user_classes}
+    for cls, default in ((GatewayUser, GATEWAY_MIX), (TritonUser, TRITON_MIX)):
+        if cls.__name__ in chosen:
+            cls.tasks = parse_mix(options.vitrine_mix or default, cls.scenarios())
+
+
+@events.spawning_complete.add_listener
+def _on_spawned(**_: Any) -> None:
+    # --reset-stats drops the ramp from Locust's figures; the stage timings follow suit.
+    if _reset_on_spawn:
+        _stages.clear()
+
+
+@events.quitting.add_listener
+def _on_quit(environment: Environment, **_: Any) -> None:
+    while _open:
+        _open.pop()()
+    options = environment.parsed_options
+    if options is not None and options.vitrine_stages_out:
+        Path(options.vitrine_stages_out).write_text(json.dumps(stage_summary(), indent=2))

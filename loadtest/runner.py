@@ -1,0 +1,187 @@
+"""Runs Locust headless in a child process and judges what it wrote.
+
+A child process keeps Locust's gevent monkey-patching out of the caller and bounds every run with a hard
+timeout; the verdict is read back from the CSV that ships in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtest.config import LoadTarget, RunConfig
+from loadtest.objective import AGGREGATED, Objective, RunStats, Verdict, judge, read_stats
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+CSV_PREFIX = "locust"
+GRACE_S = 120.0
+"""Allowed beyond the run time for start-up, data loading and the stop timeout before the run is killed."""
+
+
+class RunError(RuntimeError):
+    """Locust did not produce a report (crashed, or could not start its users)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    verdict: Verdict
+    scenarios: dict[str, RunStats]
+    stages: dict[str, dict[str, float]]
+    out: Path
+    users: int
+    target_rate: float
+
+
+def hardware() -> dict[str, Any]:
+    """What the figures were measured on: they mean nothing without it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cpus": os.cpu_count(), "gpu": "none"}
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+        done = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode == 0 and done.stdout.strip():
+            info["gpu"] = done.stdout.strip()
+    return info
+
+
+def objective_of(config: RunConfig) -> Objective:
+    return Objective(p95_ms=config.p95_ms, max_error_rate=config.max_error_rate)
+
+
+def locust_command(
+    config: RunConfig, out: Path, users: int, spawn_rate: float, user_rate: float
+) -> list[str]:
+    user_class, host = (
+        ("GatewayUser", config.gateway)
+        if config.target == LoadTarget.GATEWAY
+        else ("TritonUser", config.triton)
+    )
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        user_class,
+        "--headless",
+        "--host",
+        host,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        f"{spawn_rate:g}",
+        "--run-time",
+        f"{max(1, round(config.duration_s))}s",
+        "--stop-timeout",
+        f"{max(1, round(config.timeout_s))}",
+        "--reset-stats",
+        "--only-summary",
+        "--csv",
+        str(out / CSV_PREFIX),
+        "--csv-full-history",
+        "--html",
+        str(out / "report.html"),
+        "--loglevel",
+        "WARNING",
+        "--vitrine-mix",
+        config.mix,
+        "--vitrine-user-rate",
+        f"{user_rate:g}",
+        "--vitrine-catalog",
+        config.catalog,
+        "--vitrine-catalog-size",
+        str(config.catalog_size),
+        "--vitrine-seed",
+        str(config.seed),
+        "--vitrine-top-k",
+        str(config.top_k),
+        "--vitrine-timeout-s",
+        f"{config.timeout_s:g}",
+        "--vitrine-stages-out",
+        str(out / "stages.json"),
+    ]
+
+
+def run_once(
+    config: RunConfig, out: Path, users: int, spawn_rate: float, target_rate: float = 0.0
+) -> RunResult:
+    """One headless run; ``target_rate`` > 0 paces users so the offered rate is that many requests/s."""
+    out.mkdir(parents=True, exist_ok=True)
+    user_rate = target_rate / users if target_rate > 0 else 0.0
+    command = locust_command(config, out, users, spawn_rate, user_rate)
+    started = time.monotonic()
+    with (out / "locust.log").open("w") as log:
+        try:
+            done = subprocess.run(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=config.duration_s + GRACE_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RunError(
+                f"locust did not stop within {config.duration_s + GRACE_S:.0f} s; see {out}"
+            ) from exc
+    stats_csv = out / f"{CSV_PREFIX}_stats.csv"
+    # Locust exits 1 when any request failed; that is judged below, not an error of the run itself.
+    if done.returncode not in (0, 1) or not stats_csv.is_file():
+        tail = (out / "locust.log").read_text(errors="replace")[-2000:]
+        raise RunError(f"locust exited with {done.returncode} and no report:\n{tail}")
+    scenarios = read_stats(stats_csv)
+    stages_file = out / "stages.json"
+    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
+    verdict = judge(scenarios[AGGREGATED], objective_of(config), target_rate)
+    result = RunResult(verdict, scenarios, stages, out, users, target_rate)
+    summary = {
+        "verdict": verdict.to_json(),
+        "scenarios": {name: {**asdict(s), "error_rate": s.error_rate} for name, s in scenarios.items()},
+        "stages": stages,
+        "users": users,
+        "target_rate": target_rate,
+        "wall_s": round(time.monotonic() - started, 1),
+        "config": {k: (v.value if isinstance(v, LoadTarget) else v) for k, v in asdict(config).items()},
+        "hardware": hardware(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return result
+
+
+def describe(result: RunResult) -> str:
+    """The verdict, then per scenario and per stage: what a person needs to see which part is slow."""
+    lines = [
+        result.verdict.line(),
+        "",
+        f"{'scenario':<16}{'requests':>9}{'fail':>6}{'req/s':>8}{'p50':>8}{'p95':>8}{'p99':>8}  (ms)",
+    ]
+    for name, s in sorted(result.scenarios.items(), key=lambda kv: kv[0] == AGGREGATED):
+        lines.append(
+            f"{name:<16}{s.requests:>9}{s.failures:>6}{s.rps:>8.1f}{s.p50_ms:>8g}{s.p95_ms:>8g}{s.p99_ms:>8g}"
+        )
+    if result.stages:
+        lines += [
+            "",
+            f"{'stage':<16}{'count':>9}{'mean':>9}{'p50':>9}{'p95':>9}{'p99':>9}  (ms, gateway-side)",
+        ]
+        for stage, t in result.stages.items():
+            lines.append(
+                f"{stage:<16}{int(t['count']):>9}{t['mean_ms']:>9.1f}{t['p50_ms']:>9.1f}"
+                f"{t['p95_ms']:>9.1f}{t['p99_ms']:>9.1f}"
+            )
+    lines += ["", f"report: {result.out}"]
+    return "\n".join(lines)
