@@ -121,13 +121,13 @@ class TritonModels:
         return res[Tensor.SCORES].astype(np.float32).reshape(len(passages))
 
 
-def product_of(item: ipb.Item) -> Product:
+def product_of(item: ipb.Item, pid: str = "") -> Product:
     """Rebuild a product from the payload stored next to its vector (no second lookup on the hot path)."""
     p = item.payload
     extra = dict(p.extra)
     category = tuple(c for c in extra.get("category", "").split(CATEGORY_SEPARATOR) if c)
     return Product(
-        id=item.id,
+        id=pid or item.id,
         title=p.title,
         description=p.description,
         category=category,
@@ -239,7 +239,7 @@ class IndexRetriever:
         if flt is not None:
             req.filter.CopyFrom(flt)
         resp = await self._call(self.stub.Search, req, timeout)
-        return [[Candidate(h.id, h.score, product_of(h.item)) for h in r.hits] for r in resp.results]
+        return [[Candidate(h.id, h.score, product_of(h.item, h.id)) for h in r.hits] for r in resp.results]
 
     async def get(
         self, collection: str, ids: Sequence[str], timeout: float | None

@@ -13,7 +13,7 @@ DEFAULT_PORT = 50050
 @dataclass(frozen=True)
 class GatewayConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
-    port: int = field(default=0, metadata={"help": "gRPC port; 0 binds a free one"})
+    port: int = field(default=DEFAULT_PORT, metadata={"help": "gRPC port; 0 binds a free one"})
     triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC endpoint"})
     index_address: str = field(default="127.0.0.1:50051", metadata={"help": "index service gRPC endpoint"})
     collection: str = field(

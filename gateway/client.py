@@ -1,0 +1,215 @@
+"""Client-side tools over the public API: catalog ingestion, a results table, and evaluation.
+
+They speak only the gateway's proto, so they work against any deployment (local or remote, API key and
+TLS optional). Ingestion reads images on the client and sends bytes, so the gateway needs no access to
+the client's disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from gateway.evaluation import Scores, format_table, mean_scores, score_query
+from vitrine.catalog import BadRow, Product, iter_catalog, read_queries, resolve_image
+from vitrine.gateway.v1 import gateway_pb2 as pb
+from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class Connection:
+    address: str
+    api_key: str = ""
+    tls_ca: str = ""
+
+    def channel(self) -> grpc.Channel:
+        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        if self.tls_ca:
+            creds = grpc.ssl_channel_credentials(Path(self.tls_ca).read_bytes())
+            return grpc.secure_channel(self.address, creds, options=options)
+        return grpc.insecure_channel(self.address, options=options)
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.api_key}")] if self.api_key else []
+
+
+def product_pb(p: Product) -> pb.Product:
+    return pb.Product(
+        id=p.id,
+        title=p.title,
+        description=p.description,
+        category=list(p.category),
+        brand=p.brand,
+        price=p.price,
+        image_uri=p.image,
+        attributes=p.attributes,
+    )
+
+
+@dataclass
+class IngestSummary:
+    rows: int = 0
+    upserted: int = 0
+    bad: list[BadRow] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"ingested {self.upserted} of {self.rows} rows; {len(self.bad)} bad rows"]
+        for b in self.bad[:50]:
+            lines.append(f"  line {b.line:>6}  {b.id or '-':<16} {b.reason}")
+        if len(self.bad) > 50:
+            lines.append(f"  ... and {len(self.bad) - 50} more")
+        return "\n".join(lines)
+
+
+def _batches(
+    items: Iterator[tuple[int, Product | BadRow]], size: int
+) -> Iterator[list[tuple[int, Product | BadRow]]]:
+    batch: list[tuple[int, Product | BadRow]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def ingest(
+    conn: Connection, catalog: str | Path, batch: int = 64, progress: bool = True, timeout: float = 600.0
+) -> IngestSummary:
+    """Upsert every row by id (re-running is harmless); bad rows are collected, never fatal."""
+    from tqdm import tqdm
+
+    catalog = Path(catalog)
+    with catalog.open(encoding="utf-8") as fh:
+        total = sum(1 for line in fh if line.strip())
+    if catalog.suffix.lower() == ".csv":
+        total = max(total - 1, 0)
+    summary = IngestSummary()
+    with (
+        conn.channel() as channel,
+        tqdm(total=total, desc="ingest", unit="product", disable=not progress) as bar,
+    ):
+        stub = pb_grpc.ProductSearchStub(channel)
+        for rows in _batches(iter_catalog(catalog), batch):
+            messages: list[pb.UpsertProductsRequest] = []
+            lines: list[int] = []
+            for line, row in rows:
+                summary.rows += 1
+                if isinstance(row, BadRow):
+                    summary.bad.append(row)
+                    continue
+                path = resolve_image(row, catalog.parent)
+                if path is None:
+                    summary.bad.append(BadRow(line, row.id, f"missing image (no local path: {row.image!r})"))
+                    continue
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    summary.bad.append(BadRow(line, row.id, f"missing image {row.image!r}: {exc.strerror}"))
+                    continue
+                messages.append(pb.UpsertProductsRequest(product=product_pb(row), image_bytes=data))
+                lines.append(line)
+            if messages:
+                resp = stub.UpsertProducts(iter(messages), timeout=timeout, metadata=conn.metadata())
+                summary.upserted += resp.upserted
+                for err in resp.errors:
+                    summary.bad.append(BadRow(lines[err.index], err.id, f"{err.code}: {err.message}"))
+            bar.update(len(rows))
+    return summary
+
+
+def parse_filter(spec: str) -> pb.Filter:
+    """``field=v1,v2`` for values, ``price=10..50`` (either bound may be empty) for a range."""
+    if "=" not in spec:
+        raise ValueError(f"filter {spec!r}: expected field=value[,value] or field=min..max")
+    name, value = spec.split("=", 1)
+    if ".." in value:
+        lo, hi = value.split("..", 1)
+        f = pb.Filter(field=name.strip())
+        if lo.strip():
+            f.min = float(lo)
+        if hi.strip():
+            f.max = float(hi)
+        return f
+    return pb.Filter(field=name.strip(), any_of=[v.strip() for v in value.split(",") if v.strip()])
+
+
+def search_request(
+    text: str = "",
+    image: str = "",
+    top_k: int = 10,
+    rerank: bool = False,
+    depth: int = 0,
+    filters: Sequence[str] = (),
+    text_match: str = "",
+    image_weight: float | None = None,
+) -> pb.SearchRequest:
+    req = pb.SearchRequest(
+        text=text,
+        image=Path(image).read_bytes() if image else b"",
+        top_k=top_k,
+        rerank=rerank,
+        rerank_depth=depth,
+        filters=[parse_filter(f) for f in filters],
+    )
+    if text_match:
+        req.text_match = pb.TextMatch.Value(f"TEXT_MATCH_{text_match.upper()}")  # type: ignore[assignment]
+    if image_weight is not None:
+        req.image_weight = image_weight
+    return req
+
+
+def render_results(resp: pb.SearchResponse, title: str = "") -> str:
+    rows = [f"{title}" if title else ""]
+    rows.append(
+        f"{'#':>2}  {'id':<10} {'title':<52} {'category':<26} {'price':>8} {'score':>7} {'rerank':>7}"
+    )
+    for i, h in enumerate(resp.hits, start=1):
+        p = h.product
+        rerank = f"{h.rerank_score:7.3f}" if h.HasField("rerank_score") else f"{'-':>7}"
+        category = " > ".join(p.category[-2:])
+        rows.append(
+            f"{i:>2}  {p.id:<10} {p.title[:52]:<52} {category[:26]:<26} {p.price:>8.2f} "
+            f"{h.retrieval_score:>7.4f} {rerank}"
+        )
+    timings = "  ".join(f"{t.stage} {t.ms:.1f} ms" for t in resp.timings)
+    rows.append(
+        f"timings: {timings}" + ("  (query truncated to the model's context)" if resp.text_truncated else "")
+    )
+    return "\n".join(r for r in rows if r != "" or False)
+
+
+def evaluate(
+    conn: Connection,
+    queries_path: str | Path,
+    k: int = 10,
+    depth: int = 50,
+    text_matches: Sequence[str] = ("image", "title", "fusion"),
+    timeout: float = 120.0,
+) -> str:
+    """One row per (text match, re-rank on/off), every query sent to the live gateway."""
+    queries = read_queries(queries_path)
+    rows: list[tuple[str, Scores]] = []
+    with conn.channel() as channel:
+        stub = pb_grpc.ProductSearchStub(channel)
+        for match in text_matches:
+            for rerank in (False, True):
+                per_query = []
+                for q in queries:
+                    req = search_request(
+                        q.text,
+                        q.image,
+                        top_k=k,
+                        rerank=rerank,
+                        depth=depth if rerank else 0,
+                        text_match=match,
+                    )
+                    resp = stub.Search(req, timeout=timeout, metadata=conn.metadata())
+                    per_query.append(score_query([h.product.id for h in resp.hits], q.relevant, k))
+                name = f"text->{match}" + (f" + rerank@{depth}" if rerank else "")
+                rows.append((name, mean_scores(per_query)))
+    return format_table(rows, k, len(queries))
