@@ -41,7 +41,7 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 protos: $(PROTO_STAMP) ## generate gRPC stubs from proto/ (build time; never committed)
 
 .PHONY: test
-test: venv protos ## run the whole test suite (installs from scratch on a fresh machine)
+test: venv protos prometheus-bin ## run the whole test suite (installs from scratch on a fresh machine)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 .PHONY: lint
@@ -77,3 +77,40 @@ bench-index: venv protos ## index benchmark: Flat/IVF/HNSW latency, QPS, recall,
 # ---- gateway, catalog and the main job ----
 
 # ---- loadtest and observability ----
+# Prometheus is Debian's package, unpacked into the virtual environment (no system change, no root needed
+# to run it); a system-wide `prometheus` on PATH is linked instead.
+PROMETHEUS_BIN := $(VENV)/prometheus/usr/bin/prometheus
+LOADTEST_OUT ?= $(VAR)/loadtest
+BENCH_LOCK ?= /tmp/vitrine-bench.lock
+
+$(PROMETHEUS_BIN):
+	mkdir -p $(dir $@)
+	if command -v prometheus >/dev/null 2>&1; then ln -sf "$$(command -v prometheus)" $@; else \
+	  tmp=$$(mktemp -d) && cd $$tmp && \
+	  { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; } && \
+	  dpkg-deb -x $$tmp/prometheus_*.deb $(abspath $(VENV))/prometheus && rm -rf $$tmp; fi
+	test -x $@
+
+.PHONY: prometheus-bin
+prometheus-bin: $(PROMETHEUS_BIN) ## install Prometheus (Debian package) into the venv for the dashboard test
+
+.PHONY: prometheus
+prometheus: $(PROMETHEUS_BIN) ## Prometheus on :9090 scraping `make up` (Triton :8002, gateway :9101, index :9102)
+	$(PROMETHEUS_BIN) --config.file=loadtest/observability/prometheus.yml \
+	  --storage.tsdb.path=$(VAR)/prometheus --web.listen-address=127.0.0.1:9090
+
+.PHONY: loadtest
+loadtest: venv protos ## headless load on the running stack; LOADTEST_* variables or ARGS="--users 20 ..."
+	flock $(BENCH_LOCK) $(PY) -m loadtest run --out $(LOADTEST_OUT)/run $(ARGS)
+
+.PHONY: loadtest-step
+loadtest-step: venv protos ## highest paced request rate meeting the objective (text search by default)
+	flock $(BENCH_LOCK) $(PY) -m loadtest step --mix text=1 --out $(LOADTEST_OUT)/step $(ARGS)
+
+.PHONY: loadtest-objective
+loadtest-objective: venv protos ## the latency objective on the running stack: max rate, re-rank 10/50 p95, stages
+	flock $(BENCH_LOCK) $(PY) -m loadtest objective --out $(LOADTEST_OUT)/objective $(ARGS)
+
+.PHONY: loadtest-gpu
+loadtest-gpu: ## on a GPU host: bring the stack up on the GPU and run the same objective measurement
+	loadtest/gpu/run.sh

@@ -16,7 +16,7 @@ class LoadTarget(str, Enum):
 @dataclass(frozen=True)
 class RunConfig:
     target: LoadTarget = field(default=LoadTarget.GATEWAY, metadata={"help": "what to load"})
-    gateway: str = field(default="127.0.0.1:50051", metadata={"help": "gateway gRPC address"})
+    gateway: str = field(default="127.0.0.1:50050", metadata={"help": "gateway gRPC address"})
     triton: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address"})
     users: int = field(default=10, metadata={"help": "concurrent simulated users"})
     spawn_rate: float = field(default=10.0, metadata={"help": "users started per second"})
@@ -53,4 +53,16 @@ class StepConfig(RunConfig):
     refine: int = field(default=2, metadata={"help": "bisection steps between last pass and first miss"})
     interval_s: float = field(
         default=0.5, metadata={"help": "each user's pacing interval; users = rate x interval"}
+    )
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig(StepConfig):
+    out: str = field(default="var/loadtest/objective", metadata={"help": "report directory"})
+    rerank_rates: tuple[float, ...] = field(
+        default=(1.0, 2.0), metadata={"help": "fixed rates (requests/s) for the re-rank 10 and 50 runs"}
+    )
+    rerank_duration_s: float = field(default=60.0, metadata={"help": "measured time of each re-rank run"})
+    rerank_interval_s: float = field(
+        default=3.0, metadata={"help": "pacing interval of re-rank users (above their latency)"}
     )

@@ -20,18 +20,17 @@ from typing import Any
 import gevent
 import numpy as np
 import tritonclient.grpc as triton
-from locust import TaskSet, User, constant_throughput, events
+from locust import User, constant_throughput, events
 from locust.env import Environment
 
 from loadtest import grpc_user
+from loadtest.config import LoadTarget
 from loadtest.data import FilterSpec, QueryData
 from loadtest.objective import percentile
+from loadtest.scenarios import mix_for
 from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Tensor
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
-
-GATEWAY_MIX = "text=6,text_rerank10=2,text_rerank50=1,image=2,hybrid=1,filtered=2,similar=1"
-TRITON_MIX = "embed_text=6,embed_image=2,rerank10=2,rerank50=1"
 
 _data: QueryData | None = None
 _stages: dict[str, list[float]] = defaultdict(list)
@@ -55,22 +54,6 @@ def _options(parser: Any) -> None:
     group.add_argument("--vitrine-top-k", type=int, default=10)
     group.add_argument("--vitrine-timeout-s", type=float, default=10.0)
     group.add_argument("--vitrine-stages-out", default="", help="where to write per-stage timings (JSON)")
-
-
-def parse_mix(text: str, known: dict[str, Callable[..., None]]) -> list[TaskSet | Callable[..., Any]]:
-    """``"text=3,image=1"`` -> a task list with each task repeated by its weight (Locust's own form)."""
-    tasks: list[TaskSet | Callable[..., Any]] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, _, weight = part.partition("=")
-        if name not in known:
-            raise ValueError(f"unknown scenario {name!r}; choose from {', '.join(sorted(known))}")
-        count = int(weight or 1)
-        if count < 0:
-            raise ValueError(f"weight of {name!r} must be >= 0")
-        tasks.extend([known[name]] * count)
-    if not tasks:
-        raise ValueError("the mix selects no scenario")
-    return tasks
 
 
 def _record_stages(response: pb.SearchResponse) -> None:
@@ -182,11 +165,6 @@ class GatewayUser(_VitrineUser):
         except Exception:  # already reported as a failure by the interceptor
             return
 
-    @classmethod
-    def scenarios(cls) -> dict[str, Callable[..., None]]:
-        names = ("text", "text_rerank10", "text_rerank50", "image", "hybrid", "filtered", "similar")
-        return {name: getattr(cls, name) for name in names}
-
 
 class TritonUser(_VitrineUser):
     """A client of Triton's ensembles directly: what the model tier alone sustains, without the gateway."""
@@ -250,11 +228,6 @@ class TritonUser(_VitrineUser):
     def rerank50(self) -> None:
         self._rerank("rerank50", 50)
 
-    @classmethod
-    def scenarios(cls) -> dict[str, Callable[..., None]]:
-        names = ("embed_text", "embed_image", "rerank10", "rerank50")
-        return {name: getattr(cls, name) for name in names}
-
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
@@ -271,9 +244,11 @@ def _on_init(environment: Environment, **_: Any) -> None:
     # from before the load and the run ends seconds early.
     gevent.get_hub().loop.update_now()
     chosen = {cls.__name__ for cls in environment.user_classes}
-    for cls, default in ((GatewayUser, GATEWAY_MIX), (TritonUser, TRITON_MIX)):
+    for cls, target in ((GatewayUser, LoadTarget.GATEWAY), (TritonUser, LoadTarget.TRITON)):
         if cls.__name__ in chosen:
-            cls.tasks = parse_mix(options.vitrine_mix or default, cls.scenarios())
+            # Locust's own form of weights: each task listed as many times as it weighs.
+            weights = mix_for(target, options.vitrine_mix)
+            cls.tasks = [getattr(cls, name) for name, weight in weights.items() for _ in range(weight)]
 
 
 @events.spawning_complete.add_listener

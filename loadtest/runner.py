@@ -19,6 +19,7 @@ from typing import Any
 
 from loadtest.config import LoadTarget, RunConfig
 from loadtest.objective import AGGREGATED, Objective, RunStats, Verdict, judge, read_stats
+from loadtest.scenarios import mix_for
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 CSV_PREFIX = "locust"
@@ -121,6 +122,7 @@ def run_once(
     config: RunConfig, out: Path, users: int, spawn_rate: float, target_rate: float = 0.0
 ) -> RunResult:
     """One headless run; ``target_rate`` > 0 paces users so the offered rate is that many requests/s."""
+    mix_for(config.target, config.mix)  # a typo in the mix fails here, before Locust starts
     out.mkdir(parents=True, exist_ok=True)
     user_rate = target_rate / users if target_rate > 0 else 0.0
     command = locust_command(config, out, users, spawn_rate, user_rate)
