@@ -81,7 +81,6 @@ bench-index: venv protos ## index benchmark: Flat/IVF/HNSW latency, QPS, recall,
 # to run it); a system-wide `prometheus` on PATH is linked instead.
 PROMETHEUS_BIN := $(VENV)/prometheus/usr/bin/prometheus
 LOADTEST_OUT ?= $(VAR)/loadtest
-BENCH_LOCK ?= /tmp/vitrine-bench.lock
 
 $(PROMETHEUS_BIN):
 	mkdir -p $(dir $@)
@@ -101,15 +100,15 @@ prometheus: $(PROMETHEUS_BIN) ## Prometheus on :9090 scraping `make up` (Triton 
 
 .PHONY: loadtest
 loadtest: venv protos ## headless load on the running stack; LOADTEST_* variables or ARGS="--users 20 ..."
-	flock $(BENCH_LOCK) $(PY) -m loadtest run --out $(LOADTEST_OUT)/run $(ARGS)
+	$(PY) -m loadtest run --out $(LOADTEST_OUT)/run $(ARGS)
 
 .PHONY: loadtest-step
 loadtest-step: venv protos ## highest paced request rate meeting the objective (text search by default)
-	flock $(BENCH_LOCK) $(PY) -m loadtest step --mix text=1 --out $(LOADTEST_OUT)/step $(ARGS)
+	$(PY) -m loadtest step --mix text=1 --out $(LOADTEST_OUT)/step $(ARGS)
 
 .PHONY: loadtest-objective
 loadtest-objective: venv protos ## the latency objective on the running stack: max rate, re-rank 10/50 p95, stages
-	flock $(BENCH_LOCK) $(PY) -m loadtest objective --out $(LOADTEST_OUT)/objective $(ARGS)
+	$(PY) -m loadtest objective --out $(LOADTEST_OUT)/objective $(ARGS)
 
 .PHONY: loadtest-gpu
 loadtest-gpu: ## on a GPU host: bring the stack up on the GPU and run the same objective measurement
