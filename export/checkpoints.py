@@ -110,32 +110,51 @@ def offline_cross_encoder(size: Size, seed: int, out: Path) -> Checkpoint:
     return Checkpoint(Family.CROSS_ENCODER, out, weights, source)
 
 
-def _fetch(family: Family, source: str, out: Path) -> Checkpoint:
+def _fetch(family: Family, source: str, out: Path, *, local_files_only: bool = False) -> Checkpoint:
     """Load a hub id or local directory with transformers and re-save it, so the artifacts are whole."""
     from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
 
     local = Path(source).expanduser()
+    where = local if local.is_dir() else source
+    opts: dict[str, Any] = {"local_files_only": local_files_only}
     try:
         if family is Family.CLIP:
-            model = CLIPModel.from_pretrained(local if local.is_dir() else source)
+            model = CLIPModel.from_pretrained(where, **opts)
             if model.config.projection_dim != EMBED_DIM:
                 raise SourceError(f"{source}: projection_dim {model.config.projection_dim} != {EMBED_DIM}")
             model.eval().save_pretrained(out)
-            CLIPProcessor.from_pretrained(local if local.is_dir() else source).save_pretrained(out)
+            CLIPProcessor.from_pretrained(where, **opts).save_pretrained(out)
         else:
             from transformers import AutoModelForSequenceClassification
 
-            model = AutoModelForSequenceClassification.from_pretrained(local if local.is_dir() else source)
+            model = AutoModelForSequenceClassification.from_pretrained(where, **opts)
             if model.config.num_labels != 1:
                 raise SourceError(f"{source}: a cross-encoder has one output, not {model.config.num_labels}")
             model.eval().save_pretrained(out)
-            AutoTokenizer.from_pretrained(local if local.is_dir() else source).save_pretrained(out)
+            AutoTokenizer.from_pretrained(where, **opts).save_pretrained(out)
     except SourceError:
         raise
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot load {family.value} checkpoint {source!r}: {exc}") from exc
     name = local.name if local.is_dir() else source
     return Checkpoint(family, out, Weights.PRETRAINED, name)
+
+
+def _hub_mode(repo_id: str) -> bool:
+    """Whether to load ``repo_id`` from the local cache only (True) or the hub (False).
+
+    One quick request decides, before transformers' loader, which retries with backoff for a minute when
+    the hub is unreachable. Raises SourceError when neither the hub nor the cache has it.
+    """
+    import huggingface_hub
+
+    try:
+        huggingface_hub.HfApi().model_info(repo_id, timeout=5)
+        return False
+    except Exception as exc:  # any failure here means: no usable hub
+        if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
+            return True
+        raise SourceError(f"hub checkpoint {repo_id!r} unreachable and not cached ({exc})") from exc
 
 
 def obtain(family: Family, source: str, size: Size, seed: int, out: Path) -> Checkpoint:
@@ -149,7 +168,8 @@ def obtain(family: Family, source: str, size: Size, seed: int, out: Path) -> Che
         return _fetch(family, source, out)
     if source == AUTO and size is Size.FULL:
         try:
-            return _fetch(family, DEFAULT_SOURCES[family], out)
+            cached_only = _hub_mode(DEFAULT_SOURCES[family])
+            return _fetch(family, DEFAULT_SOURCES[family], out, local_files_only=cached_only)
         except SourceError as exc:
             log.warning(
                 "PRETRAINED WEIGHTS UNAVAILABLE: %s; falling back to seeded random weights. Latency figures "

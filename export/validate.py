@@ -158,9 +158,8 @@ def compare(
 ) -> dict[str, float]:
     expected = tuple(spec.outputs[0].shape[1:])
     if got.shape != want.shape or tuple(got.shape[1:]) != expected:
-        raise ShapeError(
-            f"{label}: output shape {got.shape}, PyTorch {want.shape}, contract [batch, {expected}]"
-        )
+        contract = ", ".join(["batch", *(str(d) for d in expected)])
+        raise ShapeError(f"{label}: output shape {got.shape}, PyTorch {want.shape}, contract [{contract}]")
     if not np.all(np.isfinite(got)):
         raise ToleranceError(f"{label}: non-finite outputs")
     figures: dict[str, float] = {"max_abs_diff": float(np.abs(got - want).max())}
