@@ -138,6 +138,18 @@ class EmbeddedTriton:
         self.verbose = verbose
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def grpc_url(self) -> str:
+        return self.endpoints.grpc_url
+
+    @property
+    def http_url(self) -> str:
+        return self.endpoints.http_url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.endpoints.metrics_url
+
     def command(self) -> list[str]:
         backends = prepare_backends(self.workdir / "backends")
         return [

@@ -1,0 +1,74 @@
+"""The embedded-server launcher: backend preparation, start failures, and the foreground CLI."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from model_repository.server import EmbeddedTriton, Endpoints, TritonStartError, prepare_backends, triton_home
+from vitrine.net import free_port
+
+
+def test_backend_directory_holds_symlinks_to_the_stub_for_this_python(tmp_path):
+    python_dir = prepare_backends(tmp_path) / "python"
+    tag = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = python_dir / "triton_python_backend_stub"
+    assert stub.is_symlink()
+    assert stub.resolve() == (triton_home() / "python_backend_stubs" / tag / stub.name).resolve()
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        assert (python_dir / name).is_symlink() and (python_dir / name).resolve().is_file()
+
+
+def test_a_broken_model_fails_start_with_the_log_tail(tmp_path):
+    model = tmp_path / "repo" / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 0\n')
+    (model / "1" / "model.py").write_text("raise RuntimeError('cannot initialise this model')\n")
+    server = EmbeddedTriton(
+        tmp_path / "repo", Endpoints(free_port(), free_port(), free_port()), workdir=tmp_path / "work"
+    )
+    with pytest.raises(TritonStartError, match="cannot initialise this model"):
+        server.start(timeout_s=60)
+    assert server.process is None
+
+
+def test_missing_repository_is_reported(tmp_path):
+    server = EmbeddedTriton(tmp_path / "absent", Endpoints(1, 2, 3), workdir=tmp_path)
+    with pytest.raises(TritonStartError, match="does not exist: render it first"):
+        server.start()
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.mark.slow
+def test_serve_cli_runs_in_the_foreground_and_stops_on_sigterm(triton, tmp_path):
+    ports = [free_port(), free_port(), free_port()]
+    log_file = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "model_repository", "serve", "--repo", str(triton.repo)]
+    cmd += ["--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    cmd += ["--log-file", str(log_file)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            line = process.stdout.readline()  # printed once Triton reports ready
+            assert line.startswith("triton ready: grpc 127.0.0.1:"), line + process.stderr.read()
+            assert _ready(ports[1])
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert not _ready(ports[1]), "tritonserver outlived the CLI"
+    log = log_file.read_text()
+    assert "successfully unloaded" in log, log[-2000:]
