@@ -22,6 +22,16 @@ from vitrine.index.v1 import index_pb2 as ipb
 from vitrine.index.v1 import index_pb2_grpc as ipb_grpc
 
 ATTR_PREFIX = "attr."
+
+# A dependency that restarts should be found again within a couple of seconds, not after gRPC's default
+# reconnect backoff (which grows to two minutes).
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 CATEGORY_TAG = "category:"
 
 
@@ -32,7 +42,7 @@ class TritonModels:
         from tritonclient.grpc import aio as triton_aio
 
         self.url = url
-        self.client = triton_aio.InferenceServerClient(url=url)
+        self.client = triton_aio.InferenceServerClient(url=url, channel_args=CHANNEL_OPTIONS)
         self._batched: dict[str, bool] = {}
 
     async def close(self) -> None:
@@ -154,7 +164,7 @@ class IndexRetriever:
         self.address = address
         self.filter_attributes = tuple(filter_attributes)
         self.index_kind = index_kind
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = ipb_grpc.IndexServiceStub(self.channel)
         self._ensured: set[str] = set()
 
