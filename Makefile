@@ -63,6 +63,25 @@ clean: ## remove build outputs (keeps the virtual environment)
 # ---- export (ONNX artifacts) ----
 
 # ---- model_repository (Triton) ----
+TRITON_ARTIFACTS ?= $(VAR)/artifacts
+TRITON_REPO ?= $(VAR)/model_repository
+TRITON_TARGET ?= cpu
+
+$(TRITON_ARTIFACTS)/manifest.json:
+	$(PY) -m export --out $(TRITON_ARTIFACTS)
+
+.PHONY: triton-repo
+triton-repo: venv $(TRITON_ARTIFACTS)/manifest.json ## render the Triton model repository (TRITON_TARGET=cpu|gpu)
+	$(PY) -m model_repository render --artifacts $(TRITON_ARTIFACTS) --out $(TRITON_REPO) --target $(TRITON_TARGET)
+
+.PHONY: triton
+triton: triton-repo ## export + render + embedded Triton on :8001 gRPC, :8000 HTTP, :8002 metrics (Ctrl-C stops)
+	$(PY) -m model_repository serve --repo $(TRITON_REPO) --grpc-port 8001 --http-port 8000 \
+	  --metrics-port 8002 --log-file $(VAR)/tritonserver.log
+
+.PHONY: bench-triton
+bench-triton: venv $(TRITON_ARTIFACTS)/manifest.json ## Triton benchmark: 3 ensembles x concurrency 1/8/32, batching on/off, engines
+	$(PY) -m model_repository.bench --artifacts $(TRITON_ARTIFACTS) --work $(VAR)/bench-triton $(ARGS)
 
 # ---- index_service (FAISS over gRPC) ----
 

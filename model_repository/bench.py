@@ -1,0 +1,299 @@
+"""``python -m model_repository.bench``: the served ensembles under load, batching on vs off, in one run.
+
+What one run measures, side by side on the same inputs:
+
+1. In-process engines per tower (onnxruntime vs PyTorch eager, fp32 and int8) through ``export.bench``,
+   before any server starts, so the two parts do not compete for the cores.
+2. The embedded Triton serving ``embed_text``, ``embed_image`` and ``rerank`` (one query + 50 passages)
+   at each concurrency: throughput, p50, p95, and the mean batch the encoder executed (from Triton's
+   statistics), once from a repository rendered with dynamic batching and once from the same spec
+   rendered without it; the two servers run one after the other, never together.
+
+Load is closed-loop: ``c`` workers each send their next request when the previous one returns. Inputs
+are seeded: catalog-style queries, 640x640 product JPEGs and title+description passages. Figures name
+the hardware and the weights recorded in the artifacts' manifest. Wrap runs in ``flock`` on shared hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tqdm import tqdm
+from tritonclient.utils import InferenceServerException
+
+from model_repository.render import RenderOptions, load_manifest, render_repository
+from model_repository.server import EmbeddedTriton, Endpoints
+from vitrine import logs
+from vitrine.contracts import Model, Tensor
+from vitrine.net import free_port
+
+RERANK_PASSAGES = 50
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: Model
+    encoder: Model
+    requests: Callable[[int], int]  # requests per point, from the concurrency
+    items_per_request: int
+
+
+WORKLOADS = (
+    Workload("embed_text", Model.EMBED_TEXT, Model.CLIP_TEXT_ENCODER, lambda c: max(48, 4 * c), 1),
+    Workload("embed_image", Model.EMBED_IMAGE, Model.CLIP_IMAGE_ENCODER, lambda c: max(24, 2 * c), 1),
+    Workload(
+        f"rerank (1 query + {RERANK_PASSAGES} passages)",
+        Model.RERANK,
+        Model.CROSS_ENCODER,
+        lambda c: max(12, 2 * c),
+        RERANK_PASSAGES,
+    ),
+)
+
+
+@dataclass
+class Point:
+    workload: str
+    batching: str
+    concurrency: int
+    requests: int
+    errors: int
+    throughput_rps: float
+    p50_ms: float
+    p95_ms: float
+    mean_encoder_batch: float
+
+
+class Inputs:
+    """Seeded request payloads shaped like the product's traffic."""
+
+    def __init__(self, seed: int = 0, n: int = 64) -> None:
+        from vitrine.catalog import generate_catalog, generate_queries, render_product_image
+
+        products = list(generate_catalog(max(n, 200), seed=seed))
+        self.queries = [q.text for q in generate_queries([p for p, _ in products], n, seed=seed)]
+        while len(self.queries) < n:
+            self.queries += self.queries
+        self.passages = [f"{p.title}. {p.description}" for p, _ in products]
+        self.images = []
+        for _, args in products[:16]:
+            buf = io.BytesIO()
+            render_product_image(*args).save(buf, "JPEG", quality=90)
+            self.images.append(buf.getvalue())
+
+    def request(self, workload: Workload, i: int) -> list[grpcclient.InferInput]:
+        def text(name: Tensor, values: list[str], shape: list[int]) -> grpcclient.InferInput:
+            tensor = grpcclient.InferInput(name.value, shape, "BYTES")
+            tensor.set_data_from_numpy(np.asarray([v.encode() for v in values], dtype=object).reshape(shape))
+            return tensor
+
+        if workload.model is Model.EMBED_TEXT:
+            return [text(Tensor.TEXT, [self.queries[i % len(self.queries)]], [1, 1])]
+        if workload.model is Model.EMBED_IMAGE:
+            tensor = grpcclient.InferInput(Tensor.IMAGE.value, [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.asarray([[self.images[i % len(self.images)]]], dtype=object))
+            return [tensor]
+        start = (i * 7) % (len(self.passages) - RERANK_PASSAGES)
+        return [
+            text(Tensor.QUERY, [self.queries[i % len(self.queries)]], [1]),
+            text(Tensor.PASSAGES, self.passages[start : start + RERANK_PASSAGES], [RERANK_PASSAGES]),
+        ]
+
+
+async def _stats(client: grpcclient.InferenceServerClient, model: Model) -> tuple[int, int]:
+    entry = (await client.get_inference_statistics(model.value, as_json=True))["model_stats"][0]
+    return int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
+
+
+async def closed_loop(
+    send: Callable[[int], Awaitable[object]], concurrency: int, total: int
+) -> tuple[list[float], int, float]:
+    """``concurrency`` workers share ``total`` requests; returns latencies (ms), errors, wall seconds."""
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        nonlocal errors
+        for i in counter:
+            t0 = time.perf_counter()
+            try:
+                await send(i)
+            except InferenceServerException:
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors, time.perf_counter() - start
+
+
+async def measure_server(
+    url: str, inputs: Inputs, batching: str, concurrencies: list[int], progress: tqdm[Any]
+) -> list[Point]:
+    points = []
+    async with grpcclient.InferenceServerClient(url) as client:
+        for workload in WORKLOADS:
+
+            async def send(i: int, w: Workload = workload) -> object:
+                return await client.infer(w.model.value, inputs.request(w, i), client_timeout=600)
+
+            await closed_loop(send, 2, 4)  # warm-up: sessions, allocations, stub imports
+            for c in concurrencies:
+                total = workload.requests(c)
+                before = await _stats(client, workload.encoder)
+                latencies, errors, wall = await closed_loop(send, c, total)
+                after = await _stats(client, workload.encoder)
+                executions = max(1, after[1] - before[1])
+                points.append(
+                    Point(
+                        workload=workload.name,
+                        batching=batching,
+                        concurrency=c,
+                        requests=total,
+                        errors=errors,
+                        throughput_rps=round(len(latencies) / wall, 2),
+                        p50_ms=round(float(np.percentile(latencies, 50)), 1) if latencies else float("nan"),
+                        p95_ms=round(float(np.percentile(latencies, 95)), 1) if latencies else float("nan"),
+                        mean_encoder_batch=round((after[0] - before[0]) / executions, 1),
+                    )
+                )
+                progress.update()
+    return points
+
+
+def run_triton(
+    artifacts: Path, work: Path, inputs: Inputs, concurrencies: list[int], progress: tqdm[Any]
+) -> list[Point]:
+    points: list[Point] = []
+    for batching in (True, False):
+        label = "on" if batching else "off"
+        repo = render_repository(
+            artifacts, work / f"repo-batching-{label}", RenderOptions(dynamic_batching=batching)
+        )
+        server = EmbeddedTriton(
+            repo,
+            Endpoints(free_port(), free_port(), free_port()),
+            log_file=work / f"tritonserver-batching-{label}.log",
+            workdir=work / f"server-{label}",
+        )
+        with server:
+            points += asyncio.run(measure_server(server.grpc_url, inputs, label, concurrencies, progress))
+    return points
+
+
+def engines_table(artifacts: Path, rounds: int, budget_s: float) -> str:
+    """``export.bench``'s in-process table (onnxruntime vs PyTorch eager per tower), captured."""
+    from export import bench as export_bench
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        export_bench.main(
+            [
+                "--artifacts",
+                str(artifacts),
+                "--batches",
+                "1,8",
+                "--rounds",
+                str(rounds),
+                "--budget-s",
+                str(budget_s),
+            ]
+        )
+    return out.getvalue().strip()
+
+
+def triton_table(points: list[Point]) -> str:
+    lines = [
+        "| workload | concurrency | batching | requests | errors | req/s | p50 ms | p95 ms "
+        "| mean encoder batch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        lines.append(
+            f"| {p.workload} | {p.concurrency} | {p.batching} | {p.requests} | {p.errors} | "
+            f"{p.throughput_rps} | {p.p50_ms} | {p.p95_ms} | {p.mean_encoder_batch} |"
+        )
+    lines += ["", "| workload | concurrency | throughput on/off | p95 on/off |", "|---|---|---|---|"]
+    by_key = {(p.workload, p.concurrency, p.batching): p for p in points}
+    for p in points:
+        if p.batching != "on" or (p.workload, p.concurrency, "off") not in by_key:
+            continue
+        off = by_key[(p.workload, p.concurrency, "off")]
+        tput = p.throughput_rps / off.throughput_rps if off.throughput_rps else float("nan")
+        lat = p.p95_ms / off.p95_ms if off.p95_ms else float("nan")
+        lines.append(f"| {p.workload} | {p.concurrency} | {tput:.2f}x | {lat:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_repository.bench", description=__doc__)
+    parser.add_argument("--artifacts", type=Path, default=Path("var/artifacts"))
+    parser.add_argument(
+        "--work", type=Path, default=None, help="where repositories and logs go (default: temp)"
+    )
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument(
+        "--engine-rounds", type=int, default=10, help="export.bench rounds per (tower, batch)"
+    )
+    parser.add_argument("--engine-budget-s", type=float, default=8.0)
+    parser.add_argument("--skip-engines", action="store_true", help="only the served part")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    ns = parser.parse_args(argv)
+    logs.setup()
+
+    from export.bench import cpu_name
+
+    manifest = load_manifest(ns.artifacts)
+    weights = ", ".join(sorted(f"{m}={e['weights']}" for m, e in manifest["models"].items()))
+    header = (
+        f"Hardware: {cpu_name()}, {os.cpu_count()} vCPU, no GPU. "
+        f"Weights: {weights}; size {manifest['size']}. "
+        "Triton: embedded tritonserver 2.51 (nvidia-pytriton 0.7.0), Python backend + onnxruntime fp32, "
+        "one instance per encoder."
+    )
+    concurrencies = [int(c) for c in ns.concurrency.split(",")]
+    started = time.perf_counter()
+    engines = "" if ns.skip_engines else engines_table(ns.artifacts, ns.engine_rounds, ns.engine_budget_s)
+
+    inputs = Inputs()
+    with contextlib.ExitStack() as stack:
+        work = ns.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vitrine-bench-")))
+        work.mkdir(parents=True, exist_ok=True)
+        total_points = 2 * len(WORKLOADS) * len(concurrencies)
+        with tqdm(total=total_points, desc="triton points", disable=None) as progress:
+            points = run_triton(ns.artifacts, work, inputs, concurrencies, progress)
+
+    report = [header, "", "Served through Triton (closed loop; requests per point in the table):", ""]
+    report.append(triton_table(points))
+    if engines:
+        report += ["", "In-process engines (export.bench, same run):", "", engines]
+    report += ["", f"Total run time: {time.perf_counter() - started:.0f} s"]
+    print("\n".join(report))
+    if ns.json:
+        ns.json.write_text(
+            json.dumps(
+                {"header": header, "points": [asdict(p) for p in points], "engines": engines}, indent=2
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
