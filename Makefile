@@ -61,6 +61,22 @@ clean: ## remove build outputs (keeps the virtual environment)
 	find vitrine -name '*_pb2*.py*' -delete
 
 # ---- export (ONNX artifacts) ----
+EXPORT_OUT ?= $(VAR)/artifacts
+# Benchmarks take a lock so two never share the CPU; point it at a common file on shared machines.
+BENCH_LOCK ?= $(VAR)/bench.lock
+
+.PHONY: export
+export: venv ## full-size ONNX towers + int8 into $(VAR)/artifacts (hub weights, else seeded random); ARGS=--fp16 ...
+	$(PY) -m export --source auto --size full --int8 --out $(EXPORT_OUT) $(ARGS)
+
+.PHONY: export-tiny
+export-tiny: venv ## tiny random-weight export (seconds) into $(VAR)/artifacts-tiny, for trying things out
+	$(PY) -m export --source random --size tiny --int8 --out $(VAR)/artifacts-tiny
+
+.PHONY: bench-export
+bench-export: venv ## onnxruntime vs PyTorch eager per tower, batch 1 and 8, int8 vs fp32 (needs `make export`)
+	mkdir -p $(VAR) && flock $(BENCH_LOCK) $(PY) -m export.bench --artifacts $(EXPORT_OUT) \
+	  --json $(VAR)/bench-export.json $(ARGS)
 
 # ---- model_repository (Triton) ----
 TRITON_ARTIFACTS ?= $(VAR)/artifacts

@@ -1,0 +1,158 @@
+"""``python -m export.bench``: in-process latency of each tower, onnxruntime vs PyTorch eager, fp32 vs int8.
+
+All engines run side by side in one process on the same inputs, interleaved round by round so that
+background load hits them alike. Wrap runs in ``flock`` on shared machines. Figures name the hardware
+and the weights recorded in the artifacts' manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export import validate
+from export.pipeline import Manifest, _torch_runner
+from export.specs import CLIP_IMAGE, CLIP_TEXT, TOWERS, TowerSpec
+from export.towers import ClipImageTower, ClipTextTower, CrossEncoderTower, load_clip, load_cross_encoder
+from vitrine import logs
+from vitrine.contracts import CLIP_IMAGE_SIZE, Model
+
+SEQ = {Model.CLIP_TEXT_ENCODER: 16, Model.CROSS_ENCODER: 64}
+"""Typical shapes: a query fits CLIP's 16-token bucket; a (query, title + description) pair the 64 one."""
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def feeds(spec: TowerSpec, batch: int, seed: int) -> validate.Feeds:
+    rng = np.random.default_rng(seed)
+    if spec is CLIP_IMAGE:
+        shape = (batch, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)
+        return {"pixel_values": rng.standard_normal(shape).astype(np.float32)}
+    seq = SEQ[spec.model]
+    ids = rng.integers(1000, 20000, (batch, seq), dtype=np.int64)
+    if spec is CLIP_TEXT:
+        return {"input_ids": ids, "eot_index": np.full((batch, 1), seq - 1, np.int64)}
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def measure(
+    engines: dict[str, Callable[[validate.Feeds], Any]], inputs: validate.Feeds, rounds: int, budget_s: float
+) -> dict[str, list[float]]:
+    for run in engines.values():  # warm-up: allocations, thread pools, kernel selection
+        run(inputs)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    deadline = time.perf_counter() + budget_s
+    for i in range(rounds):
+        for name, run in engines.items():
+            t0 = time.perf_counter()
+            run(inputs)
+            times[name].append((time.perf_counter() - t0) * 1000)
+        if i >= 4 and time.perf_counter() > deadline:
+            break
+    return times
+
+
+def _ort(sess: Any) -> Callable[[validate.Feeds], Any]:
+    return lambda f: sess.run(None, f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__)
+    parser.add_argument("--artifacts", type=Path, default=Path("var/artifacts"))
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--budget-s", type=float, default=20.0, help="time budget per (tower, batch)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    ns = parser.parse_args(argv)
+    logs.setup()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    manifest = Manifest.load(ns.artifacts)
+    torch.set_num_threads(ns.threads)
+    clip = load_clip(ns.artifacts / "checkpoints" / "clip")
+    modules = {
+        Model.CLIP_TEXT_ENCODER: ClipTextTower(clip).eval(),
+        Model.CLIP_IMAGE_ENCODER: ClipImageTower(clip).eval(),
+        Model.CROSS_ENCODER: CrossEncoderTower(
+            load_cross_encoder(ns.artifacts / "checkpoints" / "cross_encoder")
+        ),
+    }
+    rows: list[dict[str, Any]] = []
+    batches = [int(b) for b in ns.batches.split(",")]
+    cases = [(spec, batch) for spec in TOWERS for batch in batches]
+    for spec, batch in tqdm(cases, desc="bench", disable=None):
+        entry = manifest.entry(spec.model)
+        engines: dict[str, Callable[[validate.Feeds], Any]] = {
+            "pytorch eager fp32": _torch_runner(modules[spec.model])
+        }
+        fp32 = validate.session(manifest.path(spec.model), ns.threads)
+        engines["onnxruntime fp32"] = _ort(fp32)
+        if entry.int8:
+            int8 = validate.session(manifest.path(spec.model, "int8"), ns.threads)
+            engines["onnxruntime int8"] = _ort(int8)
+        times = measure(engines, feeds(spec, batch, seed=batch), ns.rounds, ns.budget_s)
+        base = statistics.median(times["pytorch eager fp32"])
+        for name, ts in times.items():
+            median = statistics.median(ts)
+            rows.append(
+                {
+                    "model": spec.model.value,
+                    "batch": batch,
+                    "seq": SEQ.get(spec.model),
+                    "engine": name,
+                    "median_ms": round(median, 2),
+                    "p90_ms": round(float(np.percentile(ts, 90)), 2),
+                    "items_per_s": round(batch * 1000 / median, 1),
+                    "speedup_vs_torch": round(base / median, 2),
+                    "runs": len(ts),
+                    "weights": entry.weights,
+                    "int8_servable": entry.int8["servable"] if entry.int8 and "int8" in name else None,
+                }
+            )
+    header = (
+        f"Hardware: {cpu_name()}, {os.cpu_count()} vCPU, no GPU; {ns.threads} threads per engine. "
+        f"Weights: {', '.join(sorted({f'{m}={e.weights}' for m, e in manifest.models.items()}))}; "
+        f"size {manifest.size}."
+    )
+    lines = [
+        header,
+        "",
+        "| model | batch | seq | engine | median ms | p90 ms | items/s | vs PyTorch | int8 servable |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        servable = "" if r["int8_servable"] is None else ("yes" if r["int8_servable"] else "no")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['seq'] or '-'} | {r['engine']} | {r['median_ms']} | "
+            f"{r['p90_ms']} | {r['items_per_s']} | {r['speedup_vs_torch']}x | {servable} |"
+        )
+    print("\n".join(lines))
+    if ns.json:
+        ns.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
