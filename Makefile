@@ -110,6 +110,34 @@ bench-index: venv protos ## index benchmark: Flat/IVF/HNSW latency, QPS, recall,
 	$(PY) -m index_service.bench $(BENCH_INDEX_ARGS)
 
 # ---- gateway, catalog and the main job ----
+GATEWAY_ARGS ?=
+BENCH_GATEWAY_ARGS ?=
+
+.PHONY: up
+up: venv protos ## THE MAIN JOB: export models, start Triton + index + gateway, ingest a demo catalog, search, serve
+	$(VENV)/bin/vitrine up --var $(VAR) $(ARGS)
+
+.PHONY: down
+down: ## stop a running `make up` (gateway, index service and Triton)
+	$(VENV)/bin/vitrine down --var $(VAR)
+
+.PHONY: gateway
+gateway: venv protos ## serve the gateway alone on :50050 (metrics :9101) against Triton :8001 and the index :50051
+	$(PY) -m gateway --port 50050 --metrics-port 9101 --triton-url 127.0.0.1:8001 \
+	  --index-address 127.0.0.1:50051 --log-level info $(GATEWAY_ARGS)
+
+.PHONY: catalog
+catalog: venv ## generate the demo catalog (2,000 products with JPEGs, labelled queries) into $(VAR)/catalog
+	$(VENV)/bin/vitrine catalog generate --n 2000 --out $(VAR)/catalog
+
+.PHONY: eval
+eval: venv protos ## Recall@K, MRR, NDCG@K, P@K with/without re-rank on the demo queries (needs `make up`)
+	$(VENV)/bin/vitrine eval $(VAR)/catalog/queries.jsonl $(ARGS)
+
+.PHONY: bench-gateway
+bench-gateway: venv protos ## gateway stack vs a single-process Python pipeline, concurrency 1/8, re-rank 10/50
+	mkdir -p $(VAR) && flock $(VAR)/bench.lock $(PY) -m gateway.bench --artifacts $(VAR)/artifacts \
+	  --work $(VAR)/bench-gateway $(BENCH_GATEWAY_ARGS)
 
 # ---- loadtest and observability ----
 # Prometheus is Debian's package, unpacked into the virtual environment (no system change, no root needed

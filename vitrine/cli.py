@@ -1,0 +1,168 @@
+"""``vitrine``: catalog generation, ingestion, search, evaluation, and the main job (up/down)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vitrine import config as vconfig
+from vitrine import logs
+
+if TYPE_CHECKING:
+    from gateway.client import Connection
+
+DEFAULT_GATEWAY = "127.0.0.1:50050"
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address (default: %(default)s)")
+    parser.add_argument("--api-key", default="", help="bearer token when the gateway requires one")
+    parser.add_argument("--tls-ca", default="", help="CA certificate (PEM) when the gateway serves TLS")
+
+
+def _connection(args: argparse.Namespace) -> Connection:
+    from gateway.client import Connection
+
+    return Connection(args.gateway, args.api_key, args.tls_ca)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from vitrine.catalog import write_generated
+
+    path = write_generated(
+        args.out, args.n, seed=args.seed, n_queries=args.queries, image_size=args.image_size
+    )
+    print(f"wrote {args.n} products to {path} and labelled queries to {Path(path).parent / 'queries.jsonl'}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from gateway.client import ingest
+
+    summary = ingest(_connection(args), args.catalog, batch=args.batch, progress=not args.quiet)
+    print(summary.render())
+    return 0 if summary.upserted or not summary.rows else 1
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import grpc
+
+    from gateway.client import render_results, search_request
+    from vitrine.gateway.v1 import gateway_pb2_grpc
+
+    if not args.text and not args.image:
+        print("give a text query, --image PATH, or both", file=sys.stderr)
+        return 2
+    conn = _connection(args)
+    request = search_request(
+        args.text,
+        args.image,
+        top_k=args.top_k,
+        rerank=args.rerank,
+        depth=args.depth,
+        filters=args.filter,
+        text_match=args.text_match,
+        image_weight=args.image_weight,
+    )
+    with conn.channel() as channel:
+        try:
+            resp = gateway_pb2_grpc.ProductSearchStub(channel).Search(
+                request, timeout=args.timeout, metadata=conn.metadata()
+            )
+        except grpc.RpcError as exc:
+            print(f"search failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(render_results(resp))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from gateway.client import evaluate
+
+    print(evaluate(_connection(args), args.queries, k=args.k, depth=args.depth, text_matches=args.text_match))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from vitrine.stack import ENV_PREFIX, StackConfig, up
+
+    del ENV_PREFIX
+    return up(vconfig.from_namespace(StackConfig, args))
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from vitrine.stack import down
+
+    return down(args.var)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vitrine.stack import ENV_PREFIX, StackConfig
+
+    parser = argparse.ArgumentParser(prog="vitrine", description=__doc__)
+    parser.add_argument("--log-level", default="warning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    catalog = sub.add_parser("catalog", help="catalog tools").add_subparsers(
+        dest="catalog_command", required=True
+    )
+    gen = catalog.add_parser("generate", help="write a seeded synthetic catalog with product JPEGs")
+    gen.add_argument("--n", type=int, default=2000, help="products")
+    gen.add_argument("--out", required=True, help="output directory")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--queries", type=int, default=50, help="labelled queries to write")
+    gen.add_argument("--image-size", type=int, default=640, help="image side in pixels")
+    gen.set_defaults(func=cmd_generate)
+
+    ing = sub.add_parser("ingest", help="load a catalog (JSONL or CSV) through the gateway; upsert by id")
+    ing.add_argument("catalog", help="catalog file")
+    ing.add_argument("--batch", type=int, default=32, help="products per upsert stream")
+    ing.add_argument("--quiet", action="store_true", help="no progress bar")
+    _connection_args(ing)
+    ing.set_defaults(func=cmd_ingest)
+
+    se = sub.add_parser("search", help="print a results table for a text and/or image query")
+    se.add_argument("text", nargs="?", default="")
+    se.add_argument("--image", default="", help="query image file")
+    se.add_argument("--image-weight", type=float, default=None, help="hybrid: weight of the image in [0, 1]")
+    se.add_argument("--top-k", type=int, default=10)
+    se.add_argument("--rerank", action="store_true", help="re-rank with the cross-encoder")
+    se.add_argument("--depth", type=int, default=0, help="candidates re-ranked (default 50)")
+    se.add_argument(
+        "--filter", action="append", default=[], help="field=v1,v2 or price=min..max (repeatable)"
+    )
+    se.add_argument("--text-match", default="", choices=["", "image", "title", "fusion"])
+    se.add_argument("--timeout", type=float, default=60.0)
+    _connection_args(se)
+    se.set_defaults(func=cmd_search)
+
+    ev = sub.add_parser("eval", help="Recall@K, MRR, NDCG@K, P@K with and without re-ranking")
+    ev.add_argument("queries", help="labelled query file (JSONL; see vitrine.catalog.read_queries)")
+    ev.add_argument("--k", type=int, default=10)
+    ev.add_argument("--depth", type=int, default=50, help="re-rank depth")
+    ev.add_argument(
+        "--text-match", nargs="+", default=["image", "title", "fusion"], choices=["image", "title", "fusion"]
+    )
+    _connection_args(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    upp = sub.add_parser("up", help="export, start Triton + index + gateway, ingest a demo catalog, serve")
+    vconfig.add_arguments(upp, StackConfig, ENV_PREFIX)
+    upp.set_defaults(func=cmd_up)
+
+    dn = sub.add_parser("down", help="stop a running `vitrine up`")
+    dn.add_argument("--var", default="var")
+    dn.set_defaults(func=cmd_down)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

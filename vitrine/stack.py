@@ -1,0 +1,319 @@
+"""The main job: the whole stack on the embedded CPU default, from nothing to a serving demo.
+
+``up`` exports the models (real checkpoints when reachable or given, else the full-size architectures
+with seeded random weights, announced loudly), renders the Triton model repository, starts Triton, the
+index service and the gateway, generates and ingests a demo catalog, prints a text and an image search,
+and serves until SIGINT/SIGTERM. ``down`` signals a running ``up`` through its pid file. Every step that
+is already done (a valid export, a generated catalog, an ingested collection) is skipped, so a second
+``up`` is fast. Everything lives under one directory (``var/`` by default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.process import GatewayProcess
+    from index_service.process import IndexServiceProcess
+    from model_repository.server import EmbeddedTriton
+
+ENV_PREFIX = "VITRINE_STACK"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    var: str = field(default="var", metadata={"help": "directory for artifacts, repository, data and logs"})
+    source: str = field(
+        default="auto",
+        metadata={"help": "model source: auto (hub, else random) | random | hub id | directory"},
+    )
+    size: str = field(default="full", metadata={"help": "model size: full or tiny"})
+    products: int = field(default=2000, metadata={"help": "demo catalog size"})
+    seed: int = field(default=0, metadata={"help": "demo catalog seed"})
+    gateway_port: int = field(default=50050, metadata={"help": "gateway gRPC port"})
+    gateway_metrics_port: int = field(default=9101, metadata={"help": "gateway Prometheus port"})
+    index_port: int = field(default=50051, metadata={"help": "index service gRPC port"})
+    index_metrics_port: int = field(default=9102, metadata={"help": "index service Prometheus port"})
+    triton_http_port: int = field(default=8000, metadata={"help": "Triton HTTP port"})
+    triton_grpc_port: int = field(default=8001, metadata={"help": "Triton gRPC port"})
+    triton_metrics_port: int = field(default=8002, metadata={"help": "Triton Prometheus port"})
+    ingest_batch: int = field(default=32, metadata={"help": "products per upsert stream"})
+    serve: bool = field(default=True, metadata={"help": "keep serving after the demo searches"})
+
+
+def _say(message: str) -> None:
+    print(f"[vitrine] {message}", file=sys.stderr, flush=True)
+
+
+def _banner(lines: list[str]) -> None:
+    width = max(len(line) for line in lines) + 4
+    print("\n" + "!" * width, file=sys.stderr)
+    for line in lines:
+        print(f"! {line:<{width - 4}} !", file=sys.stderr)
+    print("!" * width + "\n", file=sys.stderr, flush=True)
+
+
+def pid_file(var: Path) -> Path:
+    return var / "vitrine.pid"
+
+
+def _valid_export(artifacts: Path, size: str) -> dict[str, object] | None:
+    manifest = artifacts / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text())
+        models = data["models"]
+        if data.get("size") != size:
+            return None
+        if all((artifacts / m["path"]).is_file() for m in models.values()):
+            return dict(data)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+def export_models(cfg: StackConfig, artifacts: Path) -> dict[str, object]:
+    manifest = _valid_export(artifacts, cfg.size)
+    if manifest is None:
+        _say(f"exporting models ({cfg.size}, source {cfg.source}) to {artifacts}: a few minutes on CPU")
+        cmd = [
+            sys.executable,
+            "-m",
+            "export",
+            "--source",
+            cfg.source,
+            "--size",
+            cfg.size,
+            "--out",
+            str(artifacts),
+        ]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        manifest = _valid_export(artifacts, cfg.size)
+        if manifest is None:
+            raise RuntimeError(
+                f"export finished but {artifacts}/manifest.json is not a valid {cfg.size} export"
+            )
+    else:
+        _say(f"models already exported in {artifacts}")
+    models: dict[str, dict[str, str]] = manifest["models"]  # type: ignore[assignment]
+    weights = {name: m.get("weights", "?") for name, m in models.items()}
+    if any(w != "pretrained" for w in weights.values()):
+        _banner(
+            [
+                "NO PRETRAINED CHECKPOINT WAS REACHABLE: some models run with SEEDED RANDOM WEIGHTS.",
+                *(f"  {name}: {w}" for name, w in weights.items()),
+                "Latency is real (same architecture, same compute); search QUALITY IS MEANINGLESS.",
+                "Give real checkpoints with: vitrine up --source <hub id or local directory>",
+            ]
+        )
+    else:
+        _say("models: pretrained weights")
+    return manifest
+
+
+class Stack:
+    """Starts and stops the three processes; ``stop`` is safe to call at any point of ``start``."""
+
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.var = Path(cfg.var).resolve()
+        self.logs = self.var / "logs"
+        self.triton: EmbeddedTriton | None = None
+        self.index: IndexServiceProcess | None = None
+        self.gateway: GatewayProcess | None = None
+
+    @property
+    def gateway_address(self) -> str:
+        return f"127.0.0.1:{self.cfg.gateway_port}"
+
+    def start(self) -> None:
+        from gateway.process import GatewayProcess
+        from index_service.process import IndexServiceProcess
+        from model_repository.render import RenderOptions, render_repository
+        from model_repository.server import EmbeddedTriton, Endpoints
+
+        cfg = self.cfg
+        self.logs.mkdir(parents=True, exist_ok=True)
+        artifacts = self.var / "artifacts"
+        export_models(cfg, artifacts)
+        repo = render_repository(artifacts, self.var / "model_repository", RenderOptions())
+        _say(f"model repository rendered in {repo}")
+
+        endpoints = Endpoints(cfg.triton_grpc_port, cfg.triton_http_port, cfg.triton_metrics_port)
+        t0 = time.monotonic()
+        triton = EmbeddedTriton(
+            repo, endpoints, log_file=self.logs / "tritonserver.log", workdir=self.var / "triton"
+        )
+        self.triton = triton
+        triton.start()
+        _say(
+            f"Triton ready on {endpoints.grpc_url} in {time.monotonic() - t0:.1f} s (log: {triton.log_file})"
+        )
+
+        index = IndexServiceProcess(
+            self.var / "index",
+            extra_args=("--port", str(cfg.index_port), "--metrics-port", str(cfg.index_metrics_port)),
+        )
+        self.index = index
+        index.start()
+        _say(f"index service ready on {index.address}")
+
+        gateway = GatewayProcess(
+            (
+                "--port",
+                str(cfg.gateway_port),
+                "--triton-url",
+                endpoints.grpc_url,
+                "--index-address",
+                index.address,
+                "--metrics-port",
+                str(cfg.gateway_metrics_port),
+            ),
+            log_file=self.logs / "gateway.log",
+        )
+        self.gateway = gateway
+        gateway.start()
+        _say(f"gateway serving on {gateway.address} (metrics :{cfg.gateway_metrics_port}/metrics)")
+
+    def stop(self) -> None:
+        gateway, index, triton = self.gateway, self.index, self.triton
+        self.gateway = self.index = self.triton = None
+        try:
+            if gateway is not None:
+                gateway.stop()
+        finally:
+            try:
+                if index is not None:
+                    index.stop()
+            finally:
+                if triton is not None:
+                    triton.stop()
+
+
+def demo_catalog(cfg: StackConfig, var: Path) -> Path:
+    from vitrine.catalog import write_generated
+
+    out = var / "catalog"
+    stamp = out / ".generated"
+    wanted = f"{cfg.products}:{cfg.seed}"
+    catalog = out / "catalog.jsonl"
+    if catalog.is_file() and stamp.is_file() and stamp.read_text() == wanted:
+        _say(f"demo catalog already generated ({cfg.products} products in {out})")
+        return catalog
+    _say(f"generating a demo catalog of {cfg.products} products in {out}")
+    catalog = write_generated(out, cfg.products, seed=cfg.seed)
+    stamp.write_text(wanted)
+    return catalog
+
+
+def ingested_count(index_address: str, collection: str) -> int:
+    import grpc
+
+    from vitrine.index.v1 import index_pb2, index_pb2_grpc
+
+    with grpc.insecure_channel(index_address) as channel:
+        try:
+            stats = index_pb2_grpc.IndexServiceStub(channel).GetStats(
+                index_pb2.GetStatsRequest(name=collection), timeout=10
+            )
+        except grpc.RpcError:
+            return 0
+        return int(stats.count)
+
+
+def demo_searches(address: str, catalog: Path) -> None:
+    from gateway.client import Connection, render_results, search_request
+    from vitrine.catalog import Product, read_catalog
+    from vitrine.gateway.v1 import gateway_pb2_grpc
+
+    first = next(p for p in read_catalog(catalog) if isinstance(p, Product))
+    conn = Connection(address)
+    with conn.channel() as channel:
+        stub = gateway_pb2_grpc.ProductSearchStub(channel)
+        text = "red leather ankle boots"
+        resp = stub.Search(search_request(text, top_k=5, rerank=True, depth=50), timeout=120)
+        print("\n" + render_results(resp, f'text search: "{text}" (re-ranked, depth 50)'))
+        image = catalog.parent / first.image
+        resp = stub.Search(search_request(image=str(image), top_k=5), timeout=120)
+        print("\n" + render_results(resp, f"image search: {image.name} ({first.title})") + "\n", flush=True)
+
+
+def up(cfg: StackConfig) -> int:
+    from gateway.client import Connection, ingest
+
+    var = Path(cfg.var).resolve()
+    var.mkdir(parents=True, exist_ok=True)
+    pid_path = pid_file(var)
+    if pid_path.is_file():
+        try:
+            os.kill(int(pid_path.read_text()), 0)
+            _say(f"already running (pid {pid_path.read_text().strip()}); stop it with: vitrine down")
+            return 1
+        except (ProcessLookupError, ValueError):
+            pid_path.unlink()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    pid_path.write_text(str(os.getpid()))
+    stack = Stack(cfg)
+    t_start = time.monotonic()
+    try:
+        stack.start()
+        catalog = demo_catalog(cfg, var)
+        n_catalog = sum(1 for line in catalog.read_text(encoding="utf-8").splitlines() if line.strip())
+        assert stack.index is not None
+        from gateway.pipeline import PipelineSettings
+
+        collection = PipelineSettings().image_collection
+        have = ingested_count(stack.index.address, collection)
+        if have >= n_catalog:
+            _say(f"catalog already ingested ({have} products)")
+        else:
+            t0 = time.monotonic()
+            summary = ingest(Connection(stack.gateway_address), catalog, batch=cfg.ingest_batch)
+            _say(summary.render() + f" in {time.monotonic() - t0:.0f} s")
+        demo_searches(stack.gateway_address, catalog)
+        _say(f"stack up in {time.monotonic() - t_start:.0f} s")
+        if cfg.serve:
+            _say(f"serving on {stack.gateway_address}; Ctrl-C or `make down` stops everything")
+            stop.wait()
+    finally:
+        _say("stopping gateway, index service and Triton")
+        stack.stop()
+        pid_path.unlink(missing_ok=True)
+        _say("stopped")
+    return 0
+
+
+def down(var: str, timeout_s: float = 90.0) -> int:
+    path = pid_file(Path(var).resolve())
+    if not path.is_file():
+        _say("nothing running (no pid file)")
+        return 0
+    pid = int(path.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        _say("nothing running (stale pid file removed)")
+        return 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            _say("stack stopped")
+            return 0
+        time.sleep(0.2)
+    _say(f"pid {pid} still running after {timeout_s:.0f} s")
+    return 1
