@@ -104,11 +104,18 @@ def product_from_mapping(row: dict[str, Any]) -> Product:
 
 def read_catalog(path: str | Path) -> Iterator[Product | BadRow]:
     """Products of a ``.jsonl`` or ``.csv`` file in order; unreadable rows come back as ``BadRow``."""
+    for _, item in iter_catalog(path):
+        yield item
+
+
+def iter_catalog(path: str | Path) -> Iterator[tuple[int, Product | BadRow]]:
+    """Like ``read_catalog`` with the file line of each row, for reports that point at the line."""
     path = Path(path)
     with path.open(encoding="utf-8", newline="") as fh:
         if path.suffix.lower() == ".csv":
-            for line, row in enumerate(csv.DictReader(fh), start=2):
-                yield _parse_row(line, row)
+            reader = csv.DictReader(fh)
+            for row in reader:
+                yield reader.line_num, _parse_row(reader.line_num, row)
         else:
             for line, text in enumerate(fh, start=1):
                 if not text.strip():
@@ -116,12 +123,12 @@ def read_catalog(path: str | Path) -> Iterator[Product | BadRow]:
                 try:
                     obj = json.loads(text)
                 except json.JSONDecodeError as exc:
-                    yield BadRow(line, "", f"not JSON: {exc.msg}")
+                    yield line, BadRow(line, "", f"not JSON: {exc.msg}")
                     continue
                 if not isinstance(obj, dict):
-                    yield BadRow(line, "", "not a JSON object")
+                    yield line, BadRow(line, "", "not a JSON object")
                     continue
-                yield _parse_row(line, obj)
+                yield line, _parse_row(line, obj)
 
 
 def _parse_row(line: int, row: dict[str, Any]) -> Product | BadRow:
