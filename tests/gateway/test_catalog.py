@@ -149,5 +149,6 @@ def test_fusion() -> None:
     assert [c.id for c in rrf] == ["c", "b", "a"]
     assert rrf[0].score == pytest.approx(0.5 / 63 + 0.5 / 61)
     weighted = fuse([(0.2, first), (0.8, second)], Fusion.WEIGHTED, 60)
-    assert [c.id for c in weighted] == ["c", "b", "a"]
-    assert weighted[0].score == pytest.approx(0.2 * 0.1 + 0.8 * 0.7)
+    # b: 0.2 * 0.8 + 0.8 * 0.6, c: 0.2 * 0.1 + 0.8 * 0.7, a: 0.2 * 0.9
+    assert [c.id for c in weighted] == ["b", "c", "a"]
+    assert weighted[0].score == pytest.approx(0.2 * 0.8 + 0.8 * 0.6)
