@@ -60,7 +60,7 @@ WORKLOADS = (
         f"rerank (1 query + {RERANK_PASSAGES} passages)",
         Model.RERANK,
         Model.CROSS_ENCODER,
-        lambda c: max(12, 2 * c),
+        lambda c: max(12, c + 8),
         RERANK_PASSAGES,
     ),
 )
@@ -178,15 +178,25 @@ async def measure_server(
     return points
 
 
+VARIANTS = {
+    "on": RenderOptions(dynamic_batching=True),
+    "on-no-delay": RenderOptions(dynamic_batching=True, queue_delay_us=0),
+    "off": RenderOptions(dynamic_batching=False),
+}
+"""Repositories compared: the spec's batching, the same with no queue delay, and no batcher at all."""
+
+
 def run_triton(
-    artifacts: Path, work: Path, inputs: Inputs, concurrencies: list[int], progress: tqdm[Any]
+    artifacts: Path,
+    work: Path,
+    inputs: Inputs,
+    concurrencies: list[int],
+    variants: dict[str, RenderOptions],
+    progress: tqdm[Any],
 ) -> list[Point]:
     points: list[Point] = []
-    for batching in (True, False):
-        label = "on" if batching else "off"
-        repo = render_repository(
-            artifacts, work / f"repo-batching-{label}", RenderOptions(dynamic_batching=batching)
-        )
+    for label, options in variants.items():
+        repo = render_repository(artifacts, work / f"repo-batching-{label}", options)
         server = EmbeddedTriton(
             repo,
             Endpoints(free_port(), free_port(), free_port()),
@@ -230,15 +240,19 @@ def triton_table(points: list[Point]) -> str:
             f"| {p.workload} | {p.concurrency} | {p.batching} | {p.requests} | {p.errors} | "
             f"{p.throughput_rps} | {p.p50_ms} | {p.p95_ms} | {p.mean_encoder_batch} |"
         )
-    lines += ["", "| workload | concurrency | throughput on/off | p95 on/off |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| workload | concurrency | batching | throughput vs off | p95 vs off |",
+        "|---|---|---|---|---|",
+    ]
     by_key = {(p.workload, p.concurrency, p.batching): p for p in points}
     for p in points:
-        if p.batching != "on" or (p.workload, p.concurrency, "off") not in by_key:
+        if p.batching == "off" or (p.workload, p.concurrency, "off") not in by_key:
             continue
         off = by_key[(p.workload, p.concurrency, "off")]
         tput = p.throughput_rps / off.throughput_rps if off.throughput_rps else float("nan")
         lat = p.p95_ms / off.p95_ms if off.p95_ms else float("nan")
-        lines.append(f"| {p.workload} | {p.concurrency} | {tput:.2f}x | {lat:.2f}x |")
+        lines.append(f"| {p.workload} | {p.concurrency} | {p.batching} | {tput:.2f}x | {lat:.2f}x |")
     return "\n".join(lines)
 
 
@@ -254,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--engine-budget-s", type=float, default=8.0)
     parser.add_argument("--skip-engines", action="store_true", help="only the served part")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     ns = parser.parse_args(argv)
     logs.setup()
@@ -276,9 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = ns.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vitrine-bench-")))
         work.mkdir(parents=True, exist_ok=True)
-        total_points = 2 * len(WORKLOADS) * len(concurrencies)
+        names = [v.strip() for v in ns.variants.split(",")]
+        variants = {n: VARIANTS[n] for n in VARIANTS if n in names}
+        total_points = len(variants) * len(WORKLOADS) * len(concurrencies)
         with tqdm(total=total_points, desc="triton points", disable=None) as progress:
-            points = run_triton(ns.artifacts, work, inputs, concurrencies, progress)
+            points = run_triton(ns.artifacts, work, inputs, concurrencies, variants, progress)
 
     report = [header, "", "Served through Triton (closed loop; requests per point in the table):", ""]
     report.append(triton_table(points))

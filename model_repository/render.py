@@ -49,6 +49,7 @@ class RenderOptions:
     target: Target = Target.CPU
     precision: Precision = Precision.FP32
     dynamic_batching: bool = True
+    queue_delay_us: int | None = None  # None: the spec's measured choice
 
 
 def load_manifest(artifacts: Path) -> dict[str, Any]:
@@ -127,7 +128,11 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
         else:
             version_dir.mkdir(parents=True, exist_ok=True)  # Triton wants a version directory for ensembles
         config = render_config(
-            spec, options.target, dynamic_batching=options.dynamic_batching, parameters=params
+            spec,
+            options.target,
+            dynamic_batching=options.dynamic_batching,
+            queue_delay_us=options.queue_delay_us,
+            parameters=params,
         )
         (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
     log.info("rendered model repository", extra={"out": str(out), "target": options.target.value})

@@ -230,12 +230,14 @@ def render_config(
     target: Target,
     *,
     dynamic_batching: bool = True,
+    queue_delay_us: int | None = None,
     parameters: dict[str, str] | None = None,
 ) -> mc.ModelConfig:
     """The ``ModelConfig`` of one model on one target.
 
     ``dynamic_batching=False`` renders the same model without a batcher (each request is one execution),
-    the baseline the benchmark compares against; ``parameters`` adds per-render values (file names).
+    the baseline the benchmark compares against; ``queue_delay_us`` overrides every batcher's delay (for
+    measuring the choice); ``parameters`` adds per-render values (file names).
     """
     config = mc.ModelConfig(name=spec.model.value, max_batch_size=spec.max_batch_size)
     config.input.extend(_io_message(io, mc.ModelInput) for io in spec.inputs)
@@ -268,7 +270,9 @@ def render_config(
     if spec.batching is not None and dynamic_batching:
         db = config.dynamic_batching
         db.preferred_batch_size.extend(spec.batching.preferred)
-        db.max_queue_delay_microseconds = spec.batching.max_queue_delay_us
+        db.max_queue_delay_microseconds = (
+            spec.batching.max_queue_delay_us if queue_delay_us is None else queue_delay_us
+        )
         db.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
         db.default_queue_policy.max_queue_size = spec.batching.max_queue_size
         db.default_queue_policy.allow_timeout_override = True

@@ -112,6 +112,13 @@ def test_batching_off_variant_has_no_batcher(tiny_artifacts, tmp_path):
         assert not config.HasField("dynamic_batching"), config.name
 
 
+def test_queue_delay_override_applies_to_every_batcher(tiny_artifacts, tmp_path):
+    repo = render_repository(tiny_artifacts, tmp_path, RenderOptions(queue_delay_us=0))
+    batchers = [c for c in _load(repo).values() if c.HasField("dynamic_batching")]
+    assert {c.name for c in batchers} >= {s.model.value for s in SPECS if s.role is Role.ENCODER}
+    assert all(c.dynamic_batching.max_queue_delay_microseconds == 0 for c in batchers)
+
+
 def _artifacts_with_int8(tiny_artifacts: Path, root: Path, servable: set[str]) -> Path:
     """The tiny artifacts (linked) with a manifest that marks int8 servable exactly for ``servable``."""
     root.mkdir()
