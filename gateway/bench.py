@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                     "image",
                     "--max-in-flight",
                     "256",
-                ),  # fmt: skip
+                ),
                 log_file=work / "gateway.log",
             )
             with gateway:
