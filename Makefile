@@ -144,6 +144,8 @@ bench-gateway: venv protos ## gateway stack vs a single-process Python pipeline,
 # to run it); a system-wide `prometheus` on PATH is linked instead.
 PROMETHEUS_BIN := $(VENV)/prometheus/usr/bin/prometheus
 LOADTEST_OUT ?= $(VAR)/loadtest
+# Queries drawn from the catalog `make up` ingested; the report names the weights its export used.
+LOADTEST_STACK := --catalog $(VAR)/catalog/catalog.jsonl --artifacts $(VAR)/artifacts
 
 $(PROMETHEUS_BIN):
 	mkdir -p $(dir $@)
@@ -163,15 +165,17 @@ prometheus: $(PROMETHEUS_BIN) ## Prometheus on :9090 scraping `make up` (Triton 
 
 .PHONY: loadtest
 loadtest: venv protos ## headless load on the running stack; LOADTEST_* variables or ARGS="--users 20 ..."
-	$(PY) -m loadtest run --out $(LOADTEST_OUT)/run $(ARGS)
+	$(PY) -m loadtest run $(LOADTEST_STACK) --out $(LOADTEST_OUT)/run $(ARGS)
 
 .PHONY: loadtest-step
 loadtest-step: venv protos ## highest paced request rate meeting the objective (text search by default)
-	$(PY) -m loadtest step --mix text=1 --out $(LOADTEST_OUT)/step $(ARGS)
+	mkdir -p $(VAR) && flock $(BENCH_LOCK) \
+	  $(PY) -m loadtest step $(LOADTEST_STACK) --mix text=1 --out $(LOADTEST_OUT)/step $(ARGS)
 
 .PHONY: loadtest-objective
 loadtest-objective: venv protos ## the latency objective on the running stack: max rate, re-rank 10/50 p95, stages
-	$(PY) -m loadtest objective --out $(LOADTEST_OUT)/objective $(ARGS)
+	mkdir -p $(VAR) && flock $(BENCH_LOCK) \
+	  $(PY) -m loadtest objective $(LOADTEST_STACK) --out $(LOADTEST_OUT)/objective $(ARGS)
 
 .PHONY: loadtest-gpu
 loadtest-gpu: ## on a GPU host: bring the stack up on the GPU and run the same objective measurement

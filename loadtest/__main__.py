@@ -15,7 +15,7 @@ from typing import Any
 
 from loadtest.config import ENV_PREFIX, LoadTarget, ObjectiveConfig, RunConfig, StepConfig
 from loadtest.objective import Verdict
-from loadtest.runner import RunError, RunResult, describe, hardware, run_once
+from loadtest.runner import RunError, RunResult, describe, hardware, run_once, weights_of
 from loadtest.step import StepPlan, search, users_for
 from vitrine import logs
 from vitrine.config import add_arguments, from_namespace
@@ -54,6 +54,7 @@ def _step(config: StepConfig) -> dict[str, Any]:
         "steps": records,
         "config": _plain(config),
         "hardware": hardware(),
+        "weights": weights_of(config),
     }
     root.mkdir(parents=True, exist_ok=True)
     (root / "step_summary.json").write_text(json.dumps(summary, indent=2))
@@ -95,7 +96,7 @@ def objective(config: ObjectiveConfig) -> int:
     best = text["best_rate"]
     headline = f"**{best:g} req/s**" if best is not None else f"none (missed at {config.start_rate:g} req/s)"
     lines = [
-        f"Hardware: {hardware()}; weights: {config.weights}; objective p95 < {config.p95_ms:g} ms and "
+        f"Hardware: {hardware()}; weights: {weights_of(config)}; objective p95 < {config.p95_ms:g} ms and "
         f"errors <= {100 * config.max_error_rate:g}%; {config.duration_s:g} s per step, "
         f"{config.rerank_duration_s:g} s per re-rank run.",
         "",

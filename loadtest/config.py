@@ -37,9 +37,9 @@ class RunConfig:
     timeout_s: float = field(default=10.0, metadata={"help": "deadline of each call"})
     top_k: int = field(default=10, metadata={"help": "results per search"})
     weights: str = field(
-        default="unrecorded",
-        metadata={"help": "weights the stack serves (random/partial/pretrained), for the report"},
+        default="", metadata={"help": "weights the stack serves, for the report (default: from --artifacts)"}
     )
+    artifacts: str = field(default="", metadata={"help": "export directory whose manifest names the weights"})
 
 
 @dataclass(frozen=True)

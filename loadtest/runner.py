@@ -60,6 +60,16 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+def weights_of(config: RunConfig) -> str:
+    """What the figures were measured with: random weights make latency figures, not quality figures."""
+    if config.weights or not config.artifacts:
+        return config.weights or "unrecorded"
+    manifest = json.loads((Path(config.artifacts) / "manifest.json").read_text())
+    models = manifest.get("models", {})
+    named = ", ".join(f"{name} {entry.get('weights', '?')}" for name, entry in sorted(models.items()))
+    return f"{named} ({manifest.get('size', '?')} size)"
+
+
 def objective_of(config: RunConfig) -> Objective:
     return Objective(p95_ms=config.p95_ms, max_error_rate=config.max_error_rate)
 
@@ -123,6 +133,8 @@ def run_once(
 ) -> RunResult:
     """One headless run; ``target_rate`` > 0 paces users so the offered rate is that many requests/s."""
     mix_for(config.target, config.mix)  # a typo in the mix fails here, before Locust starts
+    if config.catalog and not Path(config.catalog).is_file():
+        raise ValueError(f"catalog {config.catalog} not found: start the stack (`make up`) or pass --catalog")
     out.mkdir(parents=True, exist_ok=True)
     user_rate = target_rate / users if target_rate > 0 else 0.0
     command = locust_command(config, out, users, spawn_rate, user_rate)
@@ -159,6 +171,7 @@ def run_once(
         "wall_s": round(time.monotonic() - started, 1),
         "config": {k: (v.value if isinstance(v, LoadTarget) else v) for k, v in asdict(config).items()},
         "hardware": hardware(),
+        "weights": weights_of(config),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return result
