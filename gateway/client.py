@@ -54,9 +54,15 @@ class IngestSummary:
     rows: int = 0
     upserted: int = 0
     bad: list[BadRow] = field(default_factory=list)
+    error: str = ""
+    """Why ingestion stopped early (the gateway or a dependency failed); empty when it ran to the end."""
 
     def render(self) -> str:
         lines = [f"ingested {self.upserted} of {self.rows} rows; {len(self.bad)} bad rows"]
+        if self.error:
+            lines.insert(
+                0, f"ingestion stopped: {self.error}; re-run to resume (upserts by id are idempotent)"
+            )
         for b in self.bad[:50]:
             lines.append(f"  line {b.line:>6}  {b.id or '-':<16} {b.reason}")
         if len(self.bad) > 50:
@@ -114,7 +120,11 @@ def ingest(
                 messages.append(pb.UpsertProductsRequest(product=product_pb(row), image_bytes=data))
                 lines.append(line)
             if messages:
-                resp = stub.UpsertProducts(iter(messages), timeout=timeout, metadata=conn.metadata())
+                try:
+                    resp = stub.UpsertProducts(iter(messages), timeout=timeout, metadata=conn.metadata())
+                except grpc.RpcError as exc:
+                    summary.error = f"{exc.code().name}: {exc.details()}"
+                    break
                 summary.upserted += resp.upserted
                 for err in resp.errors:
                     summary.bad.append(BadRow(lines[err.index], err.id, f"{err.code}: {err.message}"))

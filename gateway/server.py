@@ -165,6 +165,9 @@ class Gateway:
                 await asyncio.wait_for(self._probe_now.wait(), self.config.health_interval_s)
 
     async def start(self) -> None:
+        # NOT_SERVING until the first probe has seen both dependencies (the servicer's default is SERVING).
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         if self.config.metrics_port >= 0:
             from prometheus_client import start_http_server

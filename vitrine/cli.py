@@ -43,7 +43,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     summary = ingest(_connection(args), args.catalog, batch=args.batch, progress=not args.quiet)
     print(summary.render())
-    return 0 if summary.upserted or not summary.rows else 1
+    return 1 if summary.error or (summary.rows and not summary.upserted) else 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -362,3 +362,45 @@ async def test_api_key_is_required_when_configured(gateway_triton: object, index
         assert await handle.health() == 1  # health stays open to probes
     finally:
         await stop_gateway(handle)
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost/127.0.0.1 and its key."""
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_when_configured(
+    gateway_triton: object, index_server: object, tls_pair: tuple[Path, Path]
+) -> None:
+    cert, key = tls_pair
+    config = gateway_config_for(
+        gateway_triton.grpc_url,  # type: ignore[attr-defined]
+        index_server.address,  # type: ignore[attr-defined]
+        tls_cert=str(cert),
+        tls_key=str(key),
+    )
+    handle = await start_gateway(config)
+    try:
+        from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+        creds = grpc.ssl_channel_credentials(cert.read_bytes())
+        async with grpc.aio.secure_channel(handle.address, creds) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await pb_grpc.ProductSearchStub(channel).GetProducts(
+                    pb.GetProductsRequest(ids=["x"]), timeout=10
+                )
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND  # reached the API over TLS
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await handle.stub.GetProducts(pb.GetProductsRequest(ids=["x"]), timeout=5)  # plaintext is refused
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await stop_gateway(handle)
