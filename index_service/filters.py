@@ -40,7 +40,7 @@ def validate(flt: pb.Filter, number_fields: frozenset[str], keyword_fields: froz
             for i, child in enumerate(children):
                 visit(child, f"{path}.{kind}[{i}]", depth + 1)
         elif kind == "not":
-            visit(node.__getattribute__("not"), f"{path}.not", depth + 1)
+            visit(getattr(node, "not"), f"{path}.not", depth + 1)
         elif kind == "keyword":
             kw = node.keyword
             if kw.field not in keyword_fields:
@@ -102,7 +102,7 @@ def evaluate(flt: pb.Filter, view: AttributeView) -> np.ndarray:
             mask |= evaluate(child, view)
         return mask
     if kind == "not":
-        return ~evaluate(flt.__getattribute__("not"), view)
+        return ~evaluate(getattr(flt, "not"), view)
     if kind == "keyword":
         field = flt.keyword.field
         return np.isin(view.keyword_column(field), view.keyword_codes(field, list(flt.keyword.values)))

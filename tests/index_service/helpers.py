@@ -62,10 +62,11 @@ def attribute_columns(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[
     return price, category, brand, [set(c[3]) for c in cols]
 
 
-async def load(stub: object, name: str, vectors: np.ndarray, batch: int = 1000) -> None:
+async def load(stub: object, name: str, vectors: np.ndarray, batch: int = 1000, offset: int = 0) -> None:
+    """Upsert ``vectors`` as items ``p{offset}``, ``p{offset + 1}``, ..."""
     for start in range(0, len(vectors), batch):
         await stub.Upsert(  # type: ignore[attr-defined]
-            pb.UpsertRequest(collection=name, items=items(vectors[start : start + batch], start))
+            pb.UpsertRequest(collection=name, items=items(vectors[start : start + batch], offset + start))
         )
 
 

@@ -3,6 +3,8 @@ filtered searches that return the true top k among matching items."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -84,7 +86,13 @@ async def test_ivf_searches_exactly_until_trained(index_stub, data) -> None:
     assert stats.trained and stats.nlist == 8 and stats.index_total == N
 
 
-def _filters() -> dict[str, tuple[pb.Filter, object]]:
+def _negate(flt: pb.Filter) -> pb.Filter:
+    out = pb.Filter()
+    getattr(out, "not").CopyFrom(flt)  # `not` is a Python keyword
+    return out
+
+
+def _filters() -> dict[str, tuple[pb.Filter, Callable[..., np.ndarray]]]:
     """Filters with a numpy predicate over (price, category, brand, tags) computing the same thing."""
     price_range = pb.Filter(range=pb.NumberRange(field="price", gte=100, lt=700))
     shoes_or_hats = pb.Filter(keyword=pb.KeywordIn(field="category", values=["shoes", "hats"]))
@@ -102,7 +110,7 @@ def _filters() -> dict[str, tuple[pb.Filter, object]]:
             lambda p, c, b, t: (b == "brand7") | (_has(t, "red") & _has(t, "leather")),
         ),
         "not": (
-            pb.Filter(**{"not": shoes_or_hats}),
+            _negate(shoes_or_hats),
             lambda p, c, b, t: ~np.isin(c, ["shoes", "hats"]),
         ),
         "selective": (
