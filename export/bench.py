@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: list[dict[str, Any]] = []
     batches = [int(b) for b in ns.batches.split(",")]
+    load_before = os.getloadavg()[0]
     cases = [(spec, batch) for spec in TOWERS for batch in batches]
     for spec, batch in tqdm(cases, desc="bench", disable=None):
         entry = manifest.entry(spec.model)
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     header = (
-        f"Hardware: {cpu_name()}, {os.cpu_count()} vCPU, no GPU; {ns.threads} threads per engine. "
+        f"Hardware: {cpu_name()}, {os.cpu_count()} vCPU, no GPU; {ns.threads} threads per engine; "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (others' work competes). "
         f"Weights: {', '.join(sorted({f'{m}={e.weights}' for m, e in manifest.models.items()}))}; "
         f"size {manifest.size}."
     )

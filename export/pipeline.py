@@ -208,7 +208,7 @@ def probe_for(spec: TowerSpec, out: Path, seed: int) -> validate.RankingProbe:
     queries = validate.product_texts(validate.RERANK_QUERIES, seed + 3)
     batches = []
     for i, query in enumerate(queries):
-        passages = validate.product_texts(validate.RERANK_PASSAGES, seed + 100 + i, long_every=5)
+        passages = validate.product_passages(validate.RERANK_PASSAGES, seed + 100 + i)
         p = pairs.encode(query, passages)
         batches.append(
             {"input_ids": p.input_ids, "attention_mask": p.attention_mask, "token_type_ids": p.token_type_ids}

@@ -96,6 +96,13 @@ def product_texts(n: int, seed: int, *, long_every: int = 0) -> list[str]:
     return texts
 
 
+def product_passages(n: int, seed: int) -> list[str]:
+    """Title-plus-description passages of ~15-60 tokens, what the gateway re-ranks."""
+    rng = np.random.default_rng(seed)
+    titles = product_texts(n * 6, seed)
+    return [". ".join(titles[i * 6 : i * 6 + int(rng.integers(2, 7))]).capitalize() + "." for i in range(n)]
+
+
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:
     """CPU session that does not spin idle threads (spinning costs its neighbours ~30% on 2 cores)."""
     opts = ort.SessionOptions()
@@ -227,7 +234,14 @@ def agreement_vs(candidate: Path, baseline: Path, probe: RankingProbe) -> dict[s
     got = run_batches(lambda f: a.run(None, f)[0], probe.batches)
     want = run_batches(lambda f: b.run(None, f)[0], probe.batches)
     s_got, s_want = probe.to_scores(got), probe.to_scores(want)
-    return {"agreement_top10": topk_agreement(s_got, s_want), "max_abs_diff": float(np.abs(got - want).max())}
+    figures = {
+        "agreement_top10": topk_agreement(s_got, s_want),
+        "max_abs_diff": float(np.abs(got - want).max()),
+    }
+    if got.shape[1] > 1:
+        cos = np.sum(got * want, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+        figures["min_cosine"] = float(cos.min())
+    return figures
 
 
 def feeds_from(mapping: Mapping[str, Any]) -> Feeds:
