@@ -40,7 +40,7 @@ class GatewayConfig:
     default_timeout_s: float = field(
         default=30.0, metadata={"help": "deadline applied when the caller sets none"}
     )
-    upsert_batch: int = field(default=16, metadata={"help": "products embedded and written per batch"})
+    upsert_batch: int = field(default=32, metadata={"help": "products embedded and written per batch"})
     api_key: str = field(default="", metadata={"help": "require 'authorization: Bearer <key>'; empty = off"})
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain; with tls_key enables TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key"})

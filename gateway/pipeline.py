@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol, TypeVar
@@ -417,14 +417,13 @@ class Pipeline:
             elif not image:
                 errors[i] = InvalidInput(f"product {product.id!r}: missing image")
         todo = [i for i, e in enumerate(errors) if e is None]
-        image_vecs = await asyncio.gather(
+        # Every image and title of the batch at once: Triton's dynamic batcher turns them into batches.
+        embedded = await asyncio.gather(
             *(self.embedder.embed_image(items[i][1], deadline.remaining()) for i in todo),
-            return_exceptions=True,
-        )
-        title_vecs = await asyncio.gather(
             *(self.embedder.embed_text(items[i][0].title, deadline.remaining()) for i in todo),
             return_exceptions=True,
         )
+        image_vecs, title_vecs = embedded[: len(todo)], embedded[len(todo) :]
         image_records, title_records = [], []
         for i, iv, tv in zip(todo, image_vecs, title_vecs, strict=True):
             for res in (iv, tv):
@@ -457,7 +456,3 @@ class Pipeline:
             self.retriever.delete(s.title_collection, ids, timeout),
         )
         return deleted, missing
-
-
-def as_mapping(timings: Mapping[str, float]) -> list[tuple[str, float]]:
-    return sorted(timings.items(), key=lambda kv: kv[0])
