@@ -237,3 +237,42 @@ def test_unknown_checkpoint_directory_is_a_source_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="cannot load clip checkpoint"):
         obtain(Family.CLIP, str(tmp_path / "empty"), Size.FULL, 0, tmp_path / "out")
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_builds_on_a_gpu_host(tiny_artifacts: Path, tmp_path: Path) -> None:
+    reason = variants.tensorrt_unavailable()
+    if reason:
+        pytest.skip(reason)
+    plan = tmp_path / "model.plan"
+    info = variants.tensorrt_engine(
+        CLIP_TEXT, tiny_artifacts / "clip_text_encoder" / "model.onnx", plan, max_batch=8, max_seq=77
+    )
+    assert info["status"] == "built" and info["precision"] == "fp16"
+    assert plan.stat().st_size > 0
+
+
+def test_local_checkpoint_directories_take_the_same_path(tiny_artifacts: Path, tmp_path: Path) -> None:
+    """A directory source (here: the tiny export's own checkpoints) is recorded as pretrained, by name."""
+    ckpts = tiny_artifacts / "checkpoints"
+    manifest = export_all(
+        ExportConfig(
+            out=tmp_path,
+            clip_source=str(ckpts / "clip"),
+            cross_encoder_source=str(ckpts / "cross_encoder"),
+            size=Size.TINY,
+        )
+    )
+    for spec in TOWERS:
+        entry = manifest.entry(spec.model)
+        assert entry.weights == Weights.PRETRAINED.value
+        assert entry.source == spec.family.value
+        assert entry.validation["top10_agreement_within_noise"] == 1.0
+    original = validate.session(Manifest.load(tiny_artifacts).path(Model.CLIP_IMAGE_ENCODER))
+    again = validate.session(manifest.path(Model.CLIP_IMAGE_ENCODER))
+    pixels = np.random.default_rng(5).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_allclose(
+        again.run(None, {"pixel_values": pixels})[0],
+        original.run(None, {"pixel_values": pixels})[0],
+        atol=1e-6,
+    )
