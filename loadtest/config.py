@@ -63,6 +63,9 @@ class ObjectiveConfig(StepConfig):
         default=(1.0, 2.0), metadata={"help": "fixed rates (requests/s) for the re-rank 10 and 50 runs"}
     )
     rerank_duration_s: float = field(default=60.0, metadata={"help": "measured time of each re-rank run"})
+    warmup_s: float = field(
+        default=15.0, metadata={"help": "unmeasured traffic of every scenario first (0: none)"}
+    )
     rerank_interval_s: float = field(
         default=3.0, metadata={"help": "pacing interval of re-rank users (above their latency)"}
     )

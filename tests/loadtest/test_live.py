@@ -236,3 +236,26 @@ async def test_gateway_failures_are_counted_by_status(
     assert "MISS" in text and "error rate 100.000% is above 0.1%" in text
     failures = (out / "locust_failures.csv").read_text()
     assert "INVALID_ARGUMENT" in failures and "text" in failures
+
+
+async def test_objective_command_writes_the_report(
+    gateway_stack: Any, small_catalog: Path, tmp_path: Path
+) -> None:
+    """The documented measurement end to end, at toy durations: step, re-rank runs, markdown with stages."""
+    out = tmp_path / "objective"
+    code, text = await loadtest_async(
+        "objective", "--gateway", gateway_stack.address, "--catalog", str(small_catalog), "--out", str(out),
+        "--warmup-s", "2", "--start-rate", "2", "--max-steps", "1", "--duration-s", "3",
+        "--rerank-rates", "1", "--rerank-duration-s", "3", "--weights", "random (tiny)", *LOOSE,
+    )  # fmt: skip
+    assert code == 0, text
+    report = (out / "objective.md").read_text()
+    assert "highest paced rate meeting the objective: **2 req/s**" in report
+    assert "weights: random (tiny)" in report
+    rows = [
+        line for line in report.splitlines() if line.startswith("| 10 | 1 |") or line.startswith("| 50 | 1 |")
+    ]
+    assert len(rows) == 2 and all("rerank" in row and "embed_text" in row for row in rows), report
+    result = json.loads((out / "objective.json").read_text())
+    assert [r["depth"] for r in result["rerank"]] == [10, 50]
+    assert all(r["verdict"]["stats"]["requests"] > 0 for r in result["rerank"])
