@@ -27,7 +27,7 @@ from export.pipeline import Manifest, _torch_runner
 from export.specs import CLIP_IMAGE, CLIP_TEXT, TOWERS, TowerSpec
 from export.towers import ClipImageTower, ClipTextTower, CrossEncoderTower, load_clip, load_cross_encoder
 from vitrine import logs
-from vitrine.contracts import CLIP_IMAGE_SIZE, Model
+from vitrine.contracts import CLIP_IMAGE_SIZE, Model, Tensor
 
 SEQ = {Model.CLIP_TEXT_ENCODER: 16, Model.CROSS_ENCODER: 64}
 """Typical shapes: a query fits CLIP's 16-token bucket; a (query, title + description) pair the 64 one."""
@@ -47,12 +47,16 @@ def feeds(spec: TowerSpec, batch: int, seed: int) -> validate.Feeds:
     rng = np.random.default_rng(seed)
     if spec is CLIP_IMAGE:
         shape = (batch, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)
-        return {"pixel_values": rng.standard_normal(shape).astype(np.float32)}
+        return {Tensor.PIXEL_VALUES.value: rng.standard_normal(shape).astype(np.float32)}
     seq = SEQ[spec.model]
     ids = rng.integers(1000, 20000, (batch, seq), dtype=np.int64)
     if spec is CLIP_TEXT:
-        return {"input_ids": ids, "eot_index": np.full((batch, 1), seq - 1, np.int64)}
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        return {Tensor.INPUT_IDS.value: ids, Tensor.EOT_INDEX.value: np.full((batch, 1), seq - 1, np.int64)}
+    return {
+        Tensor.INPUT_IDS.value: ids,
+        Tensor.ATTENTION_MASK.value: np.ones_like(ids),
+        Tensor.TOKEN_TYPE_IDS.value: np.zeros_like(ids),
+    }
 
 
 def measure(

@@ -28,7 +28,15 @@ from export.checkpoints import Checkpoint
 from export.errors import ExportError
 from export.specs import CLIP_IMAGE, CLIP_TEXT, CROSS_ENCODER, OPSET, TOWERS, Family, TowerSpec
 from export.towers import ClipImageTower, ClipTextTower, CrossEncoderTower, load_clip, load_cross_encoder
-from vitrine.contracts import CLIP_CONTEXT_LENGTH, CLIP_IMAGE_SIZE, RERANK_MAX_LENGTH, Model, Size, Weights
+from vitrine.contracts import (
+    CLIP_CONTEXT_LENGTH,
+    CLIP_IMAGE_SIZE,
+    RERANK_MAX_LENGTH,
+    Model,
+    Size,
+    Tensor,
+    Weights,
+)
 from vitrine.tokenization import (
     ClipTokenizer,
     PairTokenizer,
@@ -175,11 +183,15 @@ def export_onnx(
 def _dummy(spec: TowerSpec) -> validate.Feeds:
     """Tracing inputs; validation never reuses them."""
     if spec is CLIP_IMAGE:
-        return {"pixel_values": np.zeros((2, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE), np.float32)}
+        return {Tensor.PIXEL_VALUES.value: np.zeros((2, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE), np.float32)}
     ids = np.full((2, 16), 1000, np.int64)
     if spec is CLIP_TEXT:
-        return {"input_ids": ids, "eot_index": np.array([[15], [9]], np.int64)}
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        return {Tensor.INPUT_IDS.value: ids, Tensor.EOT_INDEX.value: np.array([[15], [9]], np.int64)}
+    return {
+        Tensor.INPUT_IDS.value: ids,
+        Tensor.ATTENTION_MASK.value: np.ones_like(ids),
+        Tensor.TOKEN_TYPE_IDS.value: np.zeros_like(ids),
+    }
 
 
 def probe_for(spec: TowerSpec, out: Path, seed: int) -> validate.RankingProbe:
@@ -192,14 +204,14 @@ def probe_for(spec: TowerSpec, out: Path, seed: int) -> validate.RankingProbe:
         batches = []
         for texts in (validate.product_texts(n, seed + 1), validate.product_texts(4, seed + 2, long_every=1)):
             b = tok.encode_batch(texts)
-            batches.append({"input_ids": b.input_ids, "eot_index": b.eot_index})
+            batches.append({Tensor.INPUT_IDS.value: b.input_ids, Tensor.EOT_INDEX.value: b.eot_index})
         return validate.RankingProbe(batches, lambda e: e[:n] @ cat.T)
     if spec is CLIP_IMAGE:
         batches = [
             {
-                "pixel_values": rng.standard_normal((n // 2, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)).astype(
-                    np.float32
-                )
+                Tensor.PIXEL_VALUES.value: rng.standard_normal(
+                    (n // 2, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)
+                ).astype(np.float32)
             }
             for _ in range(2)
         ]
@@ -211,7 +223,11 @@ def probe_for(spec: TowerSpec, out: Path, seed: int) -> validate.RankingProbe:
         passages = validate.product_passages(validate.RERANK_PASSAGES, seed + 100 + i)
         p = pairs.encode(query, passages)
         batches.append(
-            {"input_ids": p.input_ids, "attention_mask": p.attention_mask, "token_type_ids": p.token_type_ids}
+            {
+                Tensor.INPUT_IDS.value: p.input_ids,
+                Tensor.ATTENTION_MASK.value: p.attention_mask,
+                Tensor.TOKEN_TYPE_IDS.value: p.token_type_ids,
+            }
         )
     return validate.RankingProbe(batches, lambda s: s.reshape(validate.RERANK_QUERIES, -1))
 

@@ -123,7 +123,7 @@ def test_bucket_padding_gives_the_same_embedding(manifest: Manifest) -> None:
     padded = np.full((1, CLIP_CONTEXT_LENGTH), tok.eos_id, np.int64)
     padded[:, :n] = unpadded
     runs = [
-        sess.run(None, {"input_ids": ids, "eot_index": batch.eot_index})[0]
+        sess.run(None, {Tensor.INPUT_IDS.value: ids, Tensor.EOT_INDEX.value: batch.eot_index})[0]
         for ids in (unpadded, batch.input_ids, padded)
     ]
     assert batch.input_ids.shape[1] == 8 and n < 8
@@ -272,7 +272,7 @@ def test_local_checkpoint_directories_take_the_same_path(tiny_artifacts: Path, t
     again = validate.session(manifest.path(Model.CLIP_IMAGE_ENCODER))
     pixels = np.random.default_rng(5).standard_normal((2, 3, 224, 224)).astype(np.float32)
     np.testing.assert_allclose(
-        again.run(None, {"pixel_values": pixels})[0],
-        original.run(None, {"pixel_values": pixels})[0],
+        again.run(None, {Tensor.PIXEL_VALUES.value: pixels})[0],
+        original.run(None, {Tensor.PIXEL_VALUES.value: pixels})[0],
         atol=1e-6,
     )
