@@ -8,6 +8,7 @@ and the weights recorded in the artifacts' manifest.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -24,10 +25,11 @@ from tqdm import tqdm
 
 from export import validate
 from export.pipeline import Manifest, _torch_runner
-from export.specs import CLIP_IMAGE, CLIP_TEXT, TOWERS, TowerSpec
+from export.specs import CLIP_IMAGE, CLIP_TEXT, TOWERS, Family, TowerSpec
 from export.towers import ClipImageTower, ClipTextTower, CrossEncoderTower, load_clip, load_cross_encoder
 from vitrine import logs
 from vitrine.contracts import CLIP_IMAGE_SIZE, Model, Tensor
+from vitrine.tokenization import ClipTokenizer, PairTokenizer
 
 SEQ = {Model.CLIP_TEXT_ENCODER: 16, Model.CROSS_ENCODER: 64}
 """Typical shapes: a query fits CLIP's 16-token bucket; a (query, title + description) pair the 64 one."""
@@ -74,6 +76,23 @@ def measure(
         if i >= 4 and time.perf_counter() > deadline:
             break
     return times
+
+
+def tokenizer_cases(manifest: Manifest) -> list[tuple[str, int, Callable[[], Any]]]:
+    """Serving tokenizer cost: it runs in Python-backend models in front of every encoder call."""
+    clip = ClipTokenizer.from_file(manifest.tokenizer(Family.CLIP))
+    pairs = PairTokenizer.from_file(manifest.tokenizer(Family.CROSS_ENCODER))
+    cases: list[tuple[str, int, Callable[[], Any]]] = []
+    for n in (1, 8, 64):
+        texts = validate.product_texts(n, seed=n)
+        cases.append(("CLIP BPE, bucketed", n, functools.partial(clip.encode_batch, texts)))
+    passages = validate.product_passages(50, seed=1)
+    cases.append(("WordPiece pairs, 1 query", 50, lambda: pairs.encode("red leather ankle boots", passages)))
+    return cases
+
+
+def _ignore_feeds(fn: Callable[[], Any]) -> Callable[[validate.Feeds], Any]:
+    return lambda _feeds: fn()
 
 
 def _ort(sess: Any) -> Callable[[validate.Feeds], Any]:
@@ -154,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['model']} | {r['batch']} | {r['seq'] or '-'} | {r['engine']} | {r['median_ms']} | "
             f"{r['p90_ms']} | {r['items_per_s']} | {r['speedup_vs_torch']}x | {servable} |"
         )
+    lines += [
+        "",
+        "| tokenizer (vitrine.tokenization) | texts | median ms | per text us |",
+        "|---|---|---|---|",
+    ]
+    for label, n, run in tokenizer_cases(manifest):
+        median = statistics.median(measure({"t": _ignore_feeds(run)}, {}, ns.rounds, 2.0)["t"])
+        lines.append(f"| {label} | {n} | {median:.3f} | {median * 1000 / n:.0f} |")
     print("\n".join(lines))
     if ns.json:
         ns.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")

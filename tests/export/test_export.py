@@ -56,8 +56,10 @@ def test_manifest_records_weights_source_and_files(tiny_artifacts: Path, manifes
         assert entry.int8 is not None and manifest.path(spec.model, "int8").is_file()
         assert 0.0 <= entry.int8["agreement_top10"] <= 1.0
         assert entry.int8["servable"] == (entry.int8["agreement_top10"] >= INT8_MIN_AGREEMENT)
-        with pytest.raises(KeyError, match="no fp16"):
-            manifest.path(spec.model, "fp16")
+        assert entry.fp16 is not None and entry.fp16["status"] == "validated"
+        assert manifest.path(spec.model, "fp16").stat().st_size < path.stat().st_size
+        with pytest.raises(KeyError, match="no int4"):
+            manifest.path(spec.model, "int4")
     assert manifest.entry(Model.CLIP_TEXT_ENCODER).validation["min_cosine"] >= 0.9999
     assert manifest.entry(Model.CROSS_ENCODER).validation["max_abs_diff"] <= 1e-4
     for family in Family:
