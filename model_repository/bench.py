@@ -6,8 +6,9 @@ What one run measures, side by side on the same inputs:
    before any server starts, so the two parts do not compete for the cores.
 2. The embedded Triton serving ``embed_text``, ``embed_image`` and ``rerank`` (one query + 50 passages)
    at each concurrency: throughput, p50, p95, and the mean batch the encoder executed (from Triton's
-   statistics), once from a repository rendered with dynamic batching and once from the same spec
-   rendered without it; the two servers run one after the other, never together.
+   statistics), from repositories rendered from the same spec with dynamic batching as specified, with
+   no queue delay, and without a batcher. All servers are up at once, but only one is loaded at a time,
+   in interleaved rounds (see :func:`measure`).
 
 Load is closed-loop: ``c`` workers each send their next request when the previous one returns. Inputs
 are seeded: catalog-style queries, 640x640 product JPEGs and title+description passages. Figures name
@@ -49,18 +50,18 @@ class Workload:
     name: str
     model: Model
     encoder: Model
-    requests: Callable[[int], int]  # requests per point, from the concurrency
+    requests: Callable[[int], int]  # requests per round of a point, from the concurrency
     items_per_request: int
 
 
 WORKLOADS = (
-    Workload("embed_text", Model.EMBED_TEXT, Model.CLIP_TEXT_ENCODER, lambda c: max(48, 4 * c), 1),
-    Workload("embed_image", Model.EMBED_IMAGE, Model.CLIP_IMAGE_ENCODER, lambda c: max(24, 2 * c), 1),
+    Workload("embed_text", Model.EMBED_TEXT, Model.CLIP_TEXT_ENCODER, lambda c: max(32, 3 * c), 1),
+    Workload("embed_image", Model.EMBED_IMAGE, Model.CLIP_IMAGE_ENCODER, lambda c: max(12, c + 8), 1),
     Workload(
         f"rerank (1 query + {RERANK_PASSAGES} passages)",
         Model.RERANK,
         Model.CROSS_ENCODER,
-        lambda c: max(12, c + 8),
+        lambda c: max(6, c + 8),
         RERANK_PASSAGES,
     ),
 )
@@ -144,37 +145,74 @@ async def closed_loop(
     return latencies, errors, time.perf_counter() - start
 
 
-async def measure_server(
-    url: str, inputs: Inputs, batching: str, concurrencies: list[int], progress: tqdm[Any]
+@dataclass
+class Tally:
+    latencies: list[float]
+    errors: int = 0
+    wall_s: float = 0.0
+    inferences: int = 0
+    executions: int = 0
+
+
+async def measure(
+    urls: dict[str, str],
+    inputs: Inputs,
+    concurrencies: list[int],
+    rounds: int,
+    progress: tqdm[Any],
 ) -> list[Point]:
+    """Every (workload, concurrency) point runs on every server in turn, ``rounds`` times, order rotated.
+
+    The servers are all up but only one is loaded at a time (idle onnxruntime sessions do not spin), so
+    background load on a shared host lands on every variant alike instead of on whichever ran last.
+    """
     points = []
-    async with grpcclient.InferenceServerClient(url) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            label: await stack.enter_async_context(grpcclient.InferenceServerClient(url))
+            for label, url in urls.items()
+        }
+        labels = list(clients)
         for workload in WORKLOADS:
 
-            async def send(i: int, w: Workload = workload) -> object:
-                return await client.infer(w.model.value, inputs.request(w, i), client_timeout=600)
+            def sender(client: grpcclient.InferenceServerClient, w: Workload = workload) -> Any:
+                async def send(i: int) -> object:
+                    return await client.infer(w.model.value, inputs.request(w, i), client_timeout=900)
 
-            await closed_loop(send, 2, 4)  # warm-up: sessions, allocations, stub imports
+                return send
+
+            for client in clients.values():  # warm-up: sessions, allocations, stub imports
+                await closed_loop(sender(client), 2, 4)
             for c in concurrencies:
-                total = workload.requests(c)
-                before = await _stats(client, workload.encoder)
-                latencies, errors, wall = await closed_loop(send, c, total)
-                after = await _stats(client, workload.encoder)
-                executions = max(1, after[1] - before[1])
-                points.append(
-                    Point(
-                        workload=workload.name,
-                        batching=batching,
-                        concurrency=c,
-                        requests=total,
-                        errors=errors,
-                        throughput_rps=round(len(latencies) / wall, 2),
-                        p50_ms=round(float(np.percentile(latencies, 50)), 1) if latencies else float("nan"),
-                        p95_ms=round(float(np.percentile(latencies, 95)), 1) if latencies else float("nan"),
-                        mean_encoder_batch=round((after[0] - before[0]) / executions, 1),
+                tallies = {label: Tally([]) for label in labels}
+                per_round = workload.requests(c)
+                for r in range(rounds):
+                    for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+                        client, tally = clients[label], tallies[label]
+                        before = await _stats(client, workload.encoder)
+                        latencies, errors, wall = await closed_loop(sender(client), c, per_round)
+                        after = await _stats(client, workload.encoder)
+                        tally.latencies += latencies
+                        tally.errors += errors
+                        tally.wall_s += wall
+                        tally.inferences += after[0] - before[0]
+                        tally.executions += after[1] - before[1]
+                        progress.update()
+                for label, t in tallies.items():
+                    ok = bool(t.latencies)
+                    points.append(
+                        Point(
+                            workload=workload.name,
+                            batching=label,
+                            concurrency=c,
+                            requests=per_round * rounds,
+                            errors=t.errors,
+                            throughput_rps=round(len(t.latencies) / t.wall_s, 2),
+                            p50_ms=round(float(np.percentile(t.latencies, 50)), 1) if ok else float("nan"),
+                            p95_ms=round(float(np.percentile(t.latencies, 95)), 1) if ok else float("nan"),
+                            mean_encoder_batch=round(t.inferences / max(1, t.executions), 1),
+                        )
                     )
-                )
-                progress.update()
     return points
 
 
@@ -192,20 +230,21 @@ def run_triton(
     inputs: Inputs,
     concurrencies: list[int],
     variants: dict[str, RenderOptions],
+    rounds: int,
     progress: tqdm[Any],
 ) -> list[Point]:
-    points: list[Point] = []
-    for label, options in variants.items():
-        repo = render_repository(artifacts, work / f"repo-batching-{label}", options)
-        server = EmbeddedTriton(
-            repo,
-            Endpoints(free_port(), free_port(), free_port()),
-            log_file=work / f"tritonserver-batching-{label}.log",
-            workdir=work / f"server-{label}",
-        )
-        with server:
-            points += asyncio.run(measure_server(server.grpc_url, inputs, label, concurrencies, progress))
-    return points
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for label, options in variants.items():
+            repo = render_repository(artifacts, work / f"repo-batching-{label}", options)
+            server = EmbeddedTriton(
+                repo,
+                Endpoints(free_port(), free_port(), free_port()),
+                log_file=work / f"tritonserver-batching-{label}.log",
+                workdir=work / f"server-{label}",
+            )
+            urls[label] = stack.enter_context(server).grpc_url
+        return asyncio.run(measure(urls, inputs, concurrencies, rounds, progress))
 
 
 def engines_table(artifacts: Path, rounds: int, budget_s: float) -> str:
@@ -263,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, default=None, help="where repositories and logs go (default: temp)"
     )
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per point and variant")
     parser.add_argument(
         "--engine-rounds", type=int, default=10, help="export.bench rounds per (tower, batch)"
     )
@@ -293,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         names = [v.strip() for v in ns.variants.split(",")]
         variants = {n: VARIANTS[n] for n in VARIANTS if n in names}
-        total_points = len(variants) * len(WORKLOADS) * len(concurrencies)
-        with tqdm(total=total_points, desc="triton points", disable=None) as progress:
-            points = run_triton(ns.artifacts, work, inputs, concurrencies, variants, progress)
+        total_runs = len(variants) * len(WORKLOADS) * len(concurrencies) * ns.rounds
+        with tqdm(total=total_runs, desc="triton runs", disable=None) as progress:
+            points = run_triton(ns.artifacts, work, inputs, concurrencies, variants, ns.rounds, progress)
 
     report = [header, "", "Served through Triton (closed loop; requests per point in the table):", ""]
     report.append(triton_table(points))

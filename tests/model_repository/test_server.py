@@ -72,3 +72,11 @@ def test_serve_cli_runs_in_the_foreground_and_stops_on_sigterm(triton, tmp_path)
     assert not _ready(ports[1]), "tritonserver outlived the CLI"
     log = log_file.read_text()
     assert "successfully unloaded" in log, log[-2000:]
+
+
+def test_a_python_without_a_stub_is_named_in_the_error(tmp_path, monkeypatch):
+    import model_repository.server as server
+
+    monkeypatch.setattr(server, "_python_tag", lambda: "3.99")
+    with pytest.raises(TritonStartError, match=r"no Triton Python-backend stub for Python 3\.99.*3\.11"):
+        prepare_backends(tmp_path)
