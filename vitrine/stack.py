@@ -295,7 +295,7 @@ def up(cfg: StackConfig) -> int:
     return 0
 
 
-def down(var: str, timeout_s: float = 90.0) -> int:
+def down(var: str, timeout_s: float = 180.0) -> int:
     path = pid_file(Path(var).resolve())
     if not path.is_file():
         _say("nothing running (no pid file)")

@@ -1,0 +1,79 @@
+"""The main job end to end with tiny models: `vitrine up` serves and answers, `vitrine down` stops it all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from vitrine.gateway.v1 import gateway_pb2 as pb
+from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from vitrine.net import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / "artifacts").symlink_to(tiny_artifacts)  # a valid export is reused, not redone
+    ports = {name: free_port() for name in ("gateway", "gm", "index", "im", "th", "tg", "tm")}
+    cmd = [
+        sys.executable, "-m", "vitrine.cli", "up", "--var", str(var), "--size", "tiny", "--products", "24",
+        "--gateway-port", str(ports["gateway"]), "--gateway-metrics-port", str(ports["gm"]),
+        "--index-port", str(ports["index"]), "--index-metrics-port", str(ports["im"]),
+        "--triton-http-port", str(ports["th"]), "--triton-grpc-port", str(ports["tg"]),
+        "--triton-metrics-port", str(ports["tm"]),
+    ]  # fmt: skip
+    up = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
+    )
+    seen: list[str] = []
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:  # the job announces each step; wait for the one that says it serves
+            seen.append(line)
+            if "Ctrl-C or `make down`" in line:
+                break
+        else:
+            pytest.fail("vitrine up ended before serving:\n" + "".join(seen[-40:]))
+        log = "".join(seen)
+        assert "SEEDED RANDOM WEIGHTS" in log
+        assert "ingested 24 of 24 rows; 0 bad rows" in log
+        assert 'text search: "red leather ankle boots"' in log and "image search: p000000.jpg" in log
+        assert (var / "vitrine.pid").read_text() == str(up.pid)
+
+        with grpc.insecure_channel(f"127.0.0.1:{ports['gateway']}") as channel:
+            got = pb_grpc.ProductSearchStub(channel).GetProducts(
+                pb.GetProductsRequest(ids=["p000023"]), timeout=30
+            )
+            assert got.products[0].id == "p000023"
+
+        down = subprocess.run(
+            [sys.executable, "-m", "vitrine.cli", "down", "--var", str(var)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert down.returncode == 0 and "stack stopped" in down.stderr
+        assert up.wait(timeout=60) == 0
+        assert not (var / "vitrine.pid").exists()
+        for name in ("gateway", "index", "tg"):
+            assert not _port_in_use(ports[name]), name
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        if up.stdout is not None:
+            up.stdout.close()
