@@ -1,4 +1,5 @@
-"""``python -m export``: export, validate and describe the serving graphs (see ``--help``)."""
+"""Export the CLIP text and image towers and the cross-encoder to ONNX, validate each against PyTorch on
+fresh inputs, and describe the artifacts (weights, source, checksums, figures) in manifest.json."""
 
 from __future__ import annotations
 
