@@ -1,0 +1,57 @@
+"""The two translation points: dependency exceptions -> typed errors -> gRPC statuses."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from gateway.errors import (
+    DeadlineExceeded,
+    Dependency,
+    DependencyError,
+    InvalidInput,
+    Unavailable,
+    from_dependency,
+    status_of,
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected", "code"),
+    [
+        ("StatusCode.UNAVAILABLE", Unavailable, grpc.StatusCode.UNAVAILABLE),
+        ("StatusCode.INVALID_ARGUMENT", InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+        ("StatusCode.DEADLINE_EXCEEDED", DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+        ("StatusCode.RESOURCE_EXHAUSTED", Unavailable, grpc.StatusCode.UNAVAILABLE),
+        ("StatusCode.NOT_FOUND", Unavailable, grpc.StatusCode.UNAVAILABLE),
+        ("StatusCode.INTERNAL", DependencyError, grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_triton_statuses(status: str, expected: type, code: grpc.StatusCode) -> None:
+    err = from_dependency(Dependency.TRITON, InferenceServerException("boom", status=status))
+    assert type(err) is expected
+    got_code, message = status_of(err)
+    assert got_code == code
+    if code != grpc.StatusCode.DEADLINE_EXCEEDED:
+        assert "triton" in message
+
+
+def test_index_rpc_error_names_the_index() -> None:
+    class FakeRpcError(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self) -> str:
+            return "connection refused"
+
+    err = from_dependency(Dependency.INDEX, FakeRpcError())
+    assert status_of(err) == (grpc.StatusCode.UNAVAILABLE, "index: unavailable (connection refused)")
+
+
+def test_unexpected_errors_do_not_leak_details() -> None:
+    assert status_of(RuntimeError("secret path")) == (
+        grpc.StatusCode.INTERNAL,
+        "internal error: RuntimeError",
+    )
+    assert status_of(TimeoutError())[0] == grpc.StatusCode.DEADLINE_EXCEEDED
