@@ -278,3 +278,13 @@ def test_local_checkpoint_directories_take_the_same_path(tiny_artifacts: Path, t
         original.run(None, {Tensor.PIXEL_VALUES.value: pixels})[0],
         atol=1e-6,
     )
+
+
+def test_auto_at_tiny_size_builds_seeded_random_weights(tmp_path: Path) -> None:
+    from export.checkpoints import obtain
+
+    first = obtain(Family.CROSS_ENCODER, "auto", Size.TINY, 7, tmp_path / "a")
+    second = obtain(Family.CROSS_ENCODER, "random", Size.TINY, 7, tmp_path / "b")
+    assert (first.weights, first.source) == (Weights.RANDOM, "random-seed-7")
+    assert (first.path / "model.safetensors").read_bytes() == (second.path / "model.safetensors").read_bytes()
+    assert (first.path / "tokenizer.json").is_file() and (first.path / "vocab.txt").is_file()
