@@ -307,11 +307,16 @@ def down(var: str, timeout_s: float = 180.0) -> int:
         path.unlink(missing_ok=True)
         _say("nothing running (stale pid file removed)")
         return 0
+    # `up` removes its pid file as the last step of a clean stop; a process that vanished counts too.
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            _say("stack stopped")
+            return 0
+        if not path.exists():
             _say("stack stopped")
             return 0
         time.sleep(0.2)
