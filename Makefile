@@ -145,7 +145,8 @@ bench-gateway: venv protos ## gateway stack vs a single-process Python pipeline,
 PROMETHEUS_BIN := $(VENV)/prometheus/usr/bin/prometheus
 LOADTEST_OUT ?= $(VAR)/loadtest
 # Queries drawn from the catalog `make up` ingested; the report names the weights its export used.
-LOADTEST_STACK := --catalog $(VAR)/catalog/catalog.jsonl --artifacts $(VAR)/artifacts
+LOADTEST_STACK := --catalog $(VAR)/catalog/catalog.jsonl --artifacts $(VAR)/artifacts \
+  --triton-metrics http://127.0.0.1:8002/metrics
 
 $(PROMETHEUS_BIN):
 	mkdir -p $(dir $@)

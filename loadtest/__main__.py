@@ -43,7 +43,13 @@ def _step(config: StepConfig) -> dict[str, Any]:
             f"step {len(records) + 1}: {rate:g} req/s, {users} users -> {result.verdict.line()}", flush=True
         )
         records.append(
-            {"rate": rate, "users": users, "verdict": result.verdict.to_json(), "stages": result.stages}
+            {
+                "rate": rate,
+                "users": users,
+                "verdict": result.verdict.to_json(),
+                "stages": result.stages,
+                "triton": result.triton,
+            }
         )
         return result.verdict
 
@@ -170,11 +176,27 @@ def objective(config: ObjectiveConfig) -> int:
                 ]
             )
         )
+    inside = [(f"text search at {r['rate']:g} req/s", r["triton"]) for r in text["steps"] if r["triton"]]
+    inside += [(f"re-rank {d} at {r:g} req/s", res.triton) for d, r, res in reranks if res.triton]
+    if inside:
+        lines += [
+            "",
+            "Inside Triton (its counters over each run; ms per request):",
+            "",
+            _row(["run", "model", "requests", "mean batch", "queue ms", "compute ms", "total ms"]),
+            _row(["---"] * 7),
+        ]
+        for run_name, models in inside:
+            for model, m in models.items():
+                lines.append(
+                    _row([run_name, model, f"{m['requests']:.0f}", f"{m['batch']:.2f}",
+                          f"{m['queue_ms']:.1f}", f"{m['compute_ms']:.1f}", f"{m['request_ms']:.1f}"])
+                )  # fmt: skip
     report = "\n".join(lines) + "\n"
     root.mkdir(parents=True, exist_ok=True)
     (root / "objective.md").write_text(report)
     rerank_json = [
-        {"depth": d, "rate": r, "verdict": res.verdict.to_json(), "stages": res.stages}
+        {"depth": d, "rate": r, "verdict": res.verdict.to_json(), "stages": res.stages, "triton": res.triton}
         for d, r, res in reranks
     ]
     (root / "objective.json").write_text(

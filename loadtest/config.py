@@ -40,6 +40,9 @@ class RunConfig:
         default="", metadata={"help": "weights the stack serves, for the report (default: from --artifacts)"}
     )
     artifacts: str = field(default="", metadata={"help": "export directory whose manifest names the weights"})
+    triton_metrics: str = field(
+        default="", metadata={"help": "Triton metrics URL: per-model queue/compute/batch around each run"}
+    )
 
 
 @dataclass(frozen=True)

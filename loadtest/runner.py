@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from loadtest import triton_metrics
 from loadtest.config import LoadTarget, RunConfig
 from loadtest.objective import AGGREGATED, Objective, RunStats, Verdict, judge, read_stats
 from loadtest.scenarios import mix_for
@@ -36,6 +37,7 @@ class RunResult:
     verdict: Verdict
     scenarios: dict[str, RunStats]
     stages: dict[str, dict[str, float]]
+    triton: dict[str, dict[str, float]]
     out: Path
     users: int
     target_rate: float
@@ -138,6 +140,7 @@ def run_once(
     out.mkdir(parents=True, exist_ok=True)
     user_rate = target_rate / users if target_rate > 0 else 0.0
     command = locust_command(config, out, users, spawn_rate, user_rate)
+    before = triton_metrics.snapshot(config.triton_metrics) if config.triton_metrics else {}
     started = time.monotonic()
     with (out / "locust.log").open("w") as log:
         try:
@@ -152,6 +155,11 @@ def run_once(
             raise RunError(
                 f"locust did not stop within {config.duration_s + GRACE_S:.0f} s; see {out}"
             ) from exc
+    triton = (
+        triton_metrics.per_model(before, triton_metrics.snapshot(config.triton_metrics))
+        if config.triton_metrics
+        else {}
+    )
     stats_csv = out / f"{CSV_PREFIX}_stats.csv"
     # Locust exits 1 when any request failed; that is judged below, not an error of the run itself.
     if done.returncode not in (0, 1) or not stats_csv.is_file():
@@ -161,11 +169,12 @@ def run_once(
     stages_file = out / "stages.json"
     stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
     verdict = judge(scenarios[AGGREGATED], objective_of(config), target_rate)
-    result = RunResult(verdict, scenarios, stages, out, users, target_rate)
+    result = RunResult(verdict, scenarios, stages, triton, out, users, target_rate)
     summary = {
         "verdict": verdict.to_json(),
         "scenarios": {name: {**asdict(s), "error_rate": s.error_rate} for name, s in scenarios.items()},
         "stages": stages,
+        "triton": triton,
         "users": users,
         "target_rate": target_rate,
         "wall_s": round(time.monotonic() - started, 1),
@@ -197,6 +206,17 @@ def describe(result: RunResult) -> str:
             lines.append(
                 f"{stage:<16}{int(t['count']):>9}{t['mean_ms']:>9.1f}{t['p50_ms']:>9.1f}"
                 f"{t['p95_ms']:>9.1f}{t['p99_ms']:>9.1f}"
+            )
+    if result.triton:
+        lines += [
+            "",
+            f"{'triton model':<22}{'requests':>9}{'batch':>7}{'queue':>8}{'compute':>9}{'total':>8}"
+            "  (ms per request)",
+        ]
+        for model, m in result.triton.items():
+            lines.append(
+                f"{model:<22}{int(m['requests']):>9}{m['batch']:>7.2f}{m['queue_ms']:>8.1f}"
+                f"{m['compute_ms']:>9.1f}{m['request_ms']:>8.1f}"
             )
     lines += ["", f"report: {result.out}"]
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from loadtest.observability.dashboard import DashboardQuery
 from loadtest.observability.prometheus import PrometheusServer, QueryCheck, check_dashboard, targets_up
 from loadtest.scenarios import SCENARIOS
 from tests.fixtures.stack import gateway_config_for, start_gateway, stop_gateway
+from vitrine.contracts import Model
 
 pytestmark = pytest.mark.slow
 PROCESS_QUERIES = {
@@ -64,7 +65,8 @@ def test_triton_run_reports_every_scenario(triton: Any, small_catalog: Path, tmp
     out = tmp_path / "run"
     done = loadtest(
         "run", "--target", "triton", "--triton", triton.grpc_url, "--users", "2", "--spawn-rate", "2",
-        "--duration-s", "5", "--catalog", str(small_catalog), "--out", str(out), *LOOSE,
+        "--duration-s", "5", "--catalog", str(small_catalog), "--out", str(out),
+        "--triton-metrics", triton.metrics_url, *LOOSE,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("PASS: ")
@@ -75,6 +77,20 @@ def test_triton_run_reports_every_scenario(triton: Any, small_catalog: Path, tmp
     assert "embed_text" in (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdict"]["passed"] is True and summary["hardware"]["cpus"] >= 1
+    # Triton's own counters over the run: every ensemble and its encoder served the load.
+    inside = summary["triton"]
+    for model in (
+        Model.EMBED_TEXT,
+        Model.CLIP_TEXT_ENCODER,
+        Model.EMBED_IMAGE,
+        Model.RERANK,
+        Model.CROSS_ENCODER,
+    ):
+        assert inside[model.value]["requests"] > 0, (model, inside)
+    encoder = inside[Model.CLIP_TEXT_ENCODER.value]
+    assert encoder["batch"] >= 1 and 0 < encoder["compute_ms"] <= encoder["request_ms"]
+    assert inside[Model.EMBED_TEXT.value]["requests"] >= rows["embed_text"].requests
+    assert "triton model" in done.stdout
 
 
 def test_step_load_paces_the_rate_and_finds_the_edge(
@@ -239,14 +255,15 @@ async def test_gateway_failures_are_counted_by_status(
 
 
 async def test_objective_command_writes_the_report(
-    gateway_stack: Any, small_catalog: Path, tmp_path: Path
+    gateway_stack: Any, gateway_triton: Any, small_catalog: Path, tmp_path: Path
 ) -> None:
     """The documented measurement end to end, at toy durations: step, re-rank runs, markdown with stages."""
     out = tmp_path / "objective"
     code, text = await loadtest_async(
         "objective", "--gateway", gateway_stack.address, "--catalog", str(small_catalog), "--out", str(out),
         "--warmup-s", "2", "--start-rate", "2", "--max-steps", "1", "--duration-s", "3",
-        "--rerank-rates", "1", "--rerank-duration-s", "3", "--weights", "random (tiny)", *LOOSE,
+        "--rerank-rates", "1", "--rerank-duration-s", "3", "--weights", "random (tiny)",
+        "--triton-metrics", gateway_triton.metrics_url, *LOOSE,
     )  # fmt: skip
     assert code == 0, text
     report = (out / "objective.md").read_text()
@@ -258,4 +275,5 @@ async def test_objective_command_writes_the_report(
     assert len(rows) == 2 and all("rerank" in row and "embed_text" in row for row in rows), report
     result = json.loads((out / "objective.json").read_text())
     assert [r["depth"] for r in result["rerank"]] == [10, 50]
+    assert "Inside Triton" in report and f"| re-rank 50 at 1 req/s | {Model.CROSS_ENCODER.value} |" in report
     assert all(r["verdict"]["stats"]["requests"] > 0 for r in result["rerank"])
