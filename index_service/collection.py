@@ -12,6 +12,7 @@ This module does no locking and no I/O; ``engine.py`` serialises writers and per
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -178,17 +179,18 @@ class Collection:
     def trained(self) -> bool:
         return self.index is not None
 
-    def prepare_vectors(self, rows: list[list[float]] | np.ndarray, what: str) -> np.ndarray:
+    def prepare_vectors(self, rows: Sequence[Sequence[float]] | np.ndarray, what: str) -> np.ndarray:
         """Check shape and finiteness (and normalise for inner product) before anything is written."""
-        try:
-            arr = np.asarray(rows, dtype=np.float32)
-        except ValueError as exc:  # ragged rows
-            raise InvalidArgument(f"{what}: every vector must have dim={self.dim}") from exc
-        if arr.ndim != 2 or arr.shape[1] != self.dim:
-            got = sorted({len(r) for r in rows}) if len(rows) else []
-            raise InvalidArgument(
-                f"{what}: wrong dimension, collection {self.name!r} has dim={self.dim}, got {got}"
-            )
+        if isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape[1] == self.dim:
+            arr = rows.astype(np.float32, copy=False)
+        else:
+            dims = sorted({len(r) for r in rows})
+            if dims != [self.dim]:
+                raise InvalidArgument(
+                    f"{what}: wrong dimension, collection {self.name!r} has dim={self.dim}, got {dims}"
+                )
+            flat = np.concatenate([np.fromiter(r, dtype=np.float32, count=self.dim) for r in rows])
+            arr = flat.reshape(len(rows), self.dim)
         finite = np.isfinite(arr).all(axis=1)
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -224,7 +224,7 @@ class Engine:
                     f"more than the limit of {MAX_PAYLOAD_BYTES}"
                 )
             bodies.append(raw)
-        vectors = c.prepare_vectors([list(item.vector) for item in items], "upsert")
+        vectors = c.prepare_vectors([item.vector for item in items], "upsert")
         ids = [item.id for item in items]
         with handle.write_mutex:
             if handle.dropped:
@@ -305,7 +305,7 @@ class Engine:
         return found, missing
 
     def prepare_search(
-        self, name: str, queries: list[list[float]], k: int, flt: pb.Filter | None
+        self, name: str, queries: Sequence[Sequence[float]], k: int, flt: pb.Filter | None
     ) -> np.ndarray:
         """Validate one search request completely, so a coalesced batch cannot fail for its neighbours."""
         handle = self._handle(name)

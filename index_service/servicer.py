@@ -206,7 +206,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         flt = request.filter if request.HasField("filter") else None
         queries = self.engine.prepare_search(
-            request.collection, [list(q.vector) for q in request.queries], request.k, flt
+            request.collection, [q.vector for q in request.queries], request.k, flt
         )
         if self.coalesce and len(queries) == 1:
             key = (
