@@ -216,3 +216,40 @@ async def test_subprocess_server_health_reflection_and_metrics(tmp_path) -> None
 def _scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.read().decode()
+
+
+def test_session_index_server_fixture_serves(index_server) -> None:
+    with grpc.insecure_channel(index_server.address) as channel:
+        stub = index_pb2_grpc.IndexServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("fixture-check", 4)))
+        try:
+            stub.Upsert(
+                pb.UpsertRequest(collection="fixture-check", items=items(np.eye(4, dtype=np.float32)))
+            )
+            reply = stub.Search(search_request("fixture-check", np.eye(4, dtype=np.float32)[2:3], 1))
+            assert reply.results[0].hits[0].id == "p2"
+        finally:
+            stub.DropCollection(pb.DropCollectionRequest(name="fixture-check"))
+    assert (index_server.data_dir / "index.db").exists()
+
+
+@pytest.mark.gpu
+async def test_gpu_copy_returns_the_cpu_results(index_factory) -> None:
+    import faiss
+
+    if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
+        pytest.skip("FAISS reports no GPU")
+    base = clustered(5000, DIM, seed=11)
+    queries = queries_like(base, 16, seed=12)
+    _, gpu = await index_factory(device="gpu")
+    for kind in (pb.INDEX_KIND_FLAT, pb.INDEX_KIND_IVF_FLAT):
+        name = f"g{kind}"
+        await gpu.CreateCollection(pb.CreateCollectionRequest(spec=spec(name, DIM, kind=kind, nlist=16)))
+        await load(gpu, name, base)
+        stats = await gpu.GetStats(pb.GetStatsRequest(name=name))
+        assert stats.device == "gpu"
+        reply = await gpu.Search(search_request(name, queries, 10, params=pb.SearchParams(nprobe=16)))
+        assert ids_of(reply) == exact_knn(base, queries, 10, False)[1].tolist()
+        await gpu.Delete(pb.DeleteRequest(collection=name, ids=["p0"]))  # the copy refreshes after a write
+        reply = await gpu.Search(search_request(name, base[:1], 1))
+        assert reply.results[0].hits[0].id != "p0"
