@@ -54,5 +54,8 @@ class IndexServiceConfig:
         default=20_000,
         metadata={"help": "filtered searches matching at most this many items scan them exactly"},
     )
+    max_concurrent_rpcs: int = field(
+        default=512, metadata={"help": "calls beyond this are refused with RESOURCE_EXHAUSTED, not queued"}
+    )
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error"})

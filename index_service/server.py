@@ -74,7 +74,7 @@ async def create_server(config: IndexServiceConfig) -> tuple[IndexServer, int]:
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs)
     index_pb2_grpc.add_IndexServiceServicer_to_server(
         IndexServicer(engine, executor, metrics, coalesce=config.coalesce), server
     )

@@ -253,3 +253,26 @@ async def test_gpu_copy_returns_the_cpu_results(index_factory) -> None:
         await gpu.Delete(pb.DeleteRequest(collection=name, ids=["p0"]))  # the copy refreshes after a write
         reply = await gpu.Search(search_request(name, base[:1], 1))
         assert reply.results[0].hits[0].id != "p0"
+
+
+async def test_overload_is_refused_with_resource_exhausted_not_queued(index_factory) -> None:
+    _, stub = await index_factory(max_concurrent_rpcs=1)
+    await stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("o", 4)))
+    release = asyncio.Event()
+
+    async def held_open():
+        await release.wait()
+        yield pb.UpsertRequest(collection="o", items=items(np.eye(4, dtype=np.float32)))
+
+    stream = stub.UpsertStream(held_open())  # occupies the only slot until released
+    for _ in range(1000):
+        try:
+            await stub.GetStats(pb.GetStatsRequest(name="o"))
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            break
+    else:
+        pytest.fail("a call beyond the concurrency limit was served")
+    release.set()
+    assert (await stream).count == 4
+    assert (await stub.GetStats(pb.GetStatsRequest(name="o"))).count == 4
