@@ -370,13 +370,17 @@ class Collection:
         nq = queries.shape[0]
         if self.count == 0:
             return [[] for _ in range(nq)], True
+        exact = self.kind == pb.INDEX_KIND_FLAT
         if mask is None and self.index is not None and not params.exact and self.dead_in_index == 0:
             if self.gpu is not None and self.kind != pb.INDEX_KIND_HNSW:  # GPU
-                kk = min(k, self.count)
                 nprobe = params.nprobe or DEFAULT_NPROBE
-                distances, labels = self.gpu.search(self.index, self.version, queries, kk, nprobe)
-                return _rows(distances, labels), self.kind == pb.INDEX_KIND_FLAT
-            return self._index_search(queries, k, None, params, self.count), self.kind == pb.INDEX_KIND_FLAT
+                distances, labels = self.gpu.search(
+                    self.index, self.version, queries, min(k, self.count), nprobe
+                )
+                hits = _rows(distances, labels)
+            else:
+                hits = self._index_search(queries, k, None, params, self.count)
+            return self._fill_shortfall(queries, k, hits, None, self.count), exact
         candidates = self.alive.data[: self.next_slot].copy()
         if mask is not None:
             candidates &= mask
@@ -385,21 +389,29 @@ class Collection:
             return [[] for _ in range(nq)], True
         if self.index is None or params.exact or matching <= max(self.brute_force_max, k):
             return self._brute_force(queries, k, np.flatnonzero(candidates)), True
-        if self.indexed_upto < self.next_slot:
-            candidates[self.indexed_upto :] = False  # cannot happen while writes index eagerly
         bitmap = np.packbits(candidates, bitorder="little")
         selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
         hits = self._index_search(queries, k, selector, params, matching)
-        exact = self.kind == pb.INDEX_KIND_FLAT
-        want = min(k, matching)
+        del selector, bitmap  # the selector points into the bitmap: neither outlives the search
+        return self._fill_shortfall(queries, k, hits, candidates, matching), exact
+
+    def _fill_shortfall(
+        self,
+        queries: np.ndarray,
+        k: int,
+        hits: list[list[Hit]],
+        candidates: np.ndarray | None,
+        available: int,
+    ) -> list[list[Hit]]:
+        """An approximate index may visit fewer than k eligible items (few IVF lists probed, a filtered
+        HNSW walk): such rows are answered exactly instead, so no result silently falls short."""
+        want = min(k, available)
         short = [i for i, row in enumerate(hits) if len(row) < want]
         if short:
-            # An approximate index may visit too few matching items; never return a silent shortfall.
-            exact_rows = self._brute_force(queries[short], k, np.flatnonzero(candidates))
-            for i, row in zip(short, exact_rows, strict=True):
+            slots = self.alive_slots() if candidates is None else np.flatnonzero(candidates)
+            for i, row in zip(short, self._brute_force(queries[short], k, slots), strict=True):
                 hits[i] = row
-        del bitmap
-        return hits, exact
+        return hits
 
     def _search_parameters(self, k: int, params: pb.SearchParams) -> faiss.SearchParameters:
         if self.kind == pb.INDEX_KIND_HNSW:

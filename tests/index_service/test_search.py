@@ -167,3 +167,16 @@ async def test_filter_matching_fewer_than_k_returns_all_matches(index_stub, data
     none = pb.Filter(keyword=pb.KeywordIn(field="category", values=["no-such-category"]))
     reply = await index_stub.Search(search_request("few", queries[:2], 5, filter=none))
     assert [len(r.hits) for r in reply.results] == [0, 0]
+
+
+async def test_ivf_with_few_lists_probed_never_falls_short_of_k(index_stub, data) -> None:
+    base, queries = data
+    await index_stub.CreateCollection(
+        pb.CreateCollectionRequest(spec=spec("ivf", DIM, kind=pb.INDEX_KIND_IVF_FLAT, nlist=32))
+    )
+    await load(index_stub, "ivf", base)
+    reply = await index_stub.Search(
+        search_request("ivf", queries[:4], 1000, params=pb.SearchParams(nprobe=1))
+    )
+    assert [len(r.hits) for r in reply.results] == [1000] * 4
+    assert all(len({h.id for h in r.hits}) == 1000 for r in reply.results)
