@@ -40,7 +40,6 @@ CREATE TABLE IF NOT EXISTS items (
     body BLOB NOT NULL,
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS items_by_slot ON items (collection, slot);
 """
 
 
