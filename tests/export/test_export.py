@@ -56,6 +56,13 @@ def test_manifest_records_weights_source_and_files(tiny_artifacts: Path, manifes
         assert entry.int8 is not None and manifest.path(spec.model, "int8").is_file()
         assert 0.0 <= entry.int8["agreement_top10"] <= 1.0
         assert entry.int8["servable"] == (entry.int8["agreement_top10"] >= INT8_MIN_AGREEMENT)
+        attempts = entry.int8["attempts"]
+        assert attempts[0]["scheme"] == variants.INT8_ALL and attempts[-1]["scheme"] == entry.int8["scheme"]
+        assert (
+            len(attempts) == 1 if attempts[0]["agreement_top10"] >= INT8_MIN_AGREEMENT else len(attempts) == 2
+        )
+        if len(attempts) == 2:  # tiny towers have 2 layers, so 2 MLP down-projections stay fp32
+            assert attempts[1]["fp32_matmuls"] == 2
         assert entry.fp16 is not None and entry.fp16["status"] == "validated"
         assert manifest.path(spec.model, "fp16").stat().st_size < path.stat().st_size
         with pytest.raises(KeyError, match="no int4"):
