@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from model_repository.render import Precision, RenderError, RenderOptions, render_repository
-from model_repository.spec import SPECS, Role
+from model_repository.spec import SPEC_BY_MODEL, SPECS, Role
 from vitrine.contracts import Model, Target
 
 ONNX_TO_TRITON: dict[int, int] = {
@@ -75,6 +75,9 @@ def test_encoder_configs_match_their_onnx_graphs(rendered, model):
         assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
         assert (repo / model.value / "1" / "model.py").is_file()
     assert config.dynamic_batching.preferred_batch_size
+    batching = SPEC_BY_MODEL[model].batching
+    assert batching is not None
+    assert config.dynamic_batching.max_queue_delay_microseconds == batching.delay_us(target)
     assert config.dynamic_batching.default_queue_policy.max_queue_size > 0
     assert config.dynamic_batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
 
