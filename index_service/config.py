@@ -40,7 +40,10 @@ class IndexServiceConfig:
     port: int = field(default=0, metadata={"help": "gRPC port; 0 binds a free one"})
     data_dir: str = field(default="var/index", metadata={"help": "where the database and snapshots live"})
     threads: int = field(default=2, metadata={"help": "executor threads for FAISS and database work"})
-    omp_threads: int = field(default=0, metadata={"help": "FAISS OpenMP threads; 0 = FAISS default"})
+    omp_threads: int = field(
+        default=1,
+        metadata={"help": "FAISS OpenMP threads per executor thread; 0 = one per core (see server.py)"},
+    )
     device: Device = field(default=Device.AUTO, metadata={"help": "where searches run"})
     coalesce: bool = field(
         default=True, metadata={"help": "merge concurrent single-query searches into one FAISS call"}
