@@ -257,7 +257,13 @@ class Engine:
             return deleted, handle.c.count
 
     def _maybe_snapshot(self, handle: _Handle) -> None:
-        if self.snapshot_every and handle.c.writes_since_snapshot >= self.snapshot_every:
+        """Snapshot once the writes since the last one reach ``snapshot_every`` or half the collection.
+
+        Each snapshot writes the whole index, so spacing them in proportion to its size keeps their cost
+        constant per write during a bulk load, while a restart re-adds at most that many items.
+        """
+        c = handle.c
+        if self.snapshot_every and c.writes_since_snapshot >= max(self.snapshot_every, c.count // 2):
             self._snapshot_locked(handle)
 
     def snapshot(self, name: str) -> list[pb.CollectionStats]:
