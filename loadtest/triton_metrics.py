@@ -29,7 +29,10 @@ Snapshot = dict[str, dict[str, float]]
 def snapshot(url: str, timeout_s: float = 10.0) -> Snapshot:
     """Counter values per model (summed over versions) from a Triton metrics endpoint."""
     with urllib.request.urlopen(url, timeout=timeout_s) as reply:
-        text = reply.read().decode()
+        return parse(reply.read().decode())
+
+
+def parse(text: str) -> Snapshot:
     out: Snapshot = defaultdict(dict)
     for family in text_string_to_metric_families(text):
         if family.name not in COUNTERS:
