@@ -404,3 +404,36 @@ async def test_tls_when_configured(
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await stop_gateway(handle)
+
+
+async def test_overlong_text_is_truncated_and_said_so(gateway_stack: GatewayHandle) -> None:
+    short = await gateway_stack.stub.Search(pb.SearchRequest(text="red boots", top_k=1), timeout=30)
+    assert not short.text_truncated
+    long = await gateway_stack.stub.Search(
+        pb.SearchRequest(text="red leather boots " * 60, top_k=1), timeout=30
+    )
+    assert long.text_truncated and len(long.hits) == 1
+
+
+async def test_metrics_endpoint_counts_requests_by_method_and_code(
+    gateway_triton: object, index_server: object
+) -> None:
+    import urllib.request
+
+    config = gateway_config_for(gateway_triton.grpc_url, index_server.address, metrics_port=0)  # type: ignore[attr-defined]
+    handle = await start_gateway(config)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await handle.stub.Search(pb.SearchRequest(), timeout=10)
+        url = f"http://127.0.0.1:{handle.gateway.metrics_port}/metrics"
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return str(response.read().decode())
+
+        text = await asyncio.to_thread(scrape)
+        assert 'vitrine_gateway_requests_total{code="INVALID_ARGUMENT",method="Search"} 1.0' in text
+        assert 'vitrine_gateway_dependency_up{dependency="triton"} 1.0' in text
+        assert "vitrine_gateway_in_flight 0.0" in text
+    finally:
+        await stop_gateway(handle)
