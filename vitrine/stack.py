@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,9 +260,11 @@ def up(cfg: StackConfig) -> int:
             return 1
         except (ProcessLookupError, ValueError):
             pid_path.unlink()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    # SIGTERM (`vitrine down`) behaves like Ctrl-C: whatever step is running is abandoned, then every
+    # process started so far is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    code = 0
     pid_path.write_text(str(os.getpid()))
     stack = Stack(cfg)
     t_start = time.monotonic()
@@ -286,13 +287,25 @@ def up(cfg: StackConfig) -> int:
         _say(f"stack up in {time.monotonic() - t_start:.0f} s")
         if cfg.serve:
             _say(f"serving on {stack.gateway_address}; Ctrl-C or `make down` stops everything")
-            stop.wait()
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        _say("interrupted")
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        _say(f"failed: {exc}")
+        code = 1
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the stop below finish
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _say("stopping gateway, index service and Triton")
         stack.stop()
         pid_path.unlink(missing_ok=True)
         _say("stopped")
-    return 0
+    return code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def down(var: str, timeout_s: float = 180.0) -> int:
