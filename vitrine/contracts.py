@@ -30,7 +30,13 @@ CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 RERANK_MAX_LENGTH = 256
 """Token budget of one (query, passage) pair; the passage side is truncated first."""
 
-RERANK_PAIR_BUCKETS = (32, 64, 128, 256)
+RERANK_PAIR_BUCKETS = tuple(range(8, RERANK_MAX_LENGTH + 1, 8))
+"""Pair lengths a re-rank request is padded to: every multiple of 8 up to the budget.
+
+Unlike text queries, one re-rank request is already a batch (a query times its N candidates), so padding
+waste costs more than the cross-request batching coarse buckets would buy: pairs of ~50 tokens padded to a
+64 bucket spent ~28% of the cross-encoder's compute on padding. Multiples of 8 keep GPU tensor cores fed.
+"""
 
 MAX_IMAGE_PIXELS = 40_000_000
 """Decoded images above this many pixels are refused before decoding (decompression-bomb guard)."""
