@@ -47,6 +47,7 @@ RERANK_PASSAGES = 50
 
 @dataclass(frozen=True)
 class Workload:
+    key: str
     name: str
     model: Model
     encoder: Model
@@ -55,9 +56,12 @@ class Workload:
 
 
 WORKLOADS = (
-    Workload("embed_text", Model.EMBED_TEXT, Model.CLIP_TEXT_ENCODER, lambda c: max(32, 3 * c), 1),
-    Workload("embed_image", Model.EMBED_IMAGE, Model.CLIP_IMAGE_ENCODER, lambda c: max(12, c + 8), 1),
+    Workload("text", "embed_text", Model.EMBED_TEXT, Model.CLIP_TEXT_ENCODER, lambda c: max(32, 3 * c), 1),
     Workload(
+        "image", "embed_image", Model.EMBED_IMAGE, Model.CLIP_IMAGE_ENCODER, lambda c: max(12, c + 8), 1
+    ),
+    Workload(
+        "rerank",
         f"rerank (1 query + {RERANK_PASSAGES} passages)",
         Model.RERANK,
         Model.CROSS_ENCODER,
@@ -157,6 +161,7 @@ class Tally:
 async def measure(
     urls: dict[str, str],
     inputs: Inputs,
+    workloads: list[Workload],
     concurrencies: list[int],
     rounds: int,
     progress: tqdm[Any],
@@ -173,7 +178,7 @@ async def measure(
             for label, url in urls.items()
         }
         labels = list(clients)
-        for workload in WORKLOADS:
+        for workload in workloads:
 
             def sender(client: grpcclient.InferenceServerClient, w: Workload = workload) -> Any:
                 async def send(i: int) -> object:
@@ -228,6 +233,7 @@ def run_triton(
     artifacts: Path,
     work: Path,
     inputs: Inputs,
+    workloads: list[Workload],
     concurrencies: list[int],
     variants: dict[str, RenderOptions],
     rounds: int,
@@ -244,7 +250,7 @@ def run_triton(
                 workdir=work / f"server-{label}",
             )
             urls[label] = stack.enter_context(server).grpc_url
-        return asyncio.run(measure(urls, inputs, concurrencies, rounds, progress))
+        return asyncio.run(measure(urls, inputs, workloads, concurrencies, rounds, progress))
 
 
 def engines_table(artifacts: Path, rounds: int, budget_s: float) -> str:
@@ -304,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per point and variant")
     parser.add_argument(
+        "--workloads", default="text,image,rerank", help="subset of text,image,rerank (comma-separated)"
+    )
+    parser.add_argument(
         "--engine-rounds", type=int, default=10, help="export.bench rounds per (tower, batch)"
     )
     parser.add_argument("--engine-budget-s", type=float, default=8.0)
@@ -333,9 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         names = [v.strip() for v in ns.variants.split(",")]
         variants = {n: VARIANTS[n] for n in VARIANTS if n in names}
-        total_runs = len(variants) * len(WORKLOADS) * len(concurrencies) * ns.rounds
+        wanted = {w.strip() for w in ns.workloads.split(",")}
+        workloads = [w for w in WORKLOADS if w.key in wanted]
+        total_runs = len(variants) * len(workloads) * len(concurrencies) * ns.rounds
         with tqdm(total=total_runs, desc="triton runs", disable=None) as progress:
-            points = run_triton(ns.artifacts, work, inputs, concurrencies, variants, ns.rounds, progress)
+            points = run_triton(
+                ns.artifacts, work, inputs, workloads, concurrencies, variants, ns.rounds, progress
+            )
 
     report = [header, "", "Served through Triton (closed loop; requests per point in the table):", ""]
     report.append(triton_table(points))
