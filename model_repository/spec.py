@@ -12,10 +12,11 @@ Batching choices (measured by ``python -m model_repository.bench``, see docs/BEN
 * Encoders batch dynamically with preferred sizes; text is padded to ``CLIP_TEXT_BUCKETS`` by the
   tokenizer so requests of similar length share a shape (Triton only batches equal shapes).
 * CPU queue delays are zero, measured (docs/BENCHMARKS.md, 2 vCPU): a 2 ms (text, rerank) or 5 ms
-  (image) delay added ~3 ms to p50 at concurrency 1 and raised no throughput under load, because the
-  stages are compute-bound (a batch of 8 is at most 1.3-1.9x cheaper per item in-process) and, while
-  the single instance is busy, the queue fills and batches form without any delay (mean batch 12.8
-  texts / 8 images at concurrency 32). GPU delays (1-2 ms) are a starting point, not a measurement:
+  (image) delay added 3-4 ms to p50 at concurrency 1 in every run, and under load its effect on
+  throughput changed sign from run to run (within the shared host's noise): the stages are
+  compute-bound (a batch of 8 is at most 1.1-1.8x cheaper per item in-process) and, while the single
+  instance is busy, the queue fills and batches form without any delay (4-11 texts, 3-7 images per
+  execution at concurrency 8-32). GPU delays (1-2 ms) are a starting point, not a measurement:
   there a batch of 32 costs little more than one, so waiting pays; re-measure on the GPU host.
 * Every batching model has a bounded queue (``max_queue_size``) with ``REJECT``: overload is refused
   with UNAVAILABLE at once instead of queueing until every caller's deadline has passed.
