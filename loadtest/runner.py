@@ -6,10 +6,12 @@ timeout; the verdict is read back from the CSV that ships in the report.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +28,12 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 CSV_PREFIX = "locust"
 GRACE_S = 120.0
 """Allowed beyond the run time for start-up, data loading and the stop timeout before the run is killed."""
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills Locust if this process dies, so a killed run never leaves users running."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class RunError(RuntimeError):
@@ -150,6 +158,7 @@ def run_once(
                 stderr=subprocess.STDOUT,
                 timeout=config.duration_s + GRACE_S,
                 check=False,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         except subprocess.TimeoutExpired as exc:
             raise RunError(
