@@ -46,7 +46,8 @@ class IndexServiceConfig:
     )
     device: Device = field(default=Device.AUTO, metadata={"help": "where searches run"})
     coalesce: bool = field(
-        default=True, metadata={"help": "merge concurrent single-query searches into one FAISS call"}
+        default=True,
+        metadata={"help": "merge concurrent single-query searches into one FAISS call (IVF and HNSW)"},
     )
     metrics_port: int = field(default=-1, metadata={"help": "Prometheus port; 0 = a free one, -1 = off"})
     snapshot_every: int = field(

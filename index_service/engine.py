@@ -325,6 +325,15 @@ class Engine:
             filters.validate(flt, handle.c.number_fields, handle.c.keyword_fields)
         return handle.c.prepare_vectors(queries, "query")
 
+    def coalesces(self, name: str) -> bool:
+        """Whether merging concurrent single queries pays off for this collection's index.
+
+        Measured (docs/BENCHMARKS.md): merged HNSW queries gave 1.2-1.5x the QPS of separate calls, but
+        a Flat scan costs FAISS the same per query batched or not on this CPU build, and one merged call
+        runs on one executor thread where separate calls use them all (0.8x). So Flat is not merged.
+        """
+        return self._handle(name).c.kind != pb.INDEX_KIND_FLAT
+
     def search(
         self, name: str, queries: np.ndarray, k: int, flt: pb.Filter | None, params: pb.SearchParams
     ) -> tuple[list[list[Found]], bool]:

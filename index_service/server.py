@@ -43,6 +43,7 @@ class IndexServer:
     executor: ThreadPoolExecutor
     health: HealthServicer
     metrics_port: int | None
+    registry: CollectorRegistry
 
     async def stop(self, grace: float | None) -> None:
         await self.health.enter_graceful_shutdown()
@@ -100,4 +101,4 @@ async def create_server(config: IndexServiceConfig) -> tuple[IndexServer, int]:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("index service listening", extra={"port": port, "metrics_port": metrics_port, "device": device})
-    return IndexServer(server, port, engine, executor, health_servicer, metrics_port), port
+    return IndexServer(server, port, engine, executor, health_servicer, metrics_port, registry), port

@@ -208,7 +208,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         queries = self.engine.prepare_search(
             request.collection, [q.vector for q in request.queries], request.k, flt
         )
-        if self.coalesce and len(queries) == 1:
+        if self.coalesce and len(queries) == 1 and self.engine.coalesces(request.collection):
             key = (
                 request.collection,
                 request.k,

@@ -134,22 +134,43 @@ async def test_snapshot_compacts_deleted_vectors(index_stub) -> None:
     assert all(int(h.id[1:]) >= 200 for r in reply.results for h in r.hits)
 
 
+@pytest.mark.parametrize("kind", [pb.INDEX_KIND_HNSW, pb.INDEX_KIND_FLAT])
 @pytest.mark.parametrize("coalesce", [True, False])
-async def test_concurrent_single_queries_match_one_batch(index_factory, coalesce) -> None:
+async def test_concurrent_single_queries_match_one_batch(index_factory, coalesce, kind) -> None:
+    """HNSW collections merge concurrent single queries (when coalescing is on), Flat ones never do:
+    either way each caller gets exactly its own results."""
     base = clustered(3000, DIM, seed=8)
     queries = queries_like(base, 64, seed=9)
-    _, stub = await index_factory(coalesce=coalesce)
-    await stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("c", DIM)))
+    server, stub = await index_factory(coalesce=coalesce)
+    await stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("c", DIM, kind=kind)))
     await load(stub, "c", base)
     flt = pb.Filter(range=pb.NumberRange(field="price", lt=500))
-    singles = await asyncio.gather(
-        *(stub.Search(search_request("c", q[None], 5, filter=flt)) for q in queries)
-    )
-    batch = await stub.Search(search_request("c", queries, 5, filter=flt))
-    assert [ids_of(s)[0] for s in singles] == ids_of(batch)
+    for f in (None, flt):
+        extra = {"filter": f} if f is not None else {}
+        singles = await asyncio.gather(
+            *(stub.Search(search_request("c", q[None], 5, **extra)) for q in queries)
+        )
+        batch = await stub.Search(search_request("c", queries, 5, **extra))
+        assert [ids_of(s)[0] for s in singles] == ids_of(batch)
     price = np.array([(i * 37) % 1000 for i in range(len(base))])
     matching = np.flatnonzero(price < 500)
     assert ids_of(batch) == matching[exact_knn(base[matching], queries, 5, False)[1]].tolist()
+    merged = _histogram_count(server, "vitrine_index_search_batch_queries", above=1)
+    assert (merged > 0) == (coalesce and kind == pb.INDEX_KIND_HNSW)
+
+
+def _histogram_count(server, name: str, above: float) -> float:
+    """FAISS calls that carried more than ``above`` queries, from the server's own registry."""
+    from prometheus_client import generate_latest
+
+    text = generate_latest(server.registry).decode()
+    total = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(f"{name}_count"))
+    at_most = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(f'{name}_bucket{{le="{above:.1f}"}}')
+    )
+    return total - at_most - 2  # the two 64-query batch calls
 
 
 async def test_searches_run_concurrently_with_writes(index_stub) -> None:
