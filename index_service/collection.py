@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from index_service.config import MAX_DIM, MAX_NAME_CHARS
 from index_service.errors import InvalidArgument
 from index_service.gpu import GpuMirror
 from vitrine.index.v1 import index_pb2 as pb
@@ -66,8 +67,6 @@ class Hit:
 
 def normalize_spec(spec: pb.CollectionSpec) -> pb.CollectionSpec:
     """Validate a new collection's spec and fill its defaults, so what is stored is explicit."""
-    from index_service.config import MAX_DIM, MAX_NAME_CHARS
-
     out = pb.CollectionSpec()
     out.CopyFrom(spec)
     name = spec.name

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -135,8 +136,8 @@ class Engine:
             "index loaded", extra={"seconds": round(self.load_seconds, 3), "collections": len(self._handles)}
         )
 
-    def _restore_index(self, c: Collection, snapshot_slot: int, path: object) -> None:
-        if path is not None and hasattr(path, "exists") and path.exists():
+    def _restore_index(self, c: Collection, snapshot_slot: int, path: Path | None) -> None:
+        if path is not None and path.exists():
             index = faiss.read_index(str(path))
             c.index = index
             c.snapshot_slot = snapshot_slot
