@@ -10,7 +10,9 @@ and written beside the CSV, which is how a run says which stage dominates.
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,6 +24,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from locust import User, constant_throughput, events
 from locust.env import Environment
+from locust.exception import StopUser
 
 from loadtest import grpc_user
 from loadtest.config import LoadTarget
@@ -32,6 +35,7 @@ from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Tensor
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
+log = logging.getLogger("loadtest")
 _data: QueryData | None = None
 _stages: dict[str, list[float]] = defaultdict(list)
 _reset_on_spawn = False
@@ -174,9 +178,20 @@ class TritonUser(_VitrineUser):
         _open.append(self.client.close)
         # Batching models take a leading batch dimension; the repository decides, so ask it.
         self.batched = {}
-        for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO):
-            config = self.client.get_model_config(io.model.value, as_json=True, client_timeout=self.timeout)
-            self.batched[io.model] = int(config["config"].get("max_batch_size", 0)) > 0
+        try:
+            for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO):
+                config = self.client.get_model_config(
+                    io.model.value, as_json=True, client_timeout=self.timeout
+                )
+                self.batched[io.model] = int(config["config"].get("max_batch_size", 0)) > 0
+        except Exception as exc:
+            # Log a plain message and stop this user: a gRPC error kept alive in Locust's records is
+            # collected at interpreter exit, where grpc under gevent hangs the process.
+            message = str(exc)
+            del exc
+            self.client.close()
+            log.error("user cannot start: Triton at %s: %s", self.host, message)
+            raise StopUser() from None
         super().on_start()
 
     def on_stop(self) -> None:
@@ -262,6 +277,9 @@ def _on_spawned(**_: Any) -> None:
 def _on_quit(environment: Environment, **_: Any) -> None:
     while _open:
         _open.pop()()
+    # Free closed channels now, while gevent and grpc still run normally: the same objects collected
+    # during interpreter shutdown can hang the process (seen after failed connections).
+    gc.collect()
     options = environment.parsed_options
     if options is not None and options.vitrine_stages_out:
         Path(options.vitrine_stages_out).write_text(json.dumps(stage_summary(), indent=2))
