@@ -7,7 +7,7 @@ What one run measures, side by side on the same inputs:
 2. The embedded Triton serving ``embed_text``, ``embed_image`` and ``rerank`` (one query + 50 passages)
    at each concurrency: throughput, p50, p95, and the mean batch the encoder executed (from Triton's
    statistics), from repositories rendered from the same spec with dynamic batching as specified, with
-   a 2 ms queue delay instead, and without a batcher. All servers are up at once, but only one is
+   no queue delay anywhere, and without a batcher. All servers are up at once, but only one is
    loaded at a time, in interleaved rounds (see :func:`measure`).
 
 Load is closed-loop: ``c`` workers each send their next request when the previous one returns. Inputs
@@ -223,10 +223,10 @@ async def measure(
 
 VARIANTS = {
     "on": RenderOptions(dynamic_batching=True),
-    "on-delay-2ms": RenderOptions(dynamic_batching=True, queue_delay_us=2_000),
+    "on-no-delay": RenderOptions(dynamic_batching=True, queue_delay_us=0),
     "off": RenderOptions(dynamic_batching=False),
 }
-"""Repositories compared: the spec's batching, the same with a 2 ms queue delay, and no batcher at all."""
+"""Repositories compared: the spec's batching, the same with no queue delay, and no batcher at all."""
 
 
 def run_triton(

@@ -11,13 +11,14 @@ Batching choices (measured by ``python -m model_repository.bench``, see docs/BEN
 
 * Encoders batch dynamically with preferred sizes; text is padded to ``CLIP_TEXT_BUCKETS`` by the
   tokenizer so requests of similar length share a shape (Triton only batches equal shapes).
-* CPU queue delays are zero, measured (docs/BENCHMARKS.md, 2 vCPU): a 2 ms (text, rerank) or 5 ms
-  (image) delay added 3-4 ms to p50 at concurrency 1 in every run, and under load its effect on
-  throughput changed sign from run to run (within the shared host's noise): the stages are
-  compute-bound (a batch of 8 is at most 1.1-1.8x cheaper per item in-process) and, while the single
-  instance is busy, the queue fills and batches form without any delay (4-11 texts, 3-7 images per
-  execution at concurrency 8-32). GPU delays (1-2 ms) are a starting point, not a measurement:
-  there a batch of 32 costs little more than one, so waiting pays; re-measure on the GPU host.
+* CPU queue delays, measured (docs/BENCHMARKS.md, 2 vCPU): the CLIP text encoder waits 2 ms. Under
+  load (concurrency 8-32) that roughly doubled its batches and gave 1.5-2.2x the throughput of no
+  batcher in two runs, where no delay gave 0.5-1.1x with 0.5-1 s p95 stalls; at concurrency 1 it costs
+  3-4 ms of p50 (about 12 -> 16 ms). The image and cross-encoder queues wait 0: one image or one rerank
+  request already costs 60-430 ms of compute, a batch of 8 is only 1.1-1.3x cheaper per item, and a
+  delay showed no consistent gain in three runs, while the queue fills anyway when the instance is busy.
+  GPU delays (1-2 ms) are a starting point, not a measurement: there a batch of 32 costs little more
+  than one, so waiting pays; re-measure on the GPU host.
 * Every batching model has a bounded queue (``max_queue_size``) with ``REJECT``: overload is refused
   with UNAVAILABLE at once instead of queueing until every caller's deadline has passed.
 * ``rerank`` has ``max_batch_size 0`` (one query and n passages per request); its tokenizer emits the
@@ -118,7 +119,7 @@ SPECS: tuple[ModelSpec, ...] = (
         outputs=(Io(T.EMBEDDING, "TYPE_FP32", (EMBED_DIM,)),),
         max_batch_size=64,
         batching=Batching(
-            preferred=(8, 16, 32, 64), max_queue_delay_us=0, max_queue_size=256, gpu_queue_delay_us=1_000
+            preferred=(8, 16, 32, 64), max_queue_delay_us=2_000, max_queue_size=256, gpu_queue_delay_us=1_000
         ),
         artifact="clip_text_encoder",
     ),
