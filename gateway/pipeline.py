@@ -18,6 +18,7 @@ it, so a slow dependency becomes DEADLINE_EXCEEDED rather than work nobody waits
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -173,7 +174,12 @@ class Deadline:
         return left
 
     async def run(self, awaitable: Awaitable[T]) -> T:
-        left = self.remaining()
+        try:
+            left = self.remaining()
+        except DeadlineExceeded:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise
         if left is None:
             return await awaitable
         try:
@@ -297,15 +303,14 @@ class Pipeline:
 
     async def _search(self, q: SearchQuery, deadline: Deadline, timer: Timer) -> SearchResult:
         has_text, has_image = bool(q.text.strip()), bool(q.image)
+        # Concurrent stages share one budget, read before any coroutine exists: a deadline passing
+        # between two reads would otherwise leave the first coroutine created but never awaited.
+        budget = deadline.remaining()
         jobs: dict[str, Awaitable[object]] = {}
         if has_text:
-            jobs["text"] = self._timed(
-                timer, "embed_text", self.embedder.embed_text(q.text, deadline.remaining())
-            )
+            jobs["text"] = self._timed(timer, "embed_text", self.embedder.embed_text(q.text, budget))
         if has_image:
-            jobs["image"] = self._timed(
-                timer, "embed_image", self.embedder.embed_image(q.image, deadline.remaining())
-            )
+            jobs["image"] = self._timed(timer, "embed_image", self.embedder.embed_image(q.image, budget))
         done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
         truncated = False
         vectors: dict[str, np.ndarray] = {}
@@ -320,6 +325,7 @@ class Pipeline:
         for i, (collection, _, _) in enumerate(spaces):
             by_collection.setdefault(collection, []).append(i)
         with timer.stage("retrieve"):
+            budget = deadline.remaining()
             # One index request per collection, carrying every query vector aimed at it.
             per_collection = await asyncio.gather(
                 *(
@@ -328,7 +334,7 @@ class Pipeline:
                         [vectors[spaces[i][1]] for i in idx],
                         depth,
                         q.filters,
-                        deadline.remaining(),
+                        budget,
                     )
                     for collection, idx in by_collection.items()
                 )
@@ -373,16 +379,18 @@ class Pipeline:
     ) -> SimilarResult:
         s = self.settings
         with timer.stage("lookup"):
+            budget = deadline.remaining()
             stored = await asyncio.gather(
-                self.retriever.get(s.image_collection, [pid], deadline.remaining()),
-                self.retriever.get(s.title_collection, [pid], deadline.remaining()),
+                self.retriever.get(s.image_collection, [pid], budget),
+                self.retriever.get(s.title_collection, [pid], budget),
             )
         if pid not in stored[0] or pid not in stored[1]:
             raise NotFound(f"unknown product id {pid!r}")
         with timer.stage("retrieve"):
+            budget = deadline.remaining()
             results = await asyncio.gather(
                 *(
-                    self.retriever.search(coll, [found[pid][1]], top_k + 1, filters, deadline.remaining())
+                    self.retriever.search(coll, [found[pid][1]], top_k + 1, filters, budget)
                     for coll, found in ((s.image_collection, stored[0]), (s.title_collection, stored[1]))
                 )
             )
@@ -418,9 +426,10 @@ class Pipeline:
                 errors[i] = InvalidInput(f"product {product.id!r}: missing image")
         todo = [i for i, e in enumerate(errors) if e is None]
         # Every image and title of the batch at once: Triton's dynamic batcher turns them into batches.
+        budget = deadline.remaining()
         embedded = await asyncio.gather(
-            *(self.embedder.embed_image(items[i][1], deadline.remaining()) for i in todo),
-            *(self.embedder.embed_text(items[i][0].title, deadline.remaining()) for i in todo),
+            *(self.embedder.embed_image(items[i][1], budget) for i in todo),
+            *(self.embedder.embed_text(items[i][0].title, budget) for i in todo),
             return_exceptions=True,
         )
         image_vecs, title_vecs = embedded[: len(todo)], embedded[len(todo) :]
@@ -439,9 +448,10 @@ class Pipeline:
             title_records.append(Record(items[i][0], tv[0]))
         if image_records:
             s = self.settings
+            budget = deadline.remaining()
             await asyncio.gather(
-                self.retriever.upsert(s.image_collection, image_records, deadline.remaining()),
-                self.retriever.upsert(s.title_collection, title_records, deadline.remaining()),
+                self.retriever.upsert(s.image_collection, image_records, budget),
+                self.retriever.upsert(s.title_collection, title_records, budget),
             )
         return errors
 
