@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -297,9 +298,11 @@ class Pipeline:
         result.timings = timer.timings
         return result
 
-    async def _timed(self, timer: Timer, stage: str, awaitable: Awaitable[T]) -> T:
+    async def _timed(self, timer: Timer, stage: str, start: Callable[[], Awaitable[T]]) -> T:
+        """Time one stage; the stage's coroutine is created here, inside the task, so a task cancelled
+        before it first runs leaves no inner coroutine behind un-awaited."""
         with timer.stage(stage):
-            return await awaitable
+            return await start()
 
     async def _search(self, q: SearchQuery, deadline: Deadline, timer: Timer) -> SearchResult:
         has_text, has_image = bool(q.text.strip()), bool(q.image)
@@ -308,9 +311,11 @@ class Pipeline:
         budget = deadline.remaining()
         jobs: dict[str, Awaitable[object]] = {}
         if has_text:
-            jobs["text"] = self._timed(timer, "embed_text", self.embedder.embed_text(q.text, budget))
+            jobs["text"] = self._timed(timer, "embed_text", partial(self.embedder.embed_text, q.text, budget))
         if has_image:
-            jobs["image"] = self._timed(timer, "embed_image", self.embedder.embed_image(q.image, budget))
+            jobs["image"] = self._timed(
+                timer, "embed_image", partial(self.embedder.embed_image, q.image, budget)
+            )
         done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
         truncated = False
         vectors: dict[str, np.ndarray] = {}

@@ -73,3 +73,16 @@ async def test_hybrid_embeddings_share_one_budget_and_stop_at_the_deadline() -> 
     assert loop.time() - t0 < 2.0
     assert sorted(embedder.started) == ["image", "text"]
     gc.collect()
+
+
+async def test_search_cancelled_before_its_stages_start_leaves_nothing_behind() -> None:
+    """A client that hangs up cancels the search; stages not yet started must not leak coroutines."""
+    pipe, embedder = pipeline(5.0)
+    task = asyncio.create_task(pipe.search(SearchQuery(text="red boots", image=b"\xff\xd8"), timeout=10))
+    await asyncio.sleep(0)  # the search runs up to its gather; the stage tasks are scheduled, not started
+    assert embedder.started == []
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gc.collect()  # an un-awaited embed coroutine would warn here, and warnings fail this test
+    assert embedder.started == []

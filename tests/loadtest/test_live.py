@@ -27,17 +27,7 @@ from loadtest.scenarios import SCENARIOS
 from tests.fixtures.stack import gateway_config_for, start_gateway, stop_gateway
 from vitrine.contracts import Model
 
-pytestmark = [
-    pytest.mark.slow,
-    # A gateway defect, reported to its owners, not a load-test outcome: when a search is cancelled
-    # between building its `embed_text` coroutine and starting it, the coroutine is never awaited and
-    # garbage collection warns. Filtered by its exact text so any other warning still fails these tests.
-    pytest.mark.filterwarnings(
-        r"ignore:Exception ignored in. <coroutine object TritonModels\.embed_text"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
-    pytest.mark.filterwarnings("ignore:coroutine 'TritonModels.embed_text' was never awaited:RuntimeWarning"),
-]
+pytestmark = pytest.mark.slow
 PROCESS_QUERIES = {
     (q.panel, q.ref_id)
     for q in dashboard.queries(dashboard.build())
