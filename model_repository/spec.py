@@ -11,10 +11,10 @@ Batching choices (measured by ``python -m model_repository.bench``, see docs/BEN
 
 * Encoders batch dynamically with preferred sizes; text is padded to ``CLIP_TEXT_BUCKETS`` by the
   tokenizer so requests of similar length share a shape (Triton only batches equal shapes).
-* CPU queue delays, measured (docs/BENCHMARKS.md, 2 vCPU): the CLIP text encoder waits 2 ms. Under
-  load (concurrency 8-32) that roughly doubled its batches and gave 1.5-2.2x the throughput of no
-  batcher in two runs, where no delay gave 0.5-1.1x with 0.5-1 s p95 stalls; at concurrency 1 it costs
-  3-4 ms of p50 (about 12 -> 16 ms). The image and cross-encoder queues wait 0: one image or one rerank
+* CPU queue delays, measured (docs/BENCHMARKS.md, 2 vCPU): the CLIP text encoder waits 2 ms. At
+  concurrency 32 that gave ~1.5x larger batches and 1.6-1.9x the throughput of no delay in three of
+  four runs, and no delay stalled p95 at concurrency 8 in every run; at concurrency 1 it costs a few ms
+  of p50 (about 12-14 -> 16 ms). The image and cross-encoder queues wait 0: one image or one rerank
   request already costs 60-430 ms of compute, a batch of 8 is only 1.1-1.3x cheaper per item, and a
   delay showed no consistent gain in three runs, while the queue fills anyway when the instance is busy.
   GPU delays (1-2 ms) are a starting point, not a measurement: there a batch of 32 costs little more
