@@ -60,21 +60,26 @@ class Unavailable(DependencyError):
 
 
 # How a dependency's status reaches the caller. Caller mistakes the dependency detected (a corrupt image
-# Triton could not decode, a filter the index refused) stay INVALID_ARGUMENT; anything that says the
-# dependency is down or overloaded becomes UNAVAILABLE so clients retry; everything else is INTERNAL,
-# because the gateway built the request and a rejection is its bug.
+# Triton could not decode, a filter the index refused) stay INVALID_ARGUMENT; a dependency shedding load
+# (the index's concurrency limit, Triton's bounded queue) becomes RESOURCE_EXHAUSTED, like the gateway's
+# own limit, so clients back off rather than treat a busy stack as a broken one; anything that says the
+# dependency is down becomes UNAVAILABLE so clients retry; everything else is INTERNAL, because the
+# gateway built the request and a rejection is its bug.
 _PASS_THROUGH = {
     grpc.StatusCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.OUT_OF_RANGE: grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED: grpc.StatusCode.CANCELLED,
     grpc.StatusCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.NOT_FOUND: grpc.StatusCode.UNAVAILABLE,  # a model or collection that is not loaded
     grpc.StatusCode.FAILED_PRECONDITION: grpc.StatusCode.UNAVAILABLE,
 }
 
 _BY_NAME = {code.name: code for code in grpc.StatusCode}
+
+TRITON_QUEUE_FULL = "exceeds maximum queue size"
+"""Triton's dynamic batcher refuses a request beyond ``max_queue_size`` with UNAVAILABLE and this text."""
 
 
 def _triton_code(status: str | None) -> grpc.StatusCode:
@@ -95,13 +100,17 @@ def from_dependency(dependency: Dependency, exc: BaseException) -> GatewayError:
     elif isinstance(exc, InferenceServerException):
         code = _triton_code(exc.status())
         detail = exc.message() or str(exc)
-        if code == grpc.StatusCode.UNKNOWN and "unavailable" in detail.lower():
+        if TRITON_QUEUE_FULL in detail.lower():
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        elif code == grpc.StatusCode.UNKNOWN and "unavailable" in detail.lower():
             code = grpc.StatusCode.UNAVAILABLE
     elif isinstance(exc, (ConnectionError, OSError)):
         code, detail = grpc.StatusCode.UNAVAILABLE, str(exc)
     else:
         code, detail = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
     mapped = _PASS_THROUGH.get(code, grpc.StatusCode.INTERNAL)
+    if mapped == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Overloaded(f"{dependency.value} is overloaded, retry later: {detail}")
     if mapped == grpc.StatusCode.UNAVAILABLE:
         return Unavailable(dependency, detail)
     if mapped == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -11,6 +11,7 @@ from gateway.errors import (
     Dependency,
     DependencyError,
     InvalidInput,
+    Overloaded,
     Unavailable,
     from_dependency,
     status_of,
@@ -23,7 +24,7 @@ from gateway.errors import (
         ("StatusCode.UNAVAILABLE", Unavailable, grpc.StatusCode.UNAVAILABLE),
         ("StatusCode.INVALID_ARGUMENT", InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
         ("StatusCode.DEADLINE_EXCEEDED", DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-        ("StatusCode.RESOURCE_EXHAUSTED", Unavailable, grpc.StatusCode.UNAVAILABLE),
+        ("StatusCode.RESOURCE_EXHAUSTED", Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
         ("StatusCode.NOT_FOUND", Unavailable, grpc.StatusCode.UNAVAILABLE),
         ("StatusCode.INTERNAL", DependencyError, grpc.StatusCode.INTERNAL),
     ],
@@ -35,6 +36,14 @@ def test_triton_statuses(status: str, expected: type, code: grpc.StatusCode) -> 
     assert got_code == code
     if code != grpc.StatusCode.DEADLINE_EXCEEDED:
         assert "triton" in message
+
+
+def test_triton_queue_full_is_overload_not_outage() -> None:
+    # Triton's dynamic batcher answers a full queue with UNAVAILABLE; the stack is busy, not down.
+    exc = InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE")
+    code, message = status_of(from_dependency(Dependency.TRITON, exc))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "triton is overloaded" in message
 
 
 def test_index_rpc_error_names_the_index() -> None:
