@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from index_service.process import IndexServiceProcess
-from tests.index_service.helpers import spec
+from tests.index_service.builders import spec
 from vitrine.index.v1 import index_pb2 as pb
 from vitrine.index.v1 import index_pb2_grpc
 

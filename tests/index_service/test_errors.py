@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from index_service.config import MAX_BATCH, MAX_K, MAX_PAYLOAD_BYTES, MAX_QUERIES
-from tests.index_service.helpers import ids_of, items, search_request, spec
+from tests.index_service.builders import ids_of, items, search_request, spec
 from vitrine.index.v1 import index_pb2 as pb
 
 DIM = 8
