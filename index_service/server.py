@@ -18,6 +18,7 @@ from index_service.config import MAX_MESSAGE_BYTES, Device, IndexServiceConfig
 from index_service.engine import Engine
 from index_service.servicer import IndexServicer, Metrics
 from vitrine.index.v1 import index_pb2, index_pb2_grpc
+from vitrine.metrics import service_registry
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
@@ -75,7 +76,7 @@ async def create_server(config: IndexServiceConfig) -> tuple[IndexServer, int]:
         initializer=faiss.omp_set_num_threads,
         initargs=(omp_threads,),
     )
-    registry = CollectorRegistry()
+    registry = service_registry()
     metrics = Metrics(registry, engine)
     metrics_port = None
     if config.metrics_port >= 0:

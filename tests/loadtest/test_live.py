@@ -20,7 +20,7 @@ import pytest
 
 from loadtest.config import LoadTarget
 from loadtest.objective import AGGREGATED, read_stats
-from loadtest.observability import GATEWAY_JOB, INDEX_JOB, TRITON_JOB, dashboard, render_prometheus_config
+from loadtest.observability import GATEWAY_JOB, INDEX_JOB, TRITON_JOB, render_prometheus_config
 from loadtest.observability.dashboard import DashboardQuery
 from loadtest.observability.prometheus import PrometheusServer, QueryCheck, check_dashboard, targets_up
 from loadtest.scenarios import SCENARIOS
@@ -28,11 +28,6 @@ from tests.fixtures.stack import gateway_config_for, start_gateway, stop_gateway
 from vitrine.contracts import Model
 
 pytestmark = pytest.mark.slow
-PROCESS_QUERIES = {
-    (q.panel, q.ref_id)
-    for q in dashboard.queries(dashboard.build())
-    if "process_" in q.expr and not q.requires
-}
 LOOSE = ("--p95-ms", "60000", "--max-error-rate", "0")
 """An objective any working stack meets on a busy 2-core machine: these tests are about behaviour."""
 
@@ -152,9 +147,8 @@ async def test_gateway_load_fills_every_dashboard_query(
         )
         assert handle.gateway.metrics_port and index.metrics_port
         service_metrics = [f"127.0.0.1:{handle.gateway.metrics_port}", f"127.0.0.1:{index.metrics_port}"]
-        # The CPU and memory panels read the services' process collectors; until both services register
-        # one, those two queries are known to be empty (test_services_export_process_metrics says so).
-        known_empty = set() if all(map(exports_process_metrics, service_metrics)) else PROCESS_QUERIES
+        # The CPU and memory panels read the services' own process collectors.
+        assert all(map(exports_process_metrics, service_metrics))
         triton_metrics = urlparse(gateway_triton.metrics_url).netloc
         config = render_prometheus_config(
             triton_metrics,
@@ -178,13 +172,7 @@ async def test_gateway_load_fills_every_dashboard_query(
             while not load.done():
                 up = await asyncio.to_thread(targets_up, prometheus.url)
                 checks = await asyncio.to_thread(check_dashboard, prometheus.url, "5m")
-                missing = [
-                    c.query
-                    for c in checks
-                    if not c.query.requires
-                    and not c.has_data
-                    and (c.query.panel, c.query.ref_id) not in known_empty
-                ]
+                missing = [c.query for c in checks if not c.query.requires and not c.has_data]
                 if not missing and up == {TRITON_JOB: True, GATEWAY_JOB: True, INDEX_JOB: True}:
                     break
                 await asyncio.sleep(0.5)  # the next scrape, for as long as the load lasts (bounded)
@@ -217,11 +205,6 @@ def exports_process_metrics(address: str) -> bool:
     return "process_cpu_seconds_total" in text and "process_resident_memory_bytes" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway and index registries have no prometheus_client ProcessCollector yet, so the CPU and "
-    "memory panels show only Triton's host series; strict: remove this mark once they do",
-)
 async def test_services_export_process_metrics(
     gateway_triton: Any, small_catalog: Path, tmp_path: Path
 ) -> None:
