@@ -10,8 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vitrine.health import wait_serving
 
 
 class GatewayProcess:
@@ -67,23 +66,9 @@ class GatewayProcess:
 
     def wait_serving(self) -> None:
         """SERVING means Triton's ensembles and the index both answered the gateway's probe."""
-        deadline = time.monotonic() + self.startup_timeout_s
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"gateway exited with code {self.proc.returncode}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "gateway did not report SERVING in time (are Triton and the index up?)"
-                    )
-                time.sleep(0.1)
+        wait_serving(
+            self.address, self.proc, "gateway", self.startup_timeout_s, " (are Triton and the index up?)"
+        )
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         if self.proc is None:

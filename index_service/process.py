@@ -7,11 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vitrine.health import wait_serving
 
 
 class IndexServiceProcess:
@@ -59,19 +57,7 @@ class IndexServiceProcess:
         return self
 
     def wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0, wait_for_ready=True)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    if time.monotonic() > deadline:
-                        raise
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"index service exited with code {self.proc.returncode}")
+        wait_serving(self.address, self.proc, "index service", self.startup_timeout_s)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """Graceful: SIGTERM, then wait for the drain."""

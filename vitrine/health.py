@@ -1,0 +1,31 @@
+"""Waiting on a child server's ``grpc.health.v1`` status: how launchers and tests know it can serve."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def wait_serving(
+    address: str, proc: subprocess.Popen[str] | subprocess.Popen[bytes] | None, name: str, timeout_s: float,
+    hint: str = "",
+) -> None:  # fmt: skip
+    """Poll health until SERVING; fail at once if the process exits, and clearly when time runs out."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass  # not listening yet, or not serving yet: both are worth another look
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not report SERVING within {timeout_s:g} s{hint}")
+            time.sleep(0.1)
