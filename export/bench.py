@@ -11,7 +11,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,20 +28,11 @@ from export.specs import CLIP_IMAGE, CLIP_TEXT, TOWERS, Family, TowerSpec
 from export.towers import ClipImageTower, ClipTextTower, CrossEncoderTower, load_clip, load_cross_encoder
 from vitrine import logs
 from vitrine.contracts import CLIP_IMAGE_SIZE, Model, Tensor
+from vitrine.hardware import cpu_name
 from vitrine.tokenization import ClipTokenizer, PairTokenizer
 
 SEQ = {Model.CLIP_TEXT_ENCODER: 16, Model.CROSS_ENCODER: 64}
 """Typical shapes: a query fits CLIP's 16-token bucket; a (query, title + description) pair the 64 one."""
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def feeds(spec: TowerSpec, batch: int, seed: int) -> validate.Feeds:

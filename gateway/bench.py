@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -36,6 +35,7 @@ import numpy as np
 
 from vitrine.catalog import Product, generate_catalog, generate_queries
 from vitrine.contracts import CLIP_CONTEXT_LENGTH, EMBED_DIM, RERANK_MAX_LENGTH
+from vitrine.hardware import cpu_name
 
 
 @dataclass
@@ -195,15 +195,7 @@ def load_index(address: str, collection: str, vectors: np.ndarray, products: Seq
 
 
 def hardware() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model or platform.processor()}, {os.cpu_count()} vCPU, no GPU used"
+    return f"{cpu_name()}, {os.cpu_count()} vCPU, no GPU used"
 
 
 def main(argv: list[str] | None = None) -> int:

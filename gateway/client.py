@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from gateway.evaluation import Scores, format_table, mean_scores, score_query
+from gateway.messages import product_to_pb
 from vitrine.catalog import BadRow, Product, iter_catalog, read_queries, resolve_image
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
@@ -34,19 +35,6 @@ class Connection:
 
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.api_key}")] if self.api_key else []
-
-
-def product_pb(p: Product) -> pb.Product:
-    return pb.Product(
-        id=p.id,
-        title=p.title,
-        description=p.description,
-        category=list(p.category),
-        brand=p.brand,
-        price=p.price,
-        image_uri=p.image,
-        attributes=p.attributes,
-    )
 
 
 @dataclass
@@ -117,7 +105,7 @@ def ingest(
                 except OSError as exc:
                     summary.bad.append(BadRow(line, row.id, f"missing image {row.image!r}: {exc.strerror}"))
                     continue
-                messages.append(pb.UpsertProductsRequest(product=product_pb(row), image_bytes=data))
+                messages.append(pb.UpsertProductsRequest(product=product_to_pb(row), image_bytes=data))
                 lines.append(line)
             if messages:
                 try:

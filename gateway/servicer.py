@@ -13,6 +13,7 @@ import grpc
 
 from gateway.clients import check_image_header
 from gateway.errors import DependencyError, GatewayError, InvalidInput, Overloaded, status_of
+from gateway.messages import product_from_pb, product_to_pb
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import (
     DEFAULT_RERANK_DEPTH,
@@ -36,32 +37,6 @@ _TEXT_MATCH = {
     pb.TEXT_MATCH_TITLE: TextMatch.TITLE,
     pb.TEXT_MATCH_FUSION: TextMatch.FUSION,
 }
-
-
-def product_to_pb(p: Product) -> pb.Product:
-    return pb.Product(
-        id=p.id,
-        title=p.title,
-        description=p.description,
-        category=list(p.category),
-        brand=p.brand,
-        price=p.price,
-        image_uri=p.image,
-        attributes=p.attributes,
-    )
-
-
-def product_from_pb(p: pb.Product, image_uri: str = "") -> Product:
-    return Product(
-        id=p.id.strip(),
-        title=p.title,
-        description=p.description,
-        category=tuple(p.category),
-        brand=p.brand,
-        price=p.price,
-        image=p.image_uri or image_uri,
-        attributes=dict(p.attributes),
-    )
 
 
 def filters_from_pb(filters: Sequence[pb.Filter]) -> tuple[FieldFilter, ...]:

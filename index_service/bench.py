@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from index_service.datasets import clustered, recall_at
 from index_service.process import IndexServiceProcess
+from vitrine.hardware import cpu_name
 from vitrine.index.v1 import index_pb2 as pb
 from vitrine.index.v1 import index_pb2_grpc
 
@@ -334,14 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def hardware() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     return (
         f"{cpu}, {os.cpu_count()} vCPU, {'no GPU' if not gpus else f'{gpus} GPU'}, faiss {faiss.__version__}"

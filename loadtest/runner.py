@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from loadtest import triton_metrics
 from loadtest.config import LoadTarget, RunConfig
 from loadtest.objective import AGGREGATED, Objective, RunStats, Verdict, judge, read_stats
 from loadtest.scenarios import mix_for
+from vitrine.hardware import cpu_name
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 CSV_PREFIX = "locust"
@@ -53,14 +53,7 @@ class RunResult:
 
 def hardware() -> dict[str, Any]:
     """What the figures were measured on: they mean nothing without it."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     info: dict[str, Any] = {"cpu": cpu, "cpus": os.cpu_count(), "gpu": "none"}
     if shutil.which("nvidia-smi"):
         query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
