@@ -83,6 +83,8 @@ class ModelSpec:
     max_batch_size: int
     batching: Batching | None = None
     instances: dict[Target, int] = field(default_factory=lambda: {Target.CPU: 1, Target.GPU: 1})
+    cpu_threads: int = 0
+    """onnxruntime intra-op threads per CPU instance of an encoder (0: every core)."""
     source: str | None = None  # Python-backend source under model_repository/backends/
     artifact: str | None = None  # directory of the artifacts holding this model's files
     files: tuple[str, ...] = ()  # artifact files placed next to model.py (tokenizers)
@@ -122,6 +124,11 @@ SPECS: tuple[ModelSpec, ...] = (
             preferred=(8, 16, 32, 64), max_queue_delay_us=2_000, max_queue_size=256, gpu_queue_delay_us=1_000
         ),
         artifact="clip_text_encoder",
+        # Two single-threaded instances, not one using both cores: with one two-thread instance, requests
+        # waited ~0.5 s in front of it whenever multi-request batches formed (p95 0.5 s at 5 req/s);
+        # two instances removed every such stall (docs/BENCHMARKS.md, "Triton serving").
+        instances={Target.CPU: 2, Target.GPU: 1},
+        cpu_threads=1,
     ),
     ModelSpec(
         Model.EMBED_TEXT,
@@ -292,6 +299,8 @@ def render_config(
         db.default_queue_policy.max_queue_size = spec.batching.max_queue_size
         db.default_queue_policy.allow_timeout_override = True
 
+    if target is Target.CPU and spec.role is Role.ENCODER and spec.cpu_threads:
+        config.parameters["intra_op_threads"].string_value = str(spec.cpu_threads)
     for key, value in {**spec.parameters, **(parameters or {})}.items():
         config.parameters[key].string_value = value
     return config

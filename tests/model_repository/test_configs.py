@@ -94,6 +94,20 @@ def test_preprocessing_runs_in_python_on_cpu_for_both_targets(rendered):
                 assert (repo / spec.model.value / "1" / name).is_file()
 
 
+def test_cpu_text_encoder_runs_two_single_threaded_instances(rendered):
+    target, _, configs = rendered
+    config = configs[Model.CLIP_TEXT_ENCODER.value]
+    if target is Target.CPU:
+        assert [g.count for g in config.instance_group] == [2]
+        assert config.parameters["intra_op_threads"].string_value == "1"
+    else:
+        assert [g.count for g in config.instance_group] == [1]
+        assert "intra_op_threads" not in config.parameters
+    # The other encoders keep one instance using every core (parameter absent: onnxruntime sizes it).
+    for model in (Model.CLIP_IMAGE_ENCODER, Model.CROSS_ENCODER):
+        assert "intra_op_threads" not in configs[model.value].parameters
+
+
 def test_ensemble_steps_connect_declared_tensors(rendered):
     _, _, configs = rendered
     for config in configs.values():
