@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from vitrine.health import wait_serving
+from vitrine.health import terminate, wait_serving
 
 
 class GatewayProcess:
@@ -73,14 +72,7 @@ class GatewayProcess:
     def stop(self, timeout_s: float = 30.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
+        code = terminate(self.proc, timeout_s)
         self.proc = None
         return code
 

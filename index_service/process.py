@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from vitrine.health import wait_serving
+from vitrine.health import terminate, wait_serving
 
 
 class IndexServiceProcess:
@@ -63,13 +62,7 @@ class IndexServiceProcess:
         """Graceful: SIGTERM, then wait for the drain."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout_s)
         return self._reap()
 
     def kill(self) -> int | None:

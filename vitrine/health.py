@@ -1,4 +1,4 @@
-"""Waiting on a child server's ``grpc.health.v1`` status: how launchers and tests know it can serve."""
+"""Child servers: waiting until one reports SERVING over ``grpc.health.v1``, and stopping it cleanly."""
 
 from __future__ import annotations
 
@@ -29,3 +29,15 @@ def wait_serving(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not report SERVING within {timeout_s:g} s{hint}")
             time.sleep(0.1)
+
+
+def terminate(proc: subprocess.Popen[str] | subprocess.Popen[bytes], timeout_s: float) -> int:
+    """Stop a child server: SIGTERM lets it drain; SIGKILL only if the drain outlasts ``timeout_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
