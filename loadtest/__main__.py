@@ -87,6 +87,20 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _result_cells(verdict: dict[str, Any], stages: dict[str, dict[str, float]]) -> list[str]:
+    """One run's figures as table cells, from ``Verdict.to_json()`` (what the step records keep)."""
+    s = verdict["stats"]
+    return [
+        f"{s['rps']:.1f}",
+        f"{s['p50_ms']:g}",
+        f"{s['p95_ms']:g}",
+        f"{s['p99_ms']:g}",
+        f"{100 * s['error_rate']:.2f}%",
+        "pass" if verdict["passed"] else "miss",
+        _stage_means(stages),
+    ]
+
+
 def objective(config: ObjectiveConfig) -> int:
     """The measurement docs/BENCHMARKS.md reports: max text-search rate, then re-rank at fixed rates."""
     root = Path(config.out)
@@ -127,21 +141,7 @@ def objective(config: ObjectiveConfig) -> int:
         _row(["---"] * 8),
     ]
     for record in text["steps"]:
-        v, s = record["verdict"], record["verdict"]["stats"]
-        lines.append(
-            _row(
-                [
-                    f"{record['rate']:g}",
-                    f"{s['rps']:.1f}",
-                    f"{s['p50_ms']:g}",
-                    f"{s['p95_ms']:g}",
-                    f"{s['p99_ms']:g}",
-                    f"{100 * s['error_rate']:.2f}%",
-                    "pass" if v["passed"] else "miss",
-                    _stage_means(record["stages"]),
-                ]
-            )
-        )
+        lines.append(_row([f"{record['rate']:g}", *_result_cells(record["verdict"], record["stages"])]))
     lines += [
         "",
         _row(
@@ -160,22 +160,8 @@ def objective(config: ObjectiveConfig) -> int:
         _row(["---"] * 9),
     ]
     for depth, rate, result in reranks:
-        st = result.verdict.stats
-        lines.append(
-            _row(
-                [
-                    str(depth),
-                    f"{rate:g}",
-                    f"{st.rps:.1f}",
-                    f"{st.p50_ms:g}",
-                    f"{st.p95_ms:g}",
-                    f"{st.p99_ms:g}",
-                    f"{100 * st.error_rate:.2f}%",
-                    "pass" if result.verdict.passed else "miss",
-                    _stage_means(result.stages),
-                ]
-            )
-        )
+        cells = _result_cells(result.verdict.to_json(), result.stages)
+        lines.append(_row([str(depth), f"{rate:g}", *cells]))
     inside = [(f"text search at {r['rate']:g} req/s", r["triton"]) for r in text["steps"] if r["triton"]]
     inside += [(f"re-rank {d} at {r:g} req/s", res.triton) for d, r, res in reranks if res.triton]
     if inside:
