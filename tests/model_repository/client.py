@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,11 +38,23 @@ async def rerank(
     )
 
 
-async def statistics(client: grpcclient.InferenceServerClient, model: Model) -> tuple[int, int]:
-    """(inference_count, execution_count) of one model: batches formed = fewer executions than inferences."""
-    stats = await client.get_inference_statistics(model.value, as_json=True)
-    entry = stats["model_stats"][0]
-    return int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
+async def statistics(
+    client: grpcclient.InferenceServerClient, model: Model, at_least: int = 0, timeout_s: float = 10.0
+) -> tuple[int, int]:
+    """(inference_count, execution_count) of one model: batches formed = fewer executions than inferences.
+
+    Triton records an execution's statistics after its responses are sent, so a caller that has just had
+    its answers waits (bounded) until ``inference_count`` reaches ``at_least`` before reading both counts;
+    past the bound it gets the counts as they are, for the caller's assertion to report.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        stats = await client.get_inference_statistics(model.value, as_json=True)
+        entry = stats["model_stats"][0]
+        counts = int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
+        if counts[0] >= at_least or asyncio.get_running_loop().time() > deadline:
+            return counts
+        await asyncio.sleep(0.05)
 
 
 def error_of(outcome: object) -> InferenceServerException:
