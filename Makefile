@@ -75,7 +75,7 @@ export-tiny: venv ## tiny random-weight export (seconds) into $(VAR)/artifacts-t
 
 .PHONY: bench-export
 bench-export: venv ## onnxruntime vs PyTorch eager per tower, batch 1 and 8, int8 vs fp32 (needs `make export`)
-	mkdir -p $(VAR) && flock $(BENCH_LOCK) $(PY) -m export.bench --artifacts $(EXPORT_OUT) \
+	mkdir -p $(VAR) && flock $(BENCH_LOCK) $(PY) -m benchmarks.export --artifacts $(EXPORT_OUT) \
 	  --json $(VAR)/bench-export.json $(ARGS)
 
 # ---- model_repository (Triton) ----
@@ -97,7 +97,7 @@ triton: triton-repo ## export + render + embedded Triton on :8001 gRPC, :8000 HT
 
 .PHONY: bench-triton
 bench-triton: venv $(TRITON_ARTIFACTS)/manifest.json ## Triton benchmark: 3 ensembles x concurrency 1/8/32, batching on/off, engines
-	$(PY) -m model_repository.bench --artifacts $(TRITON_ARTIFACTS) --work $(VAR)/bench-triton $(ARGS)
+	$(PY) -m benchmarks.triton --artifacts $(TRITON_ARTIFACTS) --work $(VAR)/bench-triton $(ARGS)
 
 # ---- index_service (FAISS over gRPC) ----
 
@@ -107,7 +107,7 @@ index: venv protos ## serve the index service on :50051 with data in $(VAR)/inde
 
 .PHONY: bench-index
 bench-index: venv protos ## index benchmark: Flat/IVF/HNSW latency, QPS, recall, gRPC overhead, restart
-	$(PY) -m index_service.bench $(BENCH_INDEX_ARGS)
+	$(PY) -m benchmarks.index $(BENCH_INDEX_ARGS)
 
 # ---- gateway, catalog and the main job ----
 GATEWAY_ARGS ?=
@@ -136,7 +136,7 @@ eval: venv protos ## Recall@K, MRR, NDCG@K, P@K with/without re-rank on the demo
 
 .PHONY: bench-gateway
 bench-gateway: venv protos ## gateway stack vs a single-process Python pipeline, concurrency 1/8, re-rank 10/50
-	mkdir -p $(VAR) && flock $(VAR)/bench.lock $(PY) -m gateway.bench --artifacts $(VAR)/artifacts \
+	mkdir -p $(VAR) && flock $(VAR)/bench.lock $(PY) -m benchmarks.gateway --artifacts $(VAR)/artifacts \
 	  --work $(VAR)/bench-gateway $(BENCH_GATEWAY_ARGS)
 
 # ---- loadtest and observability ----

@@ -29,11 +29,11 @@ from locust.exception import StopUser
 from loadtest import grpc_user
 from loadtest.config import LoadTarget
 from loadtest.data import FilterSpec, QueryData
-from loadtest.objective import percentile
 from loadtest.scenarios import mix_for
 from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Tensor
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from vitrine.measure import percentile
 
 log = logging.getLogger("loadtest")
 _data: QueryData | None = None

@@ -113,12 +113,3 @@ def read_stats(csv_path: str | Path) -> dict[str, RunStats]:
     if AGGREGATED not in out:
         raise ValueError(f"{csv_path} has no {AGGREGATED!r} row: not a Locust stats file")
     return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (what Locust reports), for the per-stage timings the gateway returns."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]

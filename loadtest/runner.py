@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from loadtest import triton_metrics
 from loadtest.config import LoadTarget, RunConfig
 from loadtest.objective import AGGREGATED, Objective, RunStats, Verdict, judge, read_stats
 from loadtest.scenarios import mix_for
-from vitrine.hardware import cpu_name
+from vitrine.measure import hardware
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 CSV_PREFIX = "locust"
@@ -49,18 +46,6 @@ class RunResult:
     out: Path
     users: int
     target_rate: float
-
-
-def hardware() -> dict[str, Any]:
-    """What the figures were measured on: they mean nothing without it."""
-    cpu = cpu_name()
-    info: dict[str, Any] = {"cpu": cpu, "cpus": os.cpu_count(), "gpu": "none"}
-    if shutil.which("nvidia-smi"):
-        query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
-        done = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
-        if done.returncode == 0 and done.stdout.strip():
-            info["gpu"] = done.stdout.strip()
-    return info
 
 
 def weights_of(config: RunConfig) -> str:

@@ -7,7 +7,7 @@ onnxruntime backend with the TensorRT accelerator in fp16, ``KIND_GPU``). Pre-pr
 model on both targets. Rendering goes through the protobuf message, so a config that is not a valid
 ``ModelConfig`` cannot be written.
 
-Batching choices (measured by ``python -m model_repository.bench``, see docs/BENCHMARKS.md):
+Batching choices (measured by ``python -m benchmarks.triton``, see docs/BENCHMARKS.md):
 
 * Encoders batch dynamically with preferred sizes; text is padded to ``CLIP_TEXT_BUCKETS`` by the
   tokenizer so requests of similar length share a shape (Triton only batches equal shapes).

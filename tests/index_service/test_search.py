@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from index_service.datasets import clustered, exact_knn, normalize, queries_like, recall_at
+from benchmarks.datasets import clustered, exact_knn, normalize, queries_like, recall_at
 from tests.index_service.builders import attribute_columns, ids_of, load, search_request, spec
 from vitrine.index.v1 import index_pb2 as pb
 

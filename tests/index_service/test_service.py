@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from index_service.datasets import clustered, exact_knn, queries_like
+from benchmarks.datasets import clustered, exact_knn, queries_like
 from tests.index_service.builders import ids_of, items, load, search_request, spec
 from vitrine.index.v1 import index_pb2 as pb
 from vitrine.index.v1 import index_pb2_grpc

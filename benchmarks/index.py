@@ -1,4 +1,4 @@
-"""Index benchmark: ``python -m index_service.bench`` (``make bench-index``).
+"""Index benchmark: ``python -m benchmarks.index`` (``make bench-index``).
 
 Side by side in one run, on seeded clustered 512-d vectors (low intrinsic dimension, as embeddings are):
 - in-process FAISS: Flat, IVF-Flat and HNSW at each size: build time, p50/p95 latency and QPS at batch
@@ -29,11 +29,11 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from index_service.datasets import clustered, recall_at
+from benchmarks.datasets import clustered, recall_at
+from benchmarks.report import describe_hardware, percentile
 from index_service.process import IndexServiceProcess
-from vitrine.hardware import cpu_name
-from vitrine.index.v1 import index_pb2 as pb
-from vitrine.index.v1 import index_pb2_grpc
+from vitrine.index.v2 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2_grpc
 
 DIM = 512
 K = 10
@@ -128,7 +128,7 @@ def timed(
 
 def summarize(latencies: list[float], batch: int) -> tuple[float, float, float]:
     ms = np.array(latencies) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), batch * len(ms) / (ms.sum() / 1e3)
+    return percentile(ms, 0.50), percentile(ms, 0.95), batch * len(ms) / (ms.sum() / 1e3)
 
 
 def item_batches(base: np.ndarray, batch: int = 1000) -> Iterator[pb.UpsertRequest]:
@@ -195,8 +195,8 @@ async def concurrent_singles(
         elapsed = time.perf_counter() - start
     ms = np.array(latencies) * 1e3
     return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
+        "p50_ms": percentile(ms, 0.50),
+        "p95_ms": percentile(ms, 0.95),
         "qps": len(ms) / elapsed,
     }
 
@@ -334,11 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def hardware() -> str:
-    cpu = cpu_name()
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    return (
-        f"{cpu}, {os.cpu_count()} vCPU, {'no GPU' if not gpus else f'{gpus} GPU'}, faiss {faiss.__version__}"
-    )
+    return describe_hardware(f"faiss {faiss.__version__}")
 
 
 def print_rows(rows: list[Row], header: bool = True) -> None:
@@ -392,7 +388,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m index_service.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.index", description=__doc__)
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     parser.add_argument("--sizes", type=ints, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--service-sizes", type=ints, default=[10_000, 100_000, 1_000_000])

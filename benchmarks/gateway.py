@@ -1,4 +1,4 @@
-"""``python -m gateway.bench``: the gateway stack against a single-process Python pipeline, side by side.
+"""``python -m benchmarks.gateway``: the gateway stack against a single-process Python pipeline, side by side.
 
 Both answer the same text queries over the same catalog with the same weights (the export's
 checkpoints for the naive side, the ONNX graphs exported from them for Triton):
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import describe_hardware, table
 from vitrine.catalog import Product, generate_catalog, generate_queries
 from vitrine.contracts import CLIP_CONTEXT_LENGTH, EMBED_DIM, RERANK_MAX_LENGTH
-from vitrine.hardware import cpu_name
 
 
 @dataclass
@@ -195,11 +195,11 @@ def load_index(address: str, collection: str, vectors: np.ndarray, products: Seq
 
 
 def hardware() -> str:
-    return f"{cpu_name()}, {os.cpu_count()} vCPU, no GPU used"
+    return describe_hardware()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gateway", description=__doc__)
     parser.add_argument("--artifacts", default="var/artifacts", help="export output (manifest.json)")
     parser.add_argument("--work", default="var/bench-gateway", help="scratch directory (repository, index)")
     parser.add_argument("--products", type=int, default=10_000, help="catalog size (vectors indexed)")
@@ -294,19 +294,22 @@ def render(rows: Sequence[Row], agreement: dict[int, float], weights: dict[str, 
         f"hardware: {hardware()}",
         f"weights: {', '.join(f'{k}={v}' for k, v in weights.items())}; products: {n}; text search, top 10",
         "",
-        "| re-rank | conc | gateway p50 / p95 ms | naive p50 / p95 ms | gateway rps | naive rps "
-        "| p95 naive/gateway | rps gateway/naive |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for (system, depth, conc), g in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2])):
         if system != "gateway":
             continue
         nv = by_key[("naive", depth, conc)]
-        lines.append(
-            f"| {depth} | {conc} | {g.p50_ms:.0f} / {g.p95_ms:.0f} | {nv.p50_ms:.0f} / {nv.p95_ms:.0f} "
-            f"| {g.throughput_rps:.2f} | {nv.throughput_rps:.2f} | {nv.p95_ms / g.p95_ms:.2f}x "
-            f"| {g.throughput_rps / nv.throughput_rps:.2f}x |"
-        )
+        cells.append((
+            depth, conc, f"{g.p50_ms:.0f} / {g.p95_ms:.0f}", f"{nv.p50_ms:.0f} / {nv.p95_ms:.0f}",
+            f"{g.throughput_rps:.2f}", f"{nv.throughput_rps:.2f}", f"{nv.p95_ms / g.p95_ms:.2f}x",
+            f"{g.throughput_rps / nv.throughput_rps:.2f}x",
+        ))  # fmt: skip
+    lines += table(
+        ("re-rank", "conc", "gateway p50 / p95 ms", "naive p50 / p95 ms", "gateway rps", "naive rps",
+         "p95 naive/gateway", "rps gateway/naive"),
+        cells,
+    )  # fmt: skip
     lines.append("")
     lines.append(
         "top-10 agreement gateway vs naive (same queries): "

@@ -1,4 +1,4 @@
-"""``python -m export.bench``: in-process latency of each tower, onnxruntime vs PyTorch eager, fp32 vs int8.
+"""``python -m benchmarks.export``: in-process latency per tower, onnxruntime vs PyTorch eager, fp32 vs int8.
 
 All engines run side by side in one process on the same inputs, interleaved round by round so that
 background load hits them alike. Wrap runs in ``flock`` on shared machines. Figures name the hardware
@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks.report import describe_hardware, percentile, table
 from export import validate
 from export.pipeline import Manifest, _torch_runner
 from export.specs import CLIP_IMAGE, CLIP_TEXT, TOWERS, Family, TowerSpec
 from export.towers import ClipImageTower, ClipTextTower, CrossEncoderTower, load_clip, load_cross_encoder
 from vitrine import logs
 from vitrine.contracts import CLIP_IMAGE_SIZE, Model, Tensor
-from vitrine.hardware import cpu_name
 from vitrine.tokenization import ClipTokenizer, PairTokenizer
 
 SEQ = {Model.CLIP_TEXT_ENCODER: 16, Model.CROSS_ENCODER: 64}
@@ -90,7 +90,7 @@ def _ort(sess: Any) -> Callable[[validate.Feeds], Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.export", description=__doc__)
     parser.add_argument("--artifacts", type=Path, default=Path("var/artifacts"))
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--rounds", type=int, default=30)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seq": SEQ.get(spec.model),
                     "engine": name,
                     "median_ms": round(median, 2),
-                    "p90_ms": round(float(np.percentile(ts, 90)), 2),
+                    "p90_ms": round(percentile(ts, 0.90), 2),
                     "items_per_s": round(batch * 1000 / median, 1),
                     "speedup_vs_torch": round(base / median, 2),
                     "runs": len(ts),
@@ -146,31 +146,26 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     header = (
-        f"Hardware: {cpu_name()}, {os.cpu_count()} vCPU, no GPU; {ns.threads} threads per engine; "
+        f"Hardware: {describe_hardware()}; {ns.threads} threads per engine; "
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (others' work competes). "
         f"Weights: {', '.join(sorted({f'{m}={e.weights}' for m, e in manifest.models.items()}))}; "
         f"size {manifest.size}."
     )
-    lines = [
-        header,
-        "",
-        "| model | batch | seq | engine | median ms | p90 ms | items/s | vs PyTorch | int8 servable |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        servable = "" if r["int8_servable"] is None else ("yes" if r["int8_servable"] else "no")
-        lines.append(
-            f"| {r['model']} | {r['batch']} | {r['seq'] or '-'} | {r['engine']} | {r['median_ms']} | "
-            f"{r['p90_ms']} | {r['items_per_s']} | {r['speedup_vs_torch']}x | {servable} |"
-        )
-    lines += [
-        "",
-        "| tokenizer (vitrine.tokenization) | texts | median ms | per text us |",
-        "|---|---|---|---|",
-    ]
+    servable = {None: "", True: "yes", False: "no"}
+    lines = [header, ""]
+    lines += table(
+        ("model", "batch", "seq", "engine", "median ms", "p90 ms", "items/s", "vs PyTorch", "int8 servable"),
+        ((r["model"], r["batch"], r["seq"] or "-", r["engine"], r["median_ms"], r["p90_ms"], r["items_per_s"],
+          f"{r['speedup_vs_torch']}x", servable[r["int8_servable"]]) for r in rows),
+    )  # fmt: skip
+    tokenizer_rows = []
     for label, n, run in tokenizer_cases(manifest):
         median = statistics.median(measure({"t": _ignore_feeds(run)}, {}, ns.rounds, 2.0)["t"])
-        lines.append(f"| {label} | {n} | {median:.3f} | {median * 1000 / n:.0f} |")
+        tokenizer_rows.append((label, n, f"{median:.3f}", f"{median * 1000 / n:.0f}"))
+    lines += [
+        "",
+        *table(("tokenizer (vitrine.tokenization)", "texts", "median ms", "per text us"), tokenizer_rows),
+    ]
     print("\n".join(lines))
     if ns.json:
         ns.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")

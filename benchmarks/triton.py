@@ -1,8 +1,8 @@
-"""``python -m model_repository.bench``: the served ensembles under load, batching on vs off, in one run.
+"""``python -m benchmarks.triton``: the served ensembles under load, batching on vs off, in one run.
 
 What one run measures, side by side on the same inputs:
 
-1. In-process engines per tower (onnxruntime vs PyTorch eager, fp32 and int8) through ``export.bench``,
+1. In-process engines per tower (onnxruntime vs PyTorch eager, fp32 and int8) through ``benchmarks.export``,
    before any server starts, so the two parts do not compete for the cores.
 2. The embedded Triton serving ``embed_text``, ``embed_image`` and ``rerank`` (one query + 50 passages)
    at each concurrency: throughput, p50, p95, and the mean batch the encoder executed (from Triton's
@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ import tritonclient.grpc.aio as grpcclient
 from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
+from benchmarks.report import describe_hardware, percentile, table
 from model_repository.render import RenderOptions, load_manifest, render_repository
 from model_repository.server import EmbeddedTriton, Endpoints
 from vitrine import logs
@@ -213,8 +213,8 @@ async def measure(
                             requests=per_round * rounds,
                             errors=t.errors,
                             throughput_rps=round(len(t.latencies) / t.wall_s, 2),
-                            p50_ms=round(float(np.percentile(t.latencies, 50)), 1) if ok else float("nan"),
-                            p95_ms=round(float(np.percentile(t.latencies, 95)), 1) if ok else float("nan"),
+                            p50_ms=round(percentile(t.latencies, 0.50), 1) if ok else float("nan"),
+                            p95_ms=round(percentile(t.latencies, 0.95), 1) if ok else float("nan"),
                             mean_encoder_batch=round(t.inferences / max(1, t.executions), 1),
                         )
                     )
@@ -254,8 +254,8 @@ def run_triton(
 
 
 def engines_table(artifacts: Path, rounds: int, budget_s: float) -> str:
-    """``export.bench``'s in-process table (onnxruntime vs PyTorch eager per tower), captured."""
-    from export import bench as export_bench
+    """``benchmarks.export``'s in-process table (onnxruntime vs PyTorch eager per tower), captured."""
+    from benchmarks import export as export_bench
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -275,34 +275,27 @@ def engines_table(artifacts: Path, rounds: int, budget_s: float) -> str:
 
 
 def triton_table(points: list[Point]) -> str:
-    lines = [
-        "| workload | concurrency | batching | requests | errors | req/s | p50 ms | p95 ms "
-        "| mean encoder batch |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for p in points:
-        lines.append(
-            f"| {p.workload} | {p.concurrency} | {p.batching} | {p.requests} | {p.errors} | "
-            f"{p.throughput_rps} | {p.p50_ms} | {p.p95_ms} | {p.mean_encoder_batch} |"
-        )
-    lines += [
-        "",
-        "| workload | concurrency | batching | throughput vs off | p95 vs off |",
-        "|---|---|---|---|---|",
-    ]
+    lines = table(
+        ("workload", "concurrency", "batching", "requests", "errors", "req/s", "p50 ms", "p95 ms",
+         "mean encoder batch"),
+        ((p.workload, p.concurrency, p.batching, p.requests, p.errors, p.throughput_rps, p.p50_ms, p.p95_ms,
+          p.mean_encoder_batch) for p in points),
+    )  # fmt: skip
     by_key = {(p.workload, p.concurrency, p.batching): p for p in points}
+    ratios = []
     for p in points:
         if p.batching == "off" or (p.workload, p.concurrency, "off") not in by_key:
             continue
         off = by_key[(p.workload, p.concurrency, "off")]
         tput = p.throughput_rps / off.throughput_rps if off.throughput_rps else float("nan")
         lat = p.p95_ms / off.p95_ms if off.p95_ms else float("nan")
-        lines.append(f"| {p.workload} | {p.concurrency} | {p.batching} | {tput:.2f}x | {lat:.2f}x |")
+        ratios.append((p.workload, p.concurrency, p.batching, f"{tput:.2f}x", f"{lat:.2f}x"))
+    lines += ["", *table(("workload", "concurrency", "batching", "throughput vs off", "p95 vs off"), ratios)]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model_repository.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.triton", description=__doc__)
     parser.add_argument("--artifacts", type=Path, default=Path("var/artifacts"))
     parser.add_argument(
         "--work", type=Path, default=None, help="where repositories and logs go (default: temp)"
@@ -313,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workloads", default="text,image,rerank", help="subset of text,image,rerank (comma-separated)"
     )
     parser.add_argument(
-        "--engine-rounds", type=int, default=10, help="export.bench rounds per (tower, batch)"
+        "--engine-rounds", type=int, default=10, help="benchmarks.export rounds per (tower, batch)"
     )
     parser.add_argument("--engine-budget-s", type=float, default=8.0)
     parser.add_argument("--skip-engines", action="store_true", help="only the served part")
@@ -322,12 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     logs.setup()
 
-    from export.bench import cpu_name
-
     manifest = load_manifest(ns.artifacts)
     weights = ", ".join(sorted(f"{m}={e['weights']}" for m, e in manifest["models"].items()))
     header = (
-        f"Hardware: {cpu_name()}, {os.cpu_count()} vCPU, no GPU. "
+        f"Hardware: {describe_hardware()}. "
         f"Weights: {weights}; size {manifest['size']}. "
         "Triton: embedded tritonserver 2.51 (nvidia-pytriton 0.7.0), Python backend + onnxruntime fp32, "
         "one instance per encoder."
@@ -353,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     report = [header, "", "Served through Triton (closed loop; requests per point in the table):", ""]
     report.append(triton_table(points))
     if engines:
-        report += ["", "In-process engines (export.bench, same run):", "", engines]
+        report += ["", "In-process engines (benchmarks.export, same run):", "", engines]
     report += ["", f"Total run time: {time.perf_counter() - started:.0f} s"]
     print("\n".join(report))
     if ns.json:
