@@ -92,7 +92,7 @@ triton-repo: venv $(TRITON_ARTIFACTS)/manifest.json ## render the Triton model r
 
 .PHONY: triton
 triton: triton-repo ## export + render + embedded Triton on :8001 gRPC, :8000 HTTP, :8002 metrics (Ctrl-C stops)
-	$(PY) -m model_repository serve --repo $(TRITON_REPO) --grpc-port 8001 --http-port 8000 \
+	$(VENV)/bin/vitrine triton --repo $(TRITON_REPO) --grpc-port 8001 --http-port 8000 \
 	  --metrics-port 8002 --log-file $(VAR)/tritonserver.log
 
 .PHONY: bench-triton

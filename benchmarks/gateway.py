@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import describe_hardware, table
-from vitrine.catalog import Product, generate_catalog, generate_queries
+from demo.catalog import generate_catalog, generate_queries
+from vitrine.catalog import Product
 from vitrine.contracts import CLIP_CONTEXT_LENGTH, EMBED_DIM, RERANK_MAX_LENGTH
 
 
@@ -48,10 +49,6 @@ class Row:
     p95_ms: float
     mean_ms: float
     throughput_rps: float
-
-
-def passage(p: Product) -> str:
-    return f"{p.title}. {p.description}".strip()
 
 
 class NaivePipeline:
@@ -91,7 +88,7 @@ class NaivePipeline:
             candidates = [self.products[i] for i in ids[0] if i >= 0]
             pairs = self.pair_tok(
                 [query] * len(candidates),
-                [passage(p) for p in candidates],
+                [p.passage() for p in candidates],
                 padding=True,
                 truncation="only_second",
                 max_length=RERANK_MAX_LENGTH,
@@ -215,11 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from gateway.process import GatewayProcess
-    from index_service.process import IndexServiceProcess
-    from model_repository.render import RenderOptions, render_repository
-    from model_repository.server import EmbeddedTriton, Endpoints
-    from vitrine.net import free_port
+    from gateway.config import GatewayConfig
+    from gateway.pipeline import TextMatch
+    from index_service.config import IndexServiceConfig
+    from operations.stack import Stack
 
     artifacts, work = Path(args.artifacts).resolve(), Path(args.work).resolve()
     manifest = json.loads((artifacts / "manifest.json").read_text())
@@ -231,54 +227,34 @@ def main(argv: list[str] | None = None) -> int:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
     work.mkdir(parents=True, exist_ok=True)
-    repo = render_repository(artifacts, work / "model_repository", RenderOptions())
-    endpoints = Endpoints(free_port(), free_port(), free_port())
-    triton = EmbeddedTriton(repo, endpoints, workdir=work / "triton")
-    index = IndexServiceProcess(work / f"index-{os.getpid()}")
+    collection = "bench"
+    stack = Stack(
+        work,
+        artifacts,
+        index=IndexServiceConfig(port=0, data_dir=str(work / f"index-{os.getpid()}")),
+        gateway=GatewayConfig(port=0, collection=collection, text_match=TextMatch.IMAGE, max_in_flight=256),
+    )
     rows: list[Row] = []
     agreement: dict[int, float] = {}
     print(f"hardware: {hardware()}; weights: {weights}; {len(products)} products", file=sys.stderr)
-    triton.start()
     try:
-        index.start()
-        try:
-            collection = "bench"
-            load_index(index.address, collection, vectors, products)
-            gateway = GatewayProcess(
-                (
-                    "--port",
-                    "0",
-                    "--triton-url",
-                    endpoints.grpc_url,
-                    "--index-address",
-                    index.address,
-                    "--collection",
-                    collection,
-                    "--text-match",
-                    "image",
-                    "--max-in-flight",
-                    "256",
-                ),
-                log_file=work / "gateway.log",
+        stack.start_triton()
+        index = stack.start_index()
+        load_index(index.address, collection, vectors, products)
+        gateway = stack.start_gateway()
+        naive = NaivePipeline(artifacts, vectors, products, args.threads)
+        configs = [(d, c) for d in args.depths for c in args.concurrency]
+        for depth, conc in tqdm(configs, desc="configurations", file=sys.stderr):
+            stack_row, stack_ids = asyncio.run(
+                _run_stack_async(gateway.address, queries, depth, conc, args.requests, args.top_k)
             )
-            with gateway:
-                naive = NaivePipeline(artifacts, vectors, products, args.threads)
-                configs = [(d, c) for d in args.depths for c in args.concurrency]
-                for depth, conc in tqdm(configs, desc="configurations", file=sys.stderr):
-                    stack_row, stack_ids = asyncio.run(
-                        _run_stack_async(gateway.address, queries, depth, conc, args.requests, args.top_k)
-                    )
-                    naive_row, naive_ids = run_naive(naive, queries, depth, conc, args.requests, args.top_k)
-                    rows += [stack_row, naive_row]
-                    common = [q for q in stack_ids if q in naive_ids]
-                    overlap = [
-                        len(set(stack_ids[q]) & set(naive_ids[q])) / max(len(naive_ids[q]), 1) for q in common
-                    ]
-                    agreement[depth] = statistics.fmean(overlap) if overlap else float("nan")
-        finally:
-            index.stop()
+            naive_row, naive_ids = run_naive(naive, queries, depth, conc, args.requests, args.top_k)
+            rows += [stack_row, naive_row]
+            common = [q for q in stack_ids if q in naive_ids]
+            overlap = [len(set(stack_ids[q]) & set(naive_ids[q])) / max(len(naive_ids[q]), 1) for q in common]
+            agreement[depth] = statistics.fmean(overlap) if overlap else float("nan")
     finally:
-        triton.stop()
+        stack.stop()
 
     print(render(rows, agreement, weights, len(products)))
     if args.json:

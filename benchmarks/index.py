@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -31,9 +32,11 @@ from tqdm import tqdm
 
 from benchmarks.datasets import clustered, recall_at
 from benchmarks.report import describe_hardware, percentile
-from index_service.process import IndexServiceProcess
-from vitrine.index.v2 import index_pb2 as pb
-from vitrine.index.v2 import index_pb2_grpc
+from index_service.config import ENV_PREFIX, IndexServiceConfig
+from operations.servers import IndexServer
+from vitrine import config as vconfig
+from vitrine.index.v1 import index_pb2 as pb
+from vitrine.index.v1 import index_pb2_grpc
 
 DIM = 512
 K = 10
@@ -214,8 +217,13 @@ def bench_service(
     rows: list[Row] = []
     extra: dict[str, Any] = {}
     shutil.rmtree(data_dir, ignore_errors=True)
-    server_args = ("--snapshot-every", "0", "--omp-threads", str(args.threads), *args.server_args.split())
-    proc = IndexServiceProcess(data_dir, extra_args=server_args)
+    flags = argparse.ArgumentParser(prog="--server-args")
+    vconfig.add_arguments(flags, IndexServiceConfig, ENV_PREFIX)
+    config = dataclasses.replace(
+        vconfig.from_namespace(IndexServiceConfig, flags.parse_args(args.server_args.split())),
+        port=0, data_dir=str(data_dir), snapshot_every=0, omp_threads=args.threads,
+    )  # fmt: skip
+    proc = IndexServer(config)
     proc.start()
     try:
         with grpc.insecure_channel(
@@ -257,7 +265,7 @@ def bench_service(
                 concurrent_singles(proc.address, singles, args.clients, args.seconds)
             )
             proc.stop()
-            proc.extra_args = (*server_args, "--no-coalesce")
+            proc = IndexServer(dataclasses.replace(proc.config, coalesce=False))  # same port, same data
             t0 = time.perf_counter()
             proc.start()  # restart over the same data: database + snapshot, until health says SERVING
             extra["restart_s"] = time.perf_counter() - t0

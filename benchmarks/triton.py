@@ -36,11 +36,10 @@ from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.report import describe_hardware, percentile, table
-from model_repository.render import RenderOptions, load_manifest, render_repository
-from model_repository.server import EmbeddedTriton, Endpoints
+from model_repository.render import RenderOptions, load_manifest
+from operations.stack import Stack
 from vitrine import logs
 from vitrine.contracts import Model, Tensor
-from vitrine.net import free_port
 
 RERANK_PASSAGES = 50
 
@@ -88,13 +87,13 @@ class Inputs:
     """Seeded request payloads shaped like the product's traffic."""
 
     def __init__(self, seed: int = 0, n: int = 64) -> None:
-        from vitrine.catalog import generate_catalog, generate_queries, render_product_image
+        from demo.catalog import generate_catalog, generate_queries, render_product_image
 
         products = list(generate_catalog(max(n, 200), seed=seed))
         self.queries = [q.text for q in generate_queries([p for p, _ in products], n, seed=seed)]
         while len(self.queries) < n:
             self.queries += self.queries
-        self.passages = [f"{p.title}. {p.description}" for p, _ in products]
+        self.passages = [p.passage() for p, _ in products]
         self.images = []
         for _, args in products[:16]:
             buf = io.BytesIO()
@@ -242,14 +241,9 @@ def run_triton(
     with contextlib.ExitStack() as stack:
         urls = {}
         for label, options in variants.items():
-            repo = render_repository(artifacts, work / f"repo-batching-{label}", options)
-            server = EmbeddedTriton(
-                repo,
-                Endpoints(free_port(), free_port(), free_port()),
-                log_file=work / f"tritonserver-batching-{label}.log",
-                workdir=work / f"server-{label}",
-            )
-            urls[label] = stack.enter_context(server).grpc_url
+            server = Stack(work / f"batching-{label}", artifacts, render=options)
+            stack.callback(server.stop)
+            urls[label] = server.start_triton().grpc_url
         return asyncio.run(measure(urls, inputs, workloads, concurrencies, rounds, progress))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 
@@ -16,8 +15,7 @@ from vitrine import logs
 
 async def serve(config: IndexServiceConfig) -> None:
     server, port = await create_server(config)
-    # One machine-readable line on stdout: launchers learn the bound port from it.
-    print(json.dumps({"port": port, "metrics_port": server.metrics_port}), flush=True)
+    print(f"index service listening on {config.host}:{port}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

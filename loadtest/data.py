@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from demo import catalog as demo
 from vitrine import catalog as cat
 
 MAX_IMAGES = 64
@@ -71,13 +72,13 @@ class QueryData:
         """The demo catalog's vocabulary without files on disk: same generator, same seed, same words."""
         products = []
         images: list[bytes] = []
-        for product, spec in cat.generate_catalog(size, seed):
+        for product, spec in demo.generate_catalog(size, seed):
             products.append(product)
             if len(images) < max_images:
                 buf = io.BytesIO()
-                cat.render_product_image(*spec).save(buf, format="JPEG", quality=90)
+                demo.render_product_image(*spec).save(buf, format="JPEG", quality=90)
                 images.append(buf.getvalue())
-        labelled = [q.text for q in cat.generate_queries(products, 50, seed)]
+        labelled = [q.text for q in demo.generate_queries(products, 50, seed)]
         return cls(products, images, labelled)
 
     def text(self, rng: random.Random) -> str:
@@ -114,4 +115,4 @@ class QueryData:
 
     def passages(self, rng: random.Random, n: int) -> list[str]:
         """Candidate texts for direct re-rank calls, shaped like the gateway's (title and description)."""
-        return [f"{p.title}. {p.description}" for p in rng.choices(self.products, k=n)]
+        return [p.passage() for p in rng.choices(self.products, k=n)]

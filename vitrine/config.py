@@ -2,7 +2,10 @@
 
 Each field may carry ``metadata={"help": "..."}``. ``add_arguments`` turns fields into ``--flag-name``
 options whose defaults come from ``<PREFIX>_FIELD_NAME`` environment variables (read when called, never
-at import), so flags, environment and defaults cannot drift apart.
+at import), so flags, environment and defaults cannot drift apart. A field whose type is itself a config
+dataclass (the gateway's pipeline settings) is composed, not repeated: its fields become flags of the
+outer config under their own names. ``to_argv`` renders a config back into those flags, which is how a
+launcher hands a typed config to a child process.
 """
 
 from __future__ import annotations
@@ -44,17 +47,70 @@ def _parse(tp: Any, raw: str) -> Any:
     return tp(raw)
 
 
+def _nested(cls: type, field: dataclasses.Field[Any]) -> type | None:
+    tp = _field_type(cls, field)
+    return tp if dataclasses.is_dataclass(tp) and isinstance(tp, type) else None
+
+
+def _leaves(cls: type) -> list[tuple[type, dataclasses.Field[Any]]]:
+    """(owning class, field) for every plain field, nested config dataclasses flattened in place."""
+    out: list[tuple[type, dataclasses.Field[Any]]] = []
+    for field in dataclasses.fields(cls):
+        inner = _nested(cls, field)
+        out.extend(_leaves(inner) if inner is not None else [(cls, field)])
+    return out
+
+
+def _build(cls: type[T], values: Mapping[str, Any]) -> T:
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        inner = _nested(cls, field)
+        if inner is not None:
+            kwargs[field.name] = _build(inner, values)
+        elif field.name in values:
+            kwargs[field.name] = values[field.name]
+    return cls(**kwargs)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, tuple):
+        return ",".join(_format(v) for v in value)
+    return str(value)
+
+
+def to_argv(config: Any) -> list[str]:
+    """Every field of ``config`` as the flags ``add_arguments`` declares, so a child process gets exactly
+    this config whatever its environment says."""
+    argv: list[str] = []
+
+    def walk(obj: Any) -> None:
+        for field in dataclasses.fields(obj):
+            value = getattr(obj, field.name)
+            if dataclasses.is_dataclass(value):
+                walk(value)
+                continue
+            flag = "--" + field.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag if value else "--no-" + field.name.replace("_", "-"))
+            elif value is not None:
+                argv.extend([flag, _format(value)])
+
+    walk(config)
+    return argv
+
+
 def env_name(prefix: str, field_name: str) -> str:
     return f"{prefix}_{field_name}".upper()
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:
     """Add one ``--flag`` per dataclass field; defaults read from ``PREFIX_FIELD`` in the environment."""
-    defaults = cls()
-    for field in dataclasses.fields(cls):
-        tp = _field_type(cls, field)
+    for owner, field in _leaves(cls):
+        tp = _field_type(owner, field)
         env = env_name(prefix, field.name)
-        default = getattr(defaults, field.name)
+        default = getattr(owner(), field.name)
         if env in os.environ:
             default = _parse(tp, os.environ[env])
         flag = "--" + field.name.replace("_", "-")
@@ -75,16 +131,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str) -> No
 
 
 def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in vars(ns).items() if k in names})
+    return _build(cls, vars(ns))
 
 
 def from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None) -> T:
     """Build a config from environment variables alone (fields not set keep their defaults)."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for owner, field in _leaves(cls):
         env = env_name(prefix, field.name)
         if env in environ:
-            values[field.name] = _parse(_field_type(cls, field), environ[env])
-    return cls(**values)
+            values[field.name] = _parse(_field_type(owner, field), environ[env])
+    return _build(cls, values)

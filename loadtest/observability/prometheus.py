@@ -1,4 +1,4 @@
-"""A real Prometheus server for a stack: find the binary, start it on a loopback port, query it.
+"""A real Prometheus server for a stack: find the binary and query it (``operations.servers`` starts it).
 
 The binary is Debian's ``prometheus`` package: on PATH when installed system-wide, or unpacked into the
 virtual environment by ``make prometheus-bin`` (no root needed to run it from there).
@@ -10,9 +10,7 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.observability import dashboard
-from vitrine.net import free_port
 
 ENV_BINARY = "VITRINE_PROMETHEUS"
 
@@ -43,74 +40,6 @@ def find_binary() -> Path:
         "prometheus binary not found: run `make prometheus-bin` (unpacks Debian's prometheus package into "
         f"the virtual environment), `apt-get install prometheus`, or set {ENV_BINARY}"
     )
-
-
-class PrometheusServer:
-    """``prometheus`` on a free loopback port with a given configuration; a context manager."""
-
-    def __init__(self, config_text: str, workdir: Path, ready_timeout_s: float = 60.0) -> None:
-        self.workdir = Path(workdir)
-        self.config_text = config_text
-        self.ready_timeout_s = ready_timeout_s
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> PrometheusServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "prometheus.yml"
-        config.write_text(self.config_text)
-        self.port = free_port()
-        command = [
-            str(find_binary()),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--log.level=warn",
-        ]
-        self.log = (self.workdir / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.ready_timeout_s
-        while not self._ready():
-            if self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise PrometheusError(f"prometheus not ready within {self.ready_timeout_s:.0f} s")
-            time.sleep(0.1)
-        return self
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
-                return bool(reply.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def log_tail(self, chars: int = 3000) -> str:
-        path = self.workdir / "prometheus.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if getattr(self, "log", None) is not None:
-            self.log.close()
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 def query(url: str, expr: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:

@@ -11,18 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from demo.catalog import generate_catalog, write_generated
 from gateway.evaluation import mean_scores, score_query
 from gateway.pipeline import Candidate, Fusion, fuse
-from vitrine.catalog import (
-    BadRow,
-    Product,
-    generate_catalog,
-    iter_catalog,
-    read_catalog,
-    read_queries,
-    write_catalog,
-    write_generated,
-)
+from vitrine.catalog import BadRow, Product, iter_catalog, read_catalog, read_queries, write_catalog
 
 PRODUCTS = [
     Product(

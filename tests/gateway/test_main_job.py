@@ -30,7 +30,7 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
     (var / "artifacts").symlink_to(tiny_artifacts)  # a valid export is reused, not redone
     ports = {name: free_port() for name in ("gateway", "gm", "index", "im", "th", "tg", "tm")}
     cmd = [
-        sys.executable, "-m", "vitrine.cli", "up", "--var", str(var), "--size", "tiny", "--products", "24",
+        sys.executable, "-m", "operations.cli", "up", "--var", str(var), "--size", "tiny", "--products", "24",
         "--gateway-port", str(ports["gateway"]), "--gateway-metrics-port", str(ports["gm"]),
         "--index-port", str(ports["index"]), "--index-metrics-port", str(ports["im"]),
         "--triton-http-port", str(ports["th"]), "--triton-grpc-port", str(ports["tg"]),
@@ -61,7 +61,7 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
             assert got.products[0].id == "p000023"
 
         down = subprocess.run(
-            [sys.executable, "-m", "vitrine.cli", "down", "--var", str(var)],
+            [sys.executable, "-m", "operations.cli", "down", "--var", str(var)],
             capture_output=True,
             text=True,
             timeout=120,

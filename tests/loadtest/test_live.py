@@ -22,8 +22,9 @@ from loadtest.config import LoadTarget
 from loadtest.objective import AGGREGATED, read_stats
 from loadtest.observability import GATEWAY_JOB, INDEX_JOB, TRITON_JOB, render_prometheus_config
 from loadtest.observability.dashboard import DashboardQuery
-from loadtest.observability.prometheus import PrometheusServer, QueryCheck, check_dashboard, targets_up
+from loadtest.observability.prometheus import QueryCheck, check_dashboard, targets_up
 from loadtest.scenarios import SCENARIOS
+from operations.servers import PrometheusServer
 from tests.fixtures.stack import gateway_config_for, start_gateway, stop_gateway
 from vitrine.contracts import Model
 
@@ -136,9 +137,9 @@ async def test_gateway_load_fills_every_dashboard_query(
     gateway_triton: Any, small_catalog: Path, tmp_path: Path
 ) -> None:
     """Gateway traffic of every scenario, a real Prometheus scraping all three services, every panel fed."""
-    from index_service.process import IndexServiceProcess
+    from operations.servers import index_server
 
-    index = IndexServiceProcess(tmp_path / "index", extra_args=("--threads", "2", "--metrics-port", "0"))
+    index = index_server(tmp_path / "index", threads=2, metrics_port=0)
     index.start()
     handle = None
     try:
@@ -208,9 +209,9 @@ def exports_process_metrics(address: str) -> bool:
 async def test_services_export_process_metrics(
     gateway_triton: Any, small_catalog: Path, tmp_path: Path
 ) -> None:
-    from index_service.process import IndexServiceProcess
+    from operations.servers import index_server
 
-    with IndexServiceProcess(tmp_path / "index", extra_args=("--metrics-port", "0")) as index:
+    with index_server(tmp_path / "index", metrics_port=0) as index:
         handle = await start_gateway(
             gateway_config_for(gateway_triton.grpc_url, index.address, metrics_port=0)
         )

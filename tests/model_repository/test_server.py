@@ -1,4 +1,4 @@
-"""The embedded-server launcher: backend preparation, start failures, and the foreground CLI."""
+"""The embedded-server launcher: backend preparation, start failures, and the foreground command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from model_repository.server import EmbeddedTriton, Endpoints, TritonStartError, prepare_backends, triton_home
+from model_repository.server import Endpoints, TritonStartError, prepare_backends, triton_home
+from operations.servers import TritonServer
 from vitrine.net import free_port
 
 
@@ -29,7 +30,7 @@ def test_a_broken_model_fails_start_with_the_log_tail(tmp_path):
     (model / "1").mkdir(parents=True)
     (model / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 0\n')
     (model / "1" / "model.py").write_text("raise RuntimeError('cannot initialise this model')\n")
-    server = EmbeddedTriton(
+    server = TritonServer(
         tmp_path / "repo", Endpoints(free_port(), free_port(), free_port()), workdir=tmp_path / "work"
     )
     with pytest.raises(TritonStartError, match="cannot initialise this model"):
@@ -38,7 +39,7 @@ def test_a_broken_model_fails_start_with_the_log_tail(tmp_path):
 
 
 def test_missing_repository_is_reported(tmp_path):
-    server = EmbeddedTriton(tmp_path / "absent", Endpoints(1, 2, 3), workdir=tmp_path)
+    server = TritonServer(tmp_path / "absent", Endpoints(1, 2, 3), workdir=tmp_path)
     with pytest.raises(TritonStartError, match="does not exist: render it first"):
         server.start()
 
@@ -55,7 +56,7 @@ def _ready(port: int) -> bool:
 def test_serve_cli_runs_in_the_foreground_and_stops_on_sigterm(triton, tmp_path):
     ports = [free_port(), free_port(), free_port()]
     log_file = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "model_repository", "serve", "--repo", str(triton.repo)]
+    cmd = [sys.executable, "-m", "operations.cli", "triton", "--repo", str(triton.repo)]
     cmd += ["--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2])]
     cmd += ["--log-file", str(log_file)]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:

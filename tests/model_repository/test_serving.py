@@ -17,7 +17,7 @@ import tritonclient.grpc as syncclient
 import tritonclient.grpc.aio as grpcclient
 from PIL import Image
 
-from model_repository.server import EmbeddedTriton
+from operations.servers import TritonServer
 from tests.model_repository.client import (
     bytes_input,
     embed_image,
@@ -55,7 +55,7 @@ def reference(tiny_artifacts):
 
 
 @pytest.fixture
-async def client(triton: EmbeddedTriton) -> AsyncIterator[grpcclient.InferenceServerClient]:
+async def client(triton: TritonServer) -> AsyncIterator[grpcclient.InferenceServerClient]:
     async with grpcclient.InferenceServerClient(triton.grpc_url) as c:
         yield c
 

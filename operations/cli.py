@@ -1,4 +1,4 @@
-"""``vitrine``: catalog generation, ingestion, search, evaluation, and the main job (up/down)."""
+"""``vitrine``: catalog generation, ingestion, search, evaluation, the main job (up/down), Triton alone."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _connection(args: argparse.Namespace) -> Connection:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from vitrine.catalog import write_generated
+    from demo.catalog import write_generated
 
     path = write_generated(
         args.out, args.n, seed=args.seed, n_queries=args.queries, image_size=args.image_size
@@ -86,20 +86,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from vitrine.stack import ENV_PREFIX, StackConfig, up
+    from operations.stack import StackConfig, up
 
-    del ENV_PREFIX
     return up(vconfig.from_namespace(StackConfig, args))
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from vitrine.stack import down
+    from operations.stack import down
 
     return down(args.var)
 
 
+def cmd_triton(args: argparse.Namespace) -> int:
+    """The embedded tritonserver in the foreground until SIGINT/SIGTERM, through the one launcher."""
+    import signal
+    import threading
+
+    from model_repository.server import Endpoints, TritonStartError
+    from operations.servers import TritonServer
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    repo = Path(args.repo)
+    server = TritonServer(
+        repo,
+        Endpoints(args.grpc_port, args.http_port, args.metrics_port),
+        workdir=Path(args.workdir) if args.workdir else repo.resolve().parent / "triton",
+        log_file=Path(args.log_file) if args.log_file else None,
+        verbose=args.verbose,
+    )
+    try:
+        server.start(timeout_s=args.ready_timeout)
+    except TritonStartError as exc:
+        print(f"tritonserver failed to start: {exc}", file=sys.stderr)
+        return 1
+    e = server.endpoints
+    print(f"triton ready: grpc {e.grpc_url}  http {e.http_url}  metrics {e.metrics_url}", flush=True)
+    try:
+        while not stop.wait(1.0):
+            if not server.running:
+                print(f"tritonserver exited:\n{server.log_tail()}", file=sys.stderr)
+                return 1
+    finally:
+        server.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from vitrine.stack import ENV_PREFIX, StackConfig
+    from operations.stack import ENV_PREFIX, StackConfig
 
     parser = argparse.ArgumentParser(prog="vitrine", description=__doc__)
     parser.add_argument("--log-level", default="warning")
@@ -151,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     upp = sub.add_parser("up", help="export, start Triton + index + gateway, ingest a demo catalog, serve")
     vconfig.add_arguments(upp, StackConfig, ENV_PREFIX)
     upp.set_defaults(func=cmd_up)
+
+    tr = sub.add_parser(
+        "triton", help="run the embedded tritonserver over a rendered repository (foreground)"
+    )
+    tr.add_argument(
+        "--repo", required=True, help="rendered model repository (python -m model_repository render)"
+    )
+    tr.add_argument("--grpc-port", type=int, default=8001)
+    tr.add_argument("--http-port", type=int, default=8000)
+    tr.add_argument("--metrics-port", type=int, default=8002)
+    tr.add_argument("--workdir", default="", help="backend links and default log (default: beside the repo)")
+    tr.add_argument("--log-file", default="", help="tritonserver log (default: WORKDIR/tritonserver.log)")
+    tr.add_argument("--ready-timeout", type=float, default=120.0)
+    tr.add_argument("--verbose", action="store_true", help="tritonserver verbose logging")
+    tr.set_defaults(func=cmd_triton)
 
     dn = sub.add_parser("down", help="stop a running `vitrine up`")
     dn.add_argument("--var", default="var")

@@ -10,6 +10,7 @@ is already done (a valid export, a generated catalog, an ingested collection) is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,12 +19,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from gateway.process import GatewayProcess
-    from index_service.process import IndexServiceProcess
-    from model_repository.server import EmbeddedTriton
+from gateway.config import GatewayConfig
+from index_service.config import IndexServiceConfig
+from model_repository.render import RenderOptions, render_repository
+from model_repository.server import Endpoints
+from operations.launcher import LaunchError
+from operations.servers import GatewayServer, IndexServer, TritonServer
 
 ENV_PREFIX = "VITRINE_STACK"
 
@@ -121,86 +124,113 @@ def export_models(cfg: StackConfig, artifacts: Path) -> dict[str, object]:
 
 
 class Stack:
-    """Starts and stops the three processes; ``stop`` is safe to call at any point of ``start``."""
+    """Triton, the index service and the gateway as child processes over one work directory.
 
-    def __init__(self, cfg: StackConfig) -> None:
-        self.cfg = cfg
-        self.var = Path(cfg.var).resolve()
-        self.logs = self.var / "logs"
-        self.triton: EmbeddedTriton | None = None
-        self.index: IndexServiceProcess | None = None
-        self.gateway: GatewayProcess | None = None
+    The one assembly of the stack: ``vitrine up``, the benchmarks and the test fixtures all build theirs
+    here, whole (``start``) or a piece at a time (``start_triton``, ``start_index``, ``start_gateway``).
+    Ports left at 0 are chosen free before launch; the gateway is pointed at whatever Triton and index
+    this stack started. ``stop`` is safe at any point of a start.
+    """
+
+    def __init__(
+        self,
+        work: Path,
+        artifacts: Path | None = None,
+        *,
+        endpoints: Endpoints | None = None,
+        index: IndexServiceConfig | None = None,
+        gateway: GatewayConfig | None = None,
+        render: RenderOptions | None = None,
+    ) -> None:
+        self.work = Path(work).resolve()
+        self.logs = self.work / "logs"
+        self.artifacts = artifacts
+        self.endpoints = endpoints
+        self.index_config = index or IndexServiceConfig(port=0, data_dir=str(self.work / "index"))
+        self.gateway_config = gateway or GatewayConfig(port=0)
+        self.render = render or RenderOptions()
+        self.triton: TritonServer | None = None
+        self.index: IndexServer | None = None
+        self.gateway: GatewayServer | None = None
 
     @property
     def gateway_address(self) -> str:
-        return f"127.0.0.1:{self.cfg.gateway_port}"
+        assert self.gateway is not None, "gateway not started"
+        return self.gateway.address
 
-    def start(self) -> None:
-        from gateway.process import GatewayProcess
-        from index_service.process import IndexServiceProcess
-        from model_repository.render import RenderOptions, render_repository
-        from model_repository.server import EmbeddedTriton, Endpoints
-
-        cfg = self.cfg
-        self.logs.mkdir(parents=True, exist_ok=True)
-        artifacts = self.var / "artifacts"
-        export_models(cfg, artifacts)
-        repo = render_repository(artifacts, self.var / "model_repository", RenderOptions())
-        _say(f"model repository rendered in {repo}")
-
-        endpoints = Endpoints(cfg.triton_grpc_port, cfg.triton_http_port, cfg.triton_metrics_port)
-        t0 = time.monotonic()
-        triton = EmbeddedTriton(
-            repo, endpoints, log_file=self.logs / "tritonserver.log", workdir=self.var / "triton"
+    def start_triton(self) -> TritonServer:
+        if self.artifacts is None:
+            raise LaunchError("this stack has no model artifacts to serve")
+        repo = render_repository(Path(self.artifacts), self.work / "model_repository", self.render)
+        self.triton = TritonServer(
+            repo, self.endpoints, workdir=self.work / "triton", log_file=self.logs / "tritonserver.log"
         )
-        self.triton = triton
-        triton.start()
-        _say(
-            f"Triton ready on {endpoints.grpc_url} in {time.monotonic() - t0:.1f} s (log: {triton.log_file})"
-        )
+        return self.triton.start()
 
-        index = IndexServiceProcess(
-            self.var / "index",
-            extra_args=("--port", str(cfg.index_port), "--metrics-port", str(cfg.index_metrics_port)),
-        )
-        self.index = index
-        index.start()
-        _say(f"index service ready on {index.address}")
+    def start_index(self) -> IndexServer:
+        self.index = IndexServer(self.index_config, log_file=self.logs / "index.log")
+        self.index.start()
+        return self.index
 
-        gateway = GatewayProcess(
-            (
-                "--port",
-                str(cfg.gateway_port),
-                "--triton-url",
-                endpoints.grpc_url,
-                "--index-address",
-                index.address,
-                "--metrics-port",
-                str(cfg.gateway_metrics_port),
-            ),
-            log_file=self.logs / "gateway.log",
+    def start_gateway(self, **overrides: Any) -> GatewayServer:
+        """The gateway against this stack's Triton and index (started first), with ``overrides``."""
+        assert self.triton is not None and self.index is not None, "start Triton and the index first"
+        config = dataclasses.replace(
+            self.gateway_config,
+            triton_url=self.triton.grpc_url,
+            index_address=self.index.address,
+            **overrides,
         )
-        self.gateway = gateway
-        gateway.start()
-        _say(f"gateway serving on {gateway.address} (metrics :{cfg.gateway_metrics_port}/metrics)")
+        self.gateway = GatewayServer(config, log_file=self.logs / "gateway.log")
+        self.gateway.start()
+        return self.gateway
+
+    def start(self) -> Stack:
+        self.start_triton()
+        self.start_index()
+        self.start_gateway()
+        return self
 
     def stop(self) -> None:
-        gateway, index, triton = self.gateway, self.index, self.triton
+        servers = (self.gateway, self.index, self.triton)
         self.gateway = self.index = self.triton = None
+        errors = []
+        for server in servers:
+            if server is not None:
+                try:
+                    server.close()
+                except (OSError, RuntimeError) as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Stack:
         try:
-            if gateway is not None:
-                gateway.stop()
-        finally:
-            try:
-                if index is not None:
-                    index.stop()
-            finally:
-                if triton is not None:
-                    triton.stop()
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main_stack(cfg: StackConfig) -> Stack:
+    """The main job's stack: fixed ports from ``cfg``, everything under ``cfg.var``."""
+    var = Path(cfg.var).resolve()
+    return Stack(
+        var,
+        var / "artifacts",
+        endpoints=Endpoints(cfg.triton_grpc_port, cfg.triton_http_port, cfg.triton_metrics_port),
+        index=IndexServiceConfig(
+            port=cfg.index_port, metrics_port=cfg.index_metrics_port, data_dir=str(var / "index")
+        ),
+        gateway=GatewayConfig(port=cfg.gateway_port, metrics_port=cfg.gateway_metrics_port),
+    )
 
 
 def demo_catalog(cfg: StackConfig, var: Path) -> Path:
-    from vitrine.catalog import write_generated
+    from demo.catalog import write_generated
 
     out = var / "catalog"
     stamp = out / ".generated"
@@ -266,17 +296,21 @@ def up(cfg: StackConfig) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     code = 0
     pid_path.write_text(str(os.getpid()))
-    stack = Stack(cfg)
+    stack = main_stack(cfg)
     t_start = time.monotonic()
     try:
-        stack.start()
+        assert stack.artifacts is not None
+        export_models(cfg, stack.artifacts)
+        t0 = time.monotonic()
+        triton = stack.start_triton()
+        _say(f"Triton ready on {triton.grpc_url} in {time.monotonic() - t0:.1f} s (log: {triton.log_file})")
+        index = stack.start_index()
+        _say(f"index service ready on {index.address}")
+        gateway = stack.start_gateway()
+        _say(f"gateway serving on {gateway.address} (metrics :{cfg.gateway_metrics_port}/metrics)")
         catalog = demo_catalog(cfg, var)
         n_catalog = sum(1 for line in catalog.read_text(encoding="utf-8").splitlines() if line.strip())
-        assert stack.index is not None
-        from gateway.pipeline import PipelineSettings
-
-        collection = PipelineSettings().image_collection
-        have = ingested_count(stack.index.address, collection)
+        have = ingested_count(index.address, gateway.config.collection)
         if have >= n_catalog:
             _say(f"catalog already ingested ({have} products)")
         else:
