@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
@@ -39,7 +38,8 @@ from benchmarks.report import describe_hardware, percentile, table
 from model_repository.render import RenderOptions, load_manifest
 from operations.stack import Stack
 from vitrine import logs
-from vitrine.contracts import Model, Tensor
+from vitrine import triton as triton_request
+from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Model, Tensor
 
 RERANK_PASSAGES = 50
 
@@ -101,22 +101,18 @@ class Inputs:
             self.images.append(buf.getvalue())
 
     def request(self, workload: Workload, i: int) -> list[grpcclient.InferInput]:
-        def text(name: Tensor, values: list[str], shape: list[int]) -> grpcclient.InferInput:
-            tensor = grpcclient.InferInput(name.value, shape, "BYTES")
-            tensor.set_data_from_numpy(np.asarray([v.encode() for v in values], dtype=object).reshape(shape))
-            return tensor
-
         if workload.model is Model.EMBED_TEXT:
-            return [text(Tensor.TEXT, [self.queries[i % len(self.queries)]], [1, 1])]
+            return triton_request.inputs(EMBED_TEXT_IO, {Tensor.TEXT: [self.queries[i % len(self.queries)]]})
         if workload.model is Model.EMBED_IMAGE:
-            tensor = grpcclient.InferInput(Tensor.IMAGE.value, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.asarray([[self.images[i % len(self.images)]]], dtype=object))
-            return [tensor]
+            return triton_request.inputs(EMBED_IMAGE_IO, {Tensor.IMAGE: [self.images[i % len(self.images)]]})
         start = (i * 7) % (len(self.passages) - RERANK_PASSAGES)
-        return [
-            text(Tensor.QUERY, [self.queries[i % len(self.queries)]], [1]),
-            text(Tensor.PASSAGES, self.passages[start : start + RERANK_PASSAGES], [RERANK_PASSAGES]),
-        ]
+        return triton_request.inputs(
+            RERANK_IO,
+            {
+                Tensor.QUERY: [self.queries[i % len(self.queries)]],
+                Tensor.PASSAGES: self.passages[start : start + RERANK_PASSAGES],
+            },
+        )
 
 
 async def _stats(client: grpcclient.InferenceServerClient, model: Model) -> tuple[int, int]:

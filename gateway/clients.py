@@ -16,8 +16,10 @@ import numpy as np
 
 from gateway.errors import Dependency, GatewayError, InvalidInput, from_dependency
 from gateway.pipeline import Candidate, FieldFilter, Record
+from vitrine import images
+from vitrine import triton as triton_request
 from vitrine.catalog import CATEGORY_SEPARATOR, Product
-from vitrine.contracts import EMBED_DIM, EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Model, Tensor
+from vitrine.contracts import EMBED_DIM, EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, EnsembleIO, Tensor
 from vitrine.index.v1 import index_pb2 as ipb
 from vitrine.index.v1 import index_pb2_grpc as ipb_grpc
 
@@ -43,7 +45,6 @@ class TritonModels:
 
         self.url = url
         self.client = triton_aio.InferenceServerClient(url=url, channel_args=CHANNEL_OPTIONS)
-        self._batched: dict[str, bool] = {}
 
     async def close(self) -> None:
         await self.client.close()
@@ -61,31 +62,15 @@ class TritonModels:
             return False
         return True
 
-    async def _has_batch_dim(self, model: Model, timeout: float | None) -> bool:
-        """Ensembles that batch take a leading batch axis; ``rerank`` (max_batch_size 0) does not."""
-        if model.value not in self._batched:
-            cfg = await self.client.get_model_config(model.value, as_json=True, client_timeout=timeout)
-            self._batched[model.value] = int(cfg["config"].get("max_batch_size", 0)) > 0
-        return self._batched[model.value]
-
     async def _infer(
-        self, model: Model, inputs: dict[Tensor, np.ndarray], outputs: Sequence[Tensor], timeout: float | None
+        self, io: EnsembleIO, values: dict[Tensor, Sequence[Any]], timeout: float | None
     ) -> dict[Tensor, np.ndarray]:
-        from tritonclient.grpc import InferInput, InferRequestedOutput
-
+        """One request built from the ensemble's contract (batch axis and dtypes are declared, not probed)."""
         try:
-            batched = await self._has_batch_dim(model, timeout)
-            tensors = []
-            for name, array in inputs.items():
-                arr = array[None, ...] if batched else array
-                dtype = "BYTES" if arr.dtype == np.object_ else "FP32"
-                tensor = InferInput(name.value, list(arr.shape), dtype)
-                tensor.set_data_from_numpy(arr)
-                tensors.append(tensor)
             result = await self.client.infer(
-                model.value,
-                tensors,
-                outputs=[InferRequestedOutput(o.value) for o in outputs],
+                io.model.value,
+                triton_request.inputs(io, values),
+                outputs=triton_request.outputs(io),
                 client_timeout=timeout,
             )
         except GatewayError:
@@ -93,41 +78,25 @@ class TritonModels:
         except Exception as exc:
             raise from_dependency(Dependency.TRITON, exc) from exc
         out = {}
-        for o in outputs:
-            arr = result.as_numpy(o.value)
+        for o in io.outputs:
+            arr = triton_request.output(io, result, o)
             if arr is None:
-                raise from_dependency(Dependency.TRITON, RuntimeError(f"{model.value} returned no {o.value}"))
-            out[o] = arr[0] if batched else arr
+                raise from_dependency(
+                    Dependency.TRITON, RuntimeError(f"{io.model.value} returned no {o.value}")
+                )
+            out[o] = arr
         return out
 
     async def embed_text(self, text: str, timeout: float | None) -> tuple[np.ndarray, bool]:
-        res = await self._infer(
-            Model.EMBED_TEXT,
-            {Tensor.TEXT: np.array([text.encode("utf-8")], dtype=np.object_)},
-            EMBED_TEXT_IO.outputs,
-            timeout,
-        )
+        res = await self._infer(EMBED_TEXT_IO, {Tensor.TEXT: [text]}, timeout)
         return res[Tensor.EMBEDDING].astype(np.float32).reshape(EMBED_DIM), bool(res[Tensor.TRUNCATED].any())
 
     async def embed_image(self, image: bytes, timeout: float | None) -> np.ndarray:
-        res = await self._infer(
-            Model.EMBED_IMAGE,
-            {Tensor.IMAGE: np.array([image], dtype=np.object_)},
-            EMBED_IMAGE_IO.outputs,
-            timeout,
-        )
+        res = await self._infer(EMBED_IMAGE_IO, {Tensor.IMAGE: [image]}, timeout)
         return res[Tensor.EMBEDDING].astype(np.float32).reshape(EMBED_DIM)
 
     async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray:
-        res = await self._infer(
-            Model.RERANK,
-            {
-                Tensor.QUERY: np.array([query.encode("utf-8")], dtype=np.object_),
-                Tensor.PASSAGES: np.array([p.encode("utf-8") for p in passages], dtype=np.object_),
-            },
-            (Tensor.SCORES,),
-            timeout,
-        )
+        res = await self._infer(RERANK_IO, {Tensor.QUERY: [query], Tensor.PASSAGES: list(passages)}, timeout)
         return res[Tensor.SCORES].astype(np.float32).reshape(len(passages))
 
 
@@ -289,23 +258,10 @@ class IndexRetriever:
         return int(resp.deleted)
 
 
-def check_image_header(image: bytes, max_pixels: int, min_side: int, max_bytes: int) -> None:
-    """Reject what is obviously not an image before it costs a Triton round trip (header only, cheap)."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    if len(image) > max_bytes:
-        raise InvalidInput(f"image is {len(image)} bytes; the limit is {max_bytes}")
+def check_image_header(image: bytes) -> None:
+    """Vitrine's image rules on the header (``vitrine.images``): what Triton would refuse is refused
+    here, before it costs a round trip."""
     try:
-        with Image.open(io.BytesIO(image)) as img:
-            width, height = img.size
-            fmt = img.format
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InvalidInput(f"image is not a decodable JPEG/PNG/WebP: {exc}") from None
-    if width * height > max_pixels:
-        raise InvalidInput(f"image is {width}x{height}; at most {max_pixels} pixels are accepted")
-    if min(width, height) < min_side:
-        raise InvalidInput(f"image is {width}x{height}; each side must be at least {min_side} pixels")
-    if fmt not in ("JPEG", "PNG", "WEBP", "GIF", "BMP"):
-        raise InvalidInput(f"image format {fmt} is not supported; send JPEG, PNG or WebP")
+        images.check_header(image)
+    except images.ImageRejected as exc:
+        raise InvalidInput(str(exc)) from None

@@ -25,7 +25,7 @@ from gateway.pipeline import (
     TextMatch,
 )
 from vitrine.catalog import Product
-from vitrine.contracts import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_TEXT_CHARS, MIN_IMAGE_SIDE
+from vitrine.contracts import MAX_TEXT_CHARS
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -119,7 +119,7 @@ class ProductSearchServicer(pb_grpc.ProductSearchServicer):
             self.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
 
     def _check_image(self, image: bytes) -> None:
-        check_image_header(image, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, MAX_IMAGE_BYTES)
+        check_image_header(image)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         async with self._rpc("Search", context):

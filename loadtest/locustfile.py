@@ -30,7 +30,8 @@ from loadtest import grpc_user
 from loadtest.config import LoadTarget
 from loadtest.data import FilterSpec, QueryData
 from loadtest.scenarios import mix_for
-from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Tensor
+from vitrine import triton as triton_request
+from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, EnsembleIO, Tensor
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from vitrine.measure import percentile
@@ -176,14 +177,10 @@ class TritonUser(_VitrineUser):
     def on_start(self) -> None:
         self.client = triton.InferenceServerClient(self.host or "")
         _open.append(self.client.close)
-        # Batching models take a leading batch dimension; the repository decides, so ask it.
-        self.batched = {}
         try:
             for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO):
-                config = self.client.get_model_config(
-                    io.model.value, as_json=True, client_timeout=self.timeout
-                )
-                self.batched[io.model] = int(config["config"].get("max_batch_size", 0)) > 0
+                if not self.client.is_model_ready(io.model.value, client_timeout=self.timeout):
+                    raise RuntimeError(f"model {io.model.value} is not ready")
         except Exception as exc:
             # Log a plain message and stop this user: a gRPC error kept alive in Locust's records is
             # collected at interpreter exit, where grpc under gevent hangs the process.
@@ -197,45 +194,28 @@ class TritonUser(_VitrineUser):
     def on_stop(self) -> None:
         self.client.close()
 
-    def _bytes(self, model: Any, tensor: Tensor, values: list[bytes]) -> triton.InferInput:
-        array = np.array(values, dtype=np.object_)
-        if self.batched[model]:
-            array = array[None, :]
-        tensor_input = triton.InferInput(tensor.value, list(array.shape), "BYTES")
-        tensor_input.set_data_from_numpy(array)
-        return tensor_input
-
-    def _infer(
-        self, name: str, model: Any, inputs: list[triton.InferInput], outputs: tuple[Tensor, ...]
-    ) -> None:
+    def _infer(self, name: str, io: EnsembleIO, values: dict[Tensor, list[Any]]) -> None:
         with grpc_user.timed(self.environment.events.request.fire, name) as report:
             result = self.client.infer(
-                model.value,
-                inputs,
-                outputs=[triton.InferRequestedOutput(t.value) for t in outputs],
+                io.model.value,
+                triton_request.inputs(io, values),
+                outputs=triton_request.outputs(io),
                 client_timeout=self.timeout,
             )
             report["length"] = result.get_response().ByteSize()
 
     def embed_text(self) -> None:
-        io = EMBED_TEXT_IO
-        text = self.data.text(self.rng).encode()
-        self._infer("embed_text", io.model, [self._bytes(io.model, io.inputs[0], [text])], io.outputs)
+        self._infer("embed_text", EMBED_TEXT_IO, {Tensor.TEXT: [self.data.text(self.rng)]})
 
     def embed_image(self) -> None:
-        io = EMBED_IMAGE_IO
-        image = self.data.image(self.rng)
-        self._infer("embed_image", io.model, [self._bytes(io.model, io.inputs[0], [image])], io.outputs)
+        self._infer("embed_image", EMBED_IMAGE_IO, {Tensor.IMAGE: [self.data.image(self.rng)]})
 
     def _rerank(self, name: str, depth: int) -> None:
-        io = RERANK_IO
-        query = self.data.text(self.rng).encode()
-        passages = [p.encode() for p in self.data.passages(self.rng, depth)]
-        inputs = [
-            self._bytes(io.model, Tensor.QUERY, [query]),
-            self._bytes(io.model, Tensor.PASSAGES, passages),
-        ]
-        self._infer(name, io.model, inputs, io.outputs)
+        values: dict[Tensor, list[Any]] = {
+            Tensor.QUERY: [self.data.text(self.rng)],
+            Tensor.PASSAGES: self.data.passages(self.rng, depth),
+        }
+        self._infer(name, RERANK_IO, values)
 
     def rerank10(self) -> None:
         self._rerank("rerank10", 10)

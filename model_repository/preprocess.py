@@ -10,24 +10,13 @@ uint8, center crop, rescale, normalise) so served embeddings match the PyTorch r
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from vitrine.contracts import (
-    CLIP_IMAGE_MEAN,
-    CLIP_IMAGE_SIZE,
-    CLIP_IMAGE_STD,
-    MAX_IMAGE_BYTES,
-    MAX_IMAGE_PIXELS,
-    MAX_TEXT_CHARS,
-    MIN_IMAGE_SIDE,
-)
-
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+from vitrine import images
+from vitrine.contracts import CLIP_IMAGE_MEAN, CLIP_IMAGE_SIZE, CLIP_IMAGE_STD, MAX_TEXT_CHARS
 
 _MEAN = np.asarray(CLIP_IMAGE_MEAN, dtype=np.float32)
 _INV_STD = (1.0 / np.asarray(CLIP_IMAGE_STD, dtype=np.float32)).astype(np.float32)
@@ -39,48 +28,12 @@ class InputError(ValueError):
 
 
 def open_image(data: bytes) -> Image.Image:
-    """Open and validate an encoded image, refusing oversized ones before any pixel is decoded.
-
-    ``Image.open`` reads only the header, so the pixel budget is enforced on the declared size: a
-    decompression bomb costs a header parse, not gigabytes of memory.
-    """
-    if not data:
-        raise InputError("image is empty (0 bytes)")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InputError(f"image is {len(data)} bytes; at most {MAX_IMAGE_BYTES} bytes are accepted")
+    """Open and validate an encoded image by Vitrine's image rules (``vitrine.images``, which the gateway
+    applies to the header too), pixels decoded."""
     try:
-        with warnings.catch_warnings():
-            # PIL warns (and errors past 2x) on its own bomb limit; ours below is stricter and explicit.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise InputError("image bytes are not a JPEG, PNG or WebP image") from None
-    except Image.DecompressionBombError:
-        # PIL's own guard fires in open() beyond twice its limit, before the size is exposed to us.
-        raise InputError(
-            f"image declares far too many pixels; at most {MAX_IMAGE_PIXELS} pixels are accepted"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"image bytes are not a readable image ({exc})") from None
-    if image.format not in ALLOWED_FORMATS:
-        raise InputError(f"image format {image.format} is not accepted; send JPEG, PNG or WebP")
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise InputError(
-            f"image is {width}x{height} = {width * height} pixels; "
-            f"at most {MAX_IMAGE_PIXELS} pixels are accepted"
-        )
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise InputError(
-            f"image is {width}x{height} pixels; its shorter side must be at least {MIN_IMAGE_SIDE}"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"image data is corrupt or truncated ({exc})") from None
-    return image
+        return images.open_image(data)
+    except images.ImageRejected as exc:
+        raise InputError(str(exc)) from None
 
 
 def resize_and_crop(image: Image.Image, size: int = CLIP_IMAGE_SIZE) -> np.ndarray:

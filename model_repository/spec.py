@@ -34,7 +34,19 @@ from enum import Enum
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from vitrine.contracts import CLIP_IMAGE_SIZE, EMBED_DIM, MAX_PASSAGES, Model, Target, Tensor
+from vitrine.contracts import (
+    CLIP_IMAGE_SIZE,
+    EMBED_DIM,
+    EMBED_IMAGE_IO,
+    EMBED_TEXT_IO,
+    MAX_PASSAGES,
+    RERANK_IO,
+    EnsembleIO,
+    Model,
+    Target,
+    Tensor,
+    TensorSpec,
+)
 
 VERSION = "1"
 """Every model is served as version 1; artifacts carry their own provenance in the manifest."""
@@ -96,6 +108,22 @@ def _same(*names: Tensor) -> dict[str, str]:
     return {n.value: n.value for n in names}
 
 
+def _io(t: TensorSpec, reshape: tuple[int, ...] | None = None) -> Io:
+    return Io(t.name, "TYPE_STRING" if t.dtype == "BYTES" else f"TYPE_{t.dtype}", t.dims, reshape)
+
+
+def _public(io: EnsembleIO, reshape: dict[Tensor, tuple[int, ...]] | None = None) -> dict[str, object]:
+    """An ensemble's inputs, outputs and batch size, taken from its contract (declared once there)."""
+    reshape = reshape or {}
+    return {
+        "model": io.model,
+        "role": Role.ENSEMBLE,
+        "inputs": tuple(_io(t) for t in io.input_specs),
+        "outputs": tuple(_io(t, reshape.get(t.name)) for t in io.output_specs),
+        "max_batch_size": io.max_batch_size,
+    }
+
+
 T = Tensor
 SPECS: tuple[ModelSpec, ...] = (
     # ---- embed_text: TEXT -> tokens padded to a bucket -> CLIP text tower ----
@@ -131,11 +159,7 @@ SPECS: tuple[ModelSpec, ...] = (
         cpu_threads=1,
     ),
     ModelSpec(
-        Model.EMBED_TEXT,
-        Role.ENSEMBLE,
-        inputs=(Io(T.TEXT, "TYPE_STRING", (1,)),),
-        outputs=(Io(T.EMBEDDING, "TYPE_FP32", (EMBED_DIM,)), Io(T.TRUNCATED, "TYPE_BOOL", (1,))),
-        max_batch_size=64,
+        **_public(EMBED_TEXT_IO),  # type: ignore[arg-type]
         steps=(
             Step(
                 Model.CLIP_TEXT_TOKENIZE,
@@ -167,11 +191,7 @@ SPECS: tuple[ModelSpec, ...] = (
         artifact="clip_image_encoder",
     ),
     ModelSpec(
-        Model.EMBED_IMAGE,
-        Role.ENSEMBLE,
-        inputs=(Io(T.IMAGE, "TYPE_STRING", (1,)),),
-        outputs=(Io(T.EMBEDDING, "TYPE_FP32", (EMBED_DIM,)),),
-        max_batch_size=32,
+        **_public(EMBED_IMAGE_IO),  # type: ignore[arg-type]
         steps=(
             Step(Model.CLIP_IMAGE_PREPROCESS, _same(T.IMAGE), _same(T.PIXEL_VALUES)),
             Step(Model.CLIP_IMAGE_ENCODER, _same(T.PIXEL_VALUES), _same(T.EMBEDDING)),
@@ -210,12 +230,8 @@ SPECS: tuple[ModelSpec, ...] = (
         artifact="cross_encoder",
     ),
     ModelSpec(
-        Model.RERANK,
-        Role.ENSEMBLE,
-        inputs=(Io(T.QUERY, "TYPE_STRING", (1,)), Io(T.PASSAGES, "TYPE_STRING", (-1,))),
         # The head emits [n, 1]; the ensemble's reshape hands clients SCORES [n] (verified on 2.51).
-        outputs=(Io(T.SCORES, "TYPE_FP32", (-1,), reshape=(-1, 1)), Io(T.TRUNCATED, "TYPE_BOOL", (-1,))),
-        max_batch_size=0,
+        **_public(RERANK_IO, reshape={T.SCORES: (-1, 1)}),  # type: ignore[arg-type]
         steps=(
             Step(
                 Model.RERANK_TOKENIZE,

@@ -110,14 +110,58 @@ class Size(str, Enum):
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One tensor as a client sees it: Triton wire dtype and per-request dims (no batch axis)."""
+
+    name: Tensor
+    dtype: str  # "BYTES", "FP32", "BOOL", "INT64"
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class EnsembleIO:
-    """The public face of one ensemble: what a plain tritonclient sends and receives."""
+    """The public face of one ensemble: what a plain tritonclient sends and receives, and whether requests
+    carry a leading batch axis. The model repository renders the ensemble's config from this, and every
+    client builds its requests from it (``vitrine.triton``), so nothing is probed at run time."""
 
     model: Model
-    inputs: tuple[Tensor, ...]
-    outputs: tuple[Tensor, ...]
+    input_specs: tuple[TensorSpec, ...]
+    output_specs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    """0: one request is the whole input (``rerank``: a query and its passages); > 0: Triton batches."""
+
+    @property
+    def inputs(self) -> tuple[Tensor, ...]:
+        return tuple(t.name for t in self.input_specs)
+
+    @property
+    def outputs(self) -> tuple[Tensor, ...]:
+        return tuple(t.name for t in self.output_specs)
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    def spec(self, tensor: Tensor) -> TensorSpec:
+        return next(t for t in (*self.input_specs, *self.output_specs) if t.name == tensor)
 
 
-EMBED_TEXT_IO = EnsembleIO(Model.EMBED_TEXT, (Tensor.TEXT,), (Tensor.EMBEDDING, Tensor.TRUNCATED))
-EMBED_IMAGE_IO = EnsembleIO(Model.EMBED_IMAGE, (Tensor.IMAGE,), (Tensor.EMBEDDING,))
-RERANK_IO = EnsembleIO(Model.RERANK, (Tensor.QUERY, Tensor.PASSAGES), (Tensor.SCORES, Tensor.TRUNCATED))
+EMBED_TEXT_IO = EnsembleIO(
+    Model.EMBED_TEXT,
+    (TensorSpec(Tensor.TEXT, "BYTES", (1,)),),
+    (TensorSpec(Tensor.EMBEDDING, "FP32", (EMBED_DIM,)), TensorSpec(Tensor.TRUNCATED, "BOOL", (1,))),
+    max_batch_size=64,
+)
+EMBED_IMAGE_IO = EnsembleIO(
+    Model.EMBED_IMAGE,
+    (TensorSpec(Tensor.IMAGE, "BYTES", (1,)),),
+    (TensorSpec(Tensor.EMBEDDING, "FP32", (EMBED_DIM,)),),
+    max_batch_size=32,
+)
+RERANK_IO = EnsembleIO(
+    Model.RERANK,
+    (TensorSpec(Tensor.QUERY, "BYTES", (1,)), TensorSpec(Tensor.PASSAGES, "BYTES", (-1,))),
+    (TensorSpec(Tensor.SCORES, "FP32", (-1,)), TensorSpec(Tensor.TRUNCATED, "BOOL", (-1,))),
+    max_batch_size=0,
+)
+ENSEMBLES = (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO)

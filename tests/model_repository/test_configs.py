@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from model_repository.render import Precision, RenderError, RenderOptions, render_repository
 from model_repository.spec import SPEC_BY_MODEL, SPECS, Role
-from vitrine.contracts import Model, Target
+from vitrine.contracts import ENSEMBLES, Model, Target
 
 ONNX_TO_TRITON: dict[int, int] = {
     onnx.TensorProto.FLOAT: mc.TYPE_FP32,
@@ -171,3 +171,18 @@ def test_int8_is_served_only_where_the_manifest_allows(tiny_artifacts, tmp_path)
 def test_missing_artifacts_are_reported(tmp_path):
     with pytest.raises(RenderError, match=r"manifest\.json not found: run the export first"):
         render_repository(tmp_path / "nowhere", tmp_path / "repo")
+
+
+def test_rendered_ensembles_are_what_clients_are_told(rendered):
+    """Clients build requests from the contracts, never from a config fetched at run time: the rendered
+    ensembles must say the same (batch size, tensor names, wire dtypes, dims)."""
+    _, _, configs = rendered
+    wire = {mc.TYPE_STRING: "BYTES", mc.TYPE_FP32: "FP32", mc.TYPE_BOOL: "BOOL", mc.TYPE_INT64: "INT64"}
+    for io in ENSEMBLES:
+        config = configs[io.model.value]
+        assert config.max_batch_size == io.max_batch_size, io.model
+        assert (config.max_batch_size > 0) == io.batched
+        for declared, rendered_io in ((io.input_specs, config.input), (io.output_specs, config.output)):
+            assert [(t.name.value, t.dtype, list(t.dims)) for t in declared] == [
+                (t.name, wire[t.data_type], list(t.dims)) for t in rendered_io
+            ], io.model
