@@ -104,6 +104,10 @@ def triton_command(
         str(triton_home() / "bin" / "tritonserver"),
         f"--model-repository={Path(repo).resolve()}",
         f"--backend-directory={prepare_backends(backends)}",
+        # Loopback unless asked: Triton has no authentication, and its models are internal to the stack.
+        f"--grpc-address={endpoints.host}",
+        f"--http-address={endpoints.host}",
+        f"--metrics-address={endpoints.host}",
         f"--grpc-port={endpoints.grpc_port}",
         f"--http-port={endpoints.http_port}",
         f"--metrics-port={endpoints.metrics_port}",

@@ -111,7 +111,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
     repo = Path(args.repo)
     server = TritonServer(
         repo,
-        Endpoints(args.grpc_port, args.http_port, args.metrics_port),
+        Endpoints(args.grpc_port, args.http_port, args.metrics_port, host=args.host),
         workdir=Path(args.workdir) if args.workdir else repo.resolve().parent / "triton",
         log_file=Path(args.log_file) if args.log_file else None,
         verbose=args.verbose,
@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--repo", required=True, help="rendered model repository (python -m model_repository render)"
+    )
+    tr.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (Triton has no authentication: open it with care)",
     )
     tr.add_argument("--grpc-port", type=int, default=8001)
     tr.add_argument("--http-port", type=int, default=8000)

@@ -81,3 +81,30 @@ def test_a_python_without_a_stub_is_named_in_the_error(tmp_path, monkeypatch):
     monkeypatch.setattr(server, "_python_tag", lambda: "3.99")
     with pytest.raises(TritonStartError, match=r"no Triton Python-backend stub for Python 3\.99.*3\.11"):
         prepare_backends(tmp_path)
+
+
+def _non_loopback_address() -> str | None:
+    """An address of this machine other than loopback (the one a route to the outside would use)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent for a UDP connect
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_triton_listens_on_loopback_only_by_default(triton):
+    import socket
+
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to try")
+    for port in (triton.endpoints.grpc_port, triton.endpoints.http_port, triton.endpoints.metrics_port):
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            assert sock.connect_ex((address, port)) != 0, f"Triton answers on {address}:{port}"
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
