@@ -4,6 +4,7 @@ Dependencies fail in their own dialects (``grpc.aio.AioRpcError`` from the index
 ``InferenceServerException`` with a status string from Triton). ``from_dependency`` turns both into
 typed errors once, at the client boundary, naming the dependency; ``status_of`` turns a typed error into
 the gRPC status the caller sees, once, in the servicer. Nothing in between inspects status codes.
+The HTTP/JSON API reports the same status through ``HTTP_STATUS``: same code name, same message.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class DeadlineExceeded(GatewayError):
 
 class Unauthenticated(GatewayError):
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+API_KEY_MESSAGE = "missing or wrong API key (authorization: Bearer)"
 
 
 class DependencyError(GatewayError):
@@ -120,10 +124,42 @@ def from_dependency(dependency: Dependency, exc: BaseException) -> GatewayError:
     return DependencyError(dependency, mapped, detail)
 
 
+MAX_MESSAGE_CHARS = 1024
+"""Messages echo caller input (a filter field, a decoder's complaint); a caller never gets more back."""
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The one place typed errors become a gRPC status and message."""
+    """The one place typed errors become a gRPC status and message (bounded)."""
     if isinstance(exc, GatewayError):
-        return exc.code, str(exc)
+        return exc.code, bounded(str(exc))
     if isinstance(exc, TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+# The HTTP status of each gRPC code, after google.rpc.Code's documented HTTP mapping (as gRPC-Gateway
+# and Google's JSON APIs use it), except FAILED_PRECONDITION: 412 rather than 400, because the request
+# was well formed and it is the server's state that must change first.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 412,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
