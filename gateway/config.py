@@ -48,6 +48,13 @@ class GatewayConfig:
         default=1.0, metadata={"help": "seconds between dependency readiness probes"}
     )
     metrics_port: int = field(default=-1, metadata={"help": "Prometheus port; 0 = a free one, -1 = off"})
+    http_port: int = field(
+        default=-1, metadata={"help": "HTTP/JSON API and demo page port; 0 = a free one, -1 = off"}
+    )
+    image_roots: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "directories product images are served from over HTTP (comma-separated)"},
+    )
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error"})
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -27,6 +27,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.servicer import ProductSearchServicer
 from vitrine.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+if TYPE_CHECKING:
+    from gateway.http import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,8 @@ class Gateway:
         self._probe_now = asyncio.Event()
         self._metrics_http: Any = None
         self.metrics_port: int | None = None
+        self.http: HttpServer | None = None
+        self.http_port: int | None = None
 
     def _on_unavailable(self, exc: DependencyError) -> None:
         if self.up.get(exc.dependency, False):
@@ -176,6 +181,16 @@ class Gateway:
                 self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
             )
             self.metrics_port = int(self._metrics_http.server_port)
+        if self.config.http_port >= 0:
+            from gateway.http import HttpServer  # FastAPI loads only when HTTP is on
+
+            self.http = HttpServer(
+                self.config,
+                self.pipeline,
+                self.servicer.gate,
+                lambda: {dep.value: ok for dep, ok in self.up.items()},
+            )
+            self.http_port = await self.http.start()
         await self.probe_once()
         self._probe_task = asyncio.create_task(self._probe_loop())
 
@@ -187,6 +202,9 @@ class Gateway:
                 await self._probe_task
             self._probe_task = None
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            await self.http.stop(self.config.grace_s if grace is None else grace)
+            self.http = None
         await self.server.stop(self.config.grace_s if grace is None else grace)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
