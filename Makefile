@@ -41,8 +41,20 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 protos: $(PROTO_STAMP) ## generate gRPC stubs from proto/ (build time; never committed)
 
 .PHONY: test
-test: venv protos prometheus-bin ## run the whole test suite (installs from scratch on a fresh machine)
+test: venv protos prometheus-bin browser ## run the whole test suite (installs from scratch on a fresh machine)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The page test drives Debian's Chromium through its chromedriver (browser downloads do not work here).
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: browser
+browser: ## install Debian's chromium and chromium-driver for the page test (needs root or sudo)
+	@test -x $(CHROMIUM) -a -x /usr/bin/chromedriver || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "warning: could not install chromium; tests/gateway/test_page.py will be skipped"; }
 
 .PHONY: lint
 lint: venv protos ## ruff (format check + lint) and mypy
