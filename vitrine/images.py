@@ -34,7 +34,9 @@ def _open(data: bytes) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageRejected("image bytes are not a JPEG, PNG or WebP image") from None
+        raise ImageRejected(
+            "image bytes are not a JPEG, PNG or WebP image (not a decodable image header)"
+        ) from None
     except Image.DecompressionBombError:
         # PIL's own guard fires in open() beyond twice its limit, before the size is exposed to us.
         raise ImageRejected(
