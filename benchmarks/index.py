@@ -35,11 +35,13 @@ from benchmarks.report import describe_hardware, percentile
 from index_service.config import ENV_PREFIX, IndexServiceConfig
 from operations.servers import IndexServer
 from vitrine import config as vconfig
-from vitrine.index.v1 import index_pb2 as pb
-from vitrine.index.v1 import index_pb2_grpc
+from vitrine.index.v2 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2_grpc
 
 DIM = 512
 K = 10
+SPACE = "vector"
+"""The one vector space of the benchmark collection: one index kind measured per collection."""
 
 
 @dataclass
@@ -143,7 +145,7 @@ def item_batches(base: np.ndarray, batch: int = 1000) -> Iterator[pb.UpsertReque
             items=[
                 pb.Item(
                     id=f"p{start + i}",
-                    vector=row.tolist(),
+                    vectors={SPACE: pb.Vector(values=row.tolist())},
                     numbers={"price": float((start + i) % 1000)},
                     keywords={"category": categories[(start + i) % 4]},
                     payload=pb.Payload(title=f"product {start + i}"),
@@ -157,6 +159,7 @@ def search_requests(queries: np.ndarray, batch: int, kind: Kind) -> list[pb.Sear
     return [
         pb.SearchRequest(
             collection="bench",
+            vector=SPACE,
             queries=[pb.Query(vector=q.tolist()) for q in queries[i : i + batch]],
             k=K,
             params=kind.params,
@@ -168,9 +171,7 @@ def search_requests(queries: np.ndarray, batch: int, kind: Kind) -> list[pb.Sear
 def service_spec(kind: Kind) -> pb.CollectionSpec:
     return pb.CollectionSpec(
         name="bench",
-        dim=DIM,
-        metric=pb.METRIC_L2,
-        index=kind.index,
+        vectors=[pb.VectorSpec(name=SPACE, dim=DIM, metric=pb.METRIC_L2, index=kind.index)],
         schema=pb.AttributeSchema(number_fields=["price"], keyword_fields=["category"]),
     )
 

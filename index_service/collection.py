@@ -1,10 +1,15 @@
-"""One collection: a FAISS index over slot-numbered vectors, attribute columns and stored item bodies.
+"""One collection: named vector spaces over slot-numbered items, attribute columns and stored item bodies.
 
-Every write gives an item a fresh *slot* (an int64 FAISS id that is never reused); replacing or deleting
-an item only marks its old slot dead. That keeps the durable log simple (a slot above a snapshot's
-watermark was written after it) and suits HNSW, which cannot remove vectors at all. Dead slots are kept
-out of results by an ID selector and removed from Flat/IVF indexes, or HNSW rebuilt, when a snapshot
-finds enough of them.
+An item is one product with one vector in every space the collection declares. Each ``Space`` holds its
+own vectors and its own FAISS index (Flat, IVF or HNSW, with its own training, tombstones, snapshot
+watermark and GPU copy); the slots, liveness, ids, attributes and bodies are the collection's and are
+shared by every space, so a filter selects the same items whichever space is searched.
+
+Every write gives an item a fresh *slot* (an int64 FAISS id that is never reused, the same in every
+space); replacing or deleting an item only marks its old slot dead. That keeps the durable log simple
+(a slot above a snapshot's watermark was written after it) and suits HNSW, which cannot remove vectors
+at all. Dead slots are kept out of results by an ID selector and removed from Flat/IVF indexes, or HNSW
+rebuilt, when a snapshot finds enough of them (each space counts its own).
 
 This module does no locking and no I/O; ``engine.py`` serialises writers and persists before applying.
 """
@@ -18,11 +23,12 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from index_service.config import MAX_DIM, MAX_NAME_CHARS
+from index_service.config import MAX_DIM, MAX_NAME_CHARS, MAX_SPACE_NAME_CHARS, MAX_SPACES
 from index_service.errors import InvalidArgument
 from index_service.gpu import GpuMirror
-from vitrine.index.v1 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2 as pb
 
+NAME_HELP = "letters, digits, '-', '_' or '.'"
 BRUTE_FORCE_MAX = 20_000
 """Default: filtered searches matching at most this many items scan those items exactly (cheaper, exact)."""
 
@@ -65,36 +71,61 @@ class Hit:
     score: float
 
 
+def _valid_name(name: str, limit: int) -> bool:
+    return bool(name) and len(name) <= limit and all(c.isalnum() or c in "-_." for c in name)
+
+
 def normalize_spec(spec: pb.CollectionSpec) -> pb.CollectionSpec:
     """Validate a new collection's spec and fill its defaults, so what is stored is explicit."""
     out = pb.CollectionSpec()
     out.CopyFrom(spec)
-    name = spec.name
-    if not name or len(name) > MAX_NAME_CHARS or not all(c.isalnum() or c in "-_." for c in name):
-        raise InvalidArgument(
-            f"collection name must be 1-{MAX_NAME_CHARS} characters of letters, digits, '-', '_' or '.'"
-        )
-    if not 1 <= spec.dim <= MAX_DIM:
-        raise InvalidArgument(f"dim must be between 1 and {MAX_DIM}, got {spec.dim}")
-    if spec.metric == pb.METRIC_UNSPECIFIED:
-        raise InvalidArgument("metric must be METRIC_INNER_PRODUCT or METRIC_L2")
-    if spec.metric not in (pb.METRIC_INNER_PRODUCT, pb.METRIC_L2):
-        raise InvalidArgument(f"unknown metric {spec.metric}")
-    kind = spec.index.kind or pb.INDEX_KIND_FLAT
+    if not _valid_name(spec.name, MAX_NAME_CHARS):
+        raise InvalidArgument(f"collection name must be 1-{MAX_NAME_CHARS} characters of {NAME_HELP}")
+    if not spec.vectors:
+        raise InvalidArgument("a collection needs at least one vector space (CollectionSpec.vectors)")
+    if len(spec.vectors) > MAX_SPACES:
+        raise InvalidArgument(f"a collection has at most {MAX_SPACES} vector spaces, got {len(spec.vectors)}")
+    names = [v.name for v in spec.vectors]
+    for name in names:
+        if not _valid_name(name, MAX_SPACE_NAME_CHARS):
+            raise InvalidArgument(
+                f"vector space name {name!r} must be 1-{MAX_SPACE_NAME_CHARS} characters of {NAME_HELP}"
+            )
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InvalidArgument(f"vector space {dup!r} is declared twice")
+    for vec in out.vectors:
+        _normalize_vector_spec(vec)
+    numbers, keywords = list(spec.schema.number_fields), list(spec.schema.keyword_fields)
+    every = numbers + keywords
+    if len(set(every)) != len(every) or any(not f for f in every):
+        raise InvalidArgument("schema fields must be non-empty and unique across number and keyword fields")
+    return out
+
+
+def _normalize_vector_spec(vec: pb.VectorSpec) -> None:
+    where = f"vector space {vec.name!r}"
+    if not 1 <= vec.dim <= MAX_DIM:
+        raise InvalidArgument(f"{where}: dim must be between 1 and {MAX_DIM}, got {vec.dim}")
+    if vec.metric == pb.METRIC_UNSPECIFIED:
+        raise InvalidArgument(f"{where}: metric must be METRIC_INNER_PRODUCT or METRIC_L2")
+    if vec.metric not in (pb.METRIC_INNER_PRODUCT, pb.METRIC_L2):
+        raise InvalidArgument(f"{where}: unknown metric {vec.metric}")
+    kind = vec.index.kind or pb.INDEX_KIND_FLAT
     if kind not in (pb.INDEX_KIND_FLAT, pb.INDEX_KIND_IVF_FLAT, pb.INDEX_KIND_IVF_PQ, pb.INDEX_KIND_HNSW):
-        raise InvalidArgument(f"unknown index kind {kind}")
-    idx = out.index
+        raise InvalidArgument(f"{where}: unknown index kind {kind}")
+    idx = vec.index
     idx.kind = kind
     if kind == pb.INDEX_KIND_IVF_PQ:
-        idx.pq_m = idx.pq_m or max(1, spec.dim // 8)
+        idx.pq_m = idx.pq_m or max(1, vec.dim // 8)
         idx.pq_nbits = idx.pq_nbits or DEFAULT_PQ_NBITS
-        if spec.dim % idx.pq_m:
-            raise InvalidArgument(f"pq_m={idx.pq_m} must divide dim={spec.dim}")
+        if vec.dim % idx.pq_m:
+            raise InvalidArgument(f"{where}: pq_m={idx.pq_m} must divide dim={vec.dim}")
         if not 1 <= idx.pq_nbits <= 16:
-            raise InvalidArgument(f"pq_nbits must be between 1 and 16, got {idx.pq_nbits}")
+            raise InvalidArgument(f"{where}: pq_nbits must be between 1 and 16, got {idx.pq_nbits}")
     if kind in (pb.INDEX_KIND_IVF_FLAT, pb.INDEX_KIND_IVF_PQ):
         if idx.nlist > 1 << 20:
-            raise InvalidArgument(f"nlist must be at most {1 << 20}, got {idx.nlist}")
+            raise InvalidArgument(f"{where}: nlist must be at most {1 << 20}, got {idx.nlist}")
         floor = 39 * idx.nlist if idx.nlist else 1000
         if kind == pb.INDEX_KIND_IVF_PQ:
             floor = max(floor, 39 * (1 << idx.pq_nbits))
@@ -103,30 +134,17 @@ def normalize_spec(spec: pb.CollectionSpec) -> pb.CollectionSpec:
         idx.hnsw_m = idx.hnsw_m or DEFAULT_HNSW_M
         idx.ef_construction = idx.ef_construction or DEFAULT_EF_CONSTRUCTION
         if idx.hnsw_m > 256:
-            raise InvalidArgument(f"hnsw_m must be at most 256, got {idx.hnsw_m}")
-    numbers, keywords = list(spec.schema.number_fields), list(spec.schema.keyword_fields)
-    every = numbers + keywords
-    if len(set(every)) != len(every) or any(not f for f in every):
-        raise InvalidArgument("schema fields must be non-empty and unique across number and keyword fields")
-    return out
+            raise InvalidArgument(f"{where}: hnsw_m must be at most 256, got {idx.hnsw_m}")
 
 
 class Collection:
     def __init__(self, spec: pb.CollectionSpec, brute_force_max: int = BRUTE_FORCE_MAX) -> None:
         self.spec = spec
         self.brute_force_max = brute_force_max
-        self.gpu: GpuMirror | None = None
-        self.version = 0  # bumped by every change to the index, so a GPU copy knows it is stale
         self.name = spec.name
-        self.dim = spec.dim
-        self.kind = spec.index.kind
-        self.metric = (
-            faiss.METRIC_INNER_PRODUCT if spec.metric == pb.METRIC_INNER_PRODUCT else faiss.METRIC_L2
-        )
         self.number_fields = frozenset(spec.schema.number_fields)
         self.keyword_fields = frozenset(spec.schema.keyword_fields)
         self.next_slot = 0
-        self.vectors = _Grow(np.float32, 0.0, self.dim)
         self.alive = _Grow(np.bool_, False)
         self.slot_ids: list[str | None] = []
         self.bodies: list[bytes | None] = []
@@ -136,15 +154,9 @@ class Collection:
         self.vocab: dict[str, dict[str, int]] = {f: {} for f in self.keyword_fields}
         self.tags: dict[str, _Grow] = {}
         self.tag_counts: dict[str, int] = {}
-        self.index: faiss.Index | None = None
-        self.indexed_upto = 0  # slots below this are in `index` (dead ones too, until compaction)
-        self.dead_in_index = 0
-        self.trained_on = 0
-        self.nlist = 0
-        self.snapshot_slot = 0
         self.writes_since_snapshot = 0
-        if self.kind in (pb.INDEX_KIND_FLAT, pb.INDEX_KIND_HNSW):
-            self.index = self._new_index(0)
+        self.spaces: dict[str, Space] = {v.name: Space(v, self) for v in spec.vectors}
+        """In declared order: the order vectors are concatenated in storage."""
 
     # ---- attribute view for filters.evaluate ----
 
@@ -174,33 +186,36 @@ class Collection:
     def count(self) -> int:
         return len(self.slot_of)
 
-    @property
-    def trained(self) -> bool:
-        return self.index is not None
+    def space(self, name: str) -> Space:
+        """The space a search names; an empty name is allowed only when there is exactly one."""
+        if not name:
+            if len(self.spaces) == 1:
+                return next(iter(self.spaces.values()))
+            raise InvalidArgument(
+                f"collection {self.name!r} has {len(self.spaces)} vector spaces; name one of "
+                f"{list(self.spaces)} in SearchRequest.vector"
+            )
+        space = self.spaces.get(name)
+        if space is None:
+            raise InvalidArgument(
+                f"collection {self.name!r} has no vector space {name!r}; its spaces: {list(self.spaces)}"
+            )
+        return space
 
-    def prepare_vectors(self, rows: Sequence[Sequence[float]] | np.ndarray, what: str) -> np.ndarray:
-        """Check shape and finiteness (and normalise for inner product) before anything is written."""
-        if isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape[1] == self.dim:
-            arr = rows.astype(np.float32, copy=False)
-        else:
-            dims = sorted({len(r) for r in rows})
-            if dims != [self.dim]:
+    def check_vectors(self, item: pb.Item, position: int) -> None:
+        """Every declared space and no other: an item is written whole or not at all."""
+        for name in item.vectors:
+            if name not in self.spaces:
                 raise InvalidArgument(
-                    f"{what}: wrong dimension, collection {self.name!r} has dim={self.dim}, got {dims}"
+                    f"item {position} ({item.id!r}): unknown vector space {name!r}; "
+                    f"collection {self.name!r} declares {list(self.spaces)}"
                 )
-            flat = np.concatenate([np.fromiter(r, dtype=np.float32, count=self.dim) for r in rows])
-            arr = flat.reshape(len(rows), self.dim)
-        finite = np.isfinite(arr).all(axis=1)
-        if not finite.all():
-            bad = int(np.flatnonzero(~finite)[0])
-            raise InvalidArgument(f"{what}: vector {bad} contains NaN or infinity")
-        if self.metric == faiss.METRIC_INNER_PRODUCT:
-            norms = np.linalg.norm(arr, axis=1, keepdims=True)
-            if (norms == 0).any():
-                bad = int(np.flatnonzero(norms[:, 0] == 0)[0])
-                raise InvalidArgument(f"{what}: vector {bad} is all zeros and cannot be normalised")
-            arr = arr / norms
-        return np.ascontiguousarray(arr, dtype=np.float32)
+        for name in self.spaces:
+            if name not in item.vectors:
+                raise InvalidArgument(
+                    f"item {position} ({item.id!r}): no vector for space {name!r}; "
+                    f"every item needs one vector in each of {list(self.spaces)}"
+                )
 
     def check_attributes(self, item: pb.Item, position: int) -> None:
         for f, v in item.numbers.items():
@@ -218,9 +233,15 @@ class Collection:
                     f"declared keyword fields: {sorted(self.keyword_fields)}"
                 )
 
+    def alive_slots(self, below: int | None = None) -> np.ndarray:
+        end = self.next_slot if below is None else below
+        return np.flatnonzero(self.alive.data[:end]).astype(np.int64)
+
     # ---- writes (called with the collection's write lock held, after the write is durable) ----
 
-    def apply_upsert(self, ids: list[str], vectors: np.ndarray, bodies: list[bytes], first_slot: int) -> None:
+    def apply_upsert(
+        self, ids: list[str], vectors: dict[str, np.ndarray], bodies: list[bytes], first_slot: int
+    ) -> None:
         n = len(ids)
         slots = np.arange(first_slot, first_slot + n, dtype=np.int64)
         end = first_slot + n
@@ -229,7 +250,8 @@ class Collection:
             old = self.slot_of.get(item_id)
             if old is not None:
                 self._kill(old)
-        self.vectors.data[first_slot:end] = vectors
+        for name, space in self.spaces.items():
+            space.vectors.data[first_slot:end] = vectors[name]
         self.alive.data[first_slot:end] = True
         for slot, item_id, body in zip(slots.tolist(), ids, bodies, strict=True):
             self.slot_ids[slot] = item_id
@@ -238,8 +260,9 @@ class Collection:
             self._index_attributes(slot, body)
         self.next_slot = end
         self.writes_since_snapshot += n
-        self.version += 1
-        self._add_to_index(first_slot, end)
+        for space in self.spaces.values():
+            space.version += 1
+            space.add_to_index(first_slot, end)
 
     def apply_delete(self, ids: list[str]) -> int:
         deleted = 0
@@ -249,19 +272,22 @@ class Collection:
                 self._kill(slot)
                 deleted += 1
         self.writes_since_snapshot += deleted
-        self.version += 1
+        for space in self.spaces.values():
+            space.version += 1
         return deleted
 
     def _kill(self, slot: int) -> None:
         self.alive.data[slot] = False
         self.slot_ids[slot] = None
         self.bodies[slot] = None
-        if slot < self.indexed_upto:
-            self.dead_in_index += 1
+        for space in self.spaces.values():
+            if slot < space.indexed_upto:
+                space.dead_in_index += 1
 
     def _ensure(self, n: int) -> None:
-        self.vectors.ensure(n)
         self.alive.ensure(n)
+        for space in self.spaces.values():
+            space.vectors.ensure(n)
         for col in (*self.numbers.values(), *self.keywords.values()):
             col.ensure(n)
         grow = n - len(self.slot_ids)
@@ -286,6 +312,60 @@ class Collection:
             grow.data[count] = slot
             self.tag_counts[tag] = count + 1
 
+
+class Space:
+    """One named vector space of a collection: a vector per slot and its own FAISS index over them."""
+
+    def __init__(self, spec: pb.VectorSpec, owner: Collection) -> None:
+        self.spec = spec
+        self.owner = owner
+        self.name = spec.name
+        self.gpu: GpuMirror | None = None
+        self.version = 0  # bumped by every change to the index, so a GPU copy knows it is stale
+        self.dim = spec.dim
+        self.kind = spec.index.kind
+        self.metric = (
+            faiss.METRIC_INNER_PRODUCT if spec.metric == pb.METRIC_INNER_PRODUCT else faiss.METRIC_L2
+        )
+        self.vectors = _Grow(np.float32, 0.0, self.dim)
+        self.index: faiss.Index | None = None
+        self.indexed_upto = 0  # slots below this are in `index` (dead ones too, until compaction)
+        self.dead_in_index = 0
+        self.trained_on = 0
+        self.nlist = 0
+        self.snapshot_slot = 0
+        if self.kind in (pb.INDEX_KIND_FLAT, pb.INDEX_KIND_HNSW):
+            self.index = self._new_index(0)
+
+    @property
+    def trained(self) -> bool:
+        return self.index is not None
+
+    def prepare_vectors(self, rows: Sequence[Sequence[float]] | np.ndarray, what: str) -> np.ndarray:
+        """Check shape and finiteness (and normalise for inner product) before anything is written."""
+        if isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape[1] == self.dim:
+            arr = rows.astype(np.float32, copy=False)
+        else:
+            dims = sorted({len(r) for r in rows})
+            if dims != [self.dim]:
+                raise InvalidArgument(
+                    f"{what}: wrong dimension, space {self.name!r} of collection {self.owner.name!r} "
+                    f"has dim={self.dim}, got {dims}"
+                )
+            flat = np.concatenate([np.fromiter(r, dtype=np.float32, count=self.dim) for r in rows])
+            arr = flat.reshape(len(rows), self.dim)
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise InvalidArgument(f"{what}: vector {bad} contains NaN or infinity")
+        if self.metric == faiss.METRIC_INNER_PRODUCT:
+            norms = np.linalg.norm(arr, axis=1, keepdims=True)
+            if (norms == 0).any():
+                bad = int(np.flatnonzero(norms[:, 0] == 0)[0])
+                raise InvalidArgument(f"{what}: vector {bad} is all zeros and cannot be normalised")
+            arr = arr / norms
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
     # ---- the FAISS index ----
 
     def _new_index(self, n_train: int) -> faiss.Index:
@@ -307,28 +387,25 @@ class Collection:
             ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, self.metric)
         return ivf
 
-    def alive_slots(self, below: int | None = None) -> np.ndarray:
-        end = self.next_slot if below is None else below
-        return np.flatnonzero(self.alive.data[:end]).astype(np.int64)
-
-    def _add_to_index(self, start: int, end: int) -> None:
+    def add_to_index(self, start: int, end: int) -> None:
+        c = self.owner
         if self.index is None:
-            if self.count >= self.spec.index.train_min:
+            if c.count >= self.spec.index.train_min:
                 self.rebuild_index()
             return
         if self.kind in (pb.INDEX_KIND_IVF_FLAT, pb.INDEX_KIND_IVF_PQ) and (
-            self.count >= RETRAIN_GROWTH * self.trained_on
+            c.count >= RETRAIN_GROWTH * self.trained_on
         ):
             self.rebuild_index()
             return
         slots = np.arange(start, end, dtype=np.int64)
-        live = slots[self.alive.data[start:end]]
+        live = slots[c.alive.data[start:end]]
         self.index.add_with_ids(self.vectors.data[live], live)
         self.indexed_upto = end
 
     def rebuild_index(self) -> None:
         """(Re)train where needed and re-add the live vectors: compaction and the retraining policy."""
-        slots = self.alive_slots()
+        slots = self.owner.alive_slots()
         n = len(slots)
         index = self._new_index(n)
         if not index.is_trained:
@@ -340,9 +417,25 @@ class Collection:
             chunk = slots[start : start + 65_536]
             index.add_with_ids(self.vectors.data[chunk], chunk)
         self.index = index
-        self.indexed_upto = self.next_slot
+        self.indexed_upto = self.owner.next_slot
         self.dead_in_index = 0
         self.version += 1
+
+    def restore(self, index: faiss.Index, snapshot_slot: int) -> None:
+        """Adopt a snapshot covering the slots below ``snapshot_slot`` and add the live ones above it."""
+        c = self.owner
+        self.index = index
+        self.snapshot_slot = snapshot_slot
+        self.indexed_upto = snapshot_slot
+        self.dead_in_index = int(index.ntotal) - len(c.alive_slots(below=snapshot_slot))
+        if isinstance(index, faiss.IndexIVF):
+            self.nlist = int(index.nlist)
+            self.trained_on = int(index.ntotal)
+        tail = c.alive_slots()
+        tail = tail[tail >= snapshot_slot]
+        if len(tail):
+            index.add_with_ids(self.vectors.data[tail], tail)
+        self.indexed_upto = c.next_slot
 
     def needs_compaction(self) -> bool:
         total = self.index.ntotal if self.index is not None else 0
@@ -355,7 +448,7 @@ class Collection:
         if self.kind == pb.INDEX_KIND_HNSW:
             self.rebuild_index()
             return
-        dead = np.flatnonzero(~self.alive.data[: self.indexed_upto]).astype(np.int64)
+        dead = np.flatnonzero(~self.owner.alive.data[: self.indexed_upto]).astype(np.int64)
         self.index.remove_ids(faiss.IDSelectorBatch(dead))
         self.dead_in_index = 0
         self.version += 1
@@ -366,27 +459,28 @@ class Collection:
         self, queries: np.ndarray, k: int, mask: np.ndarray | None, params: pb.SearchParams
     ) -> tuple[list[list[Hit]], bool]:
         """Top k per query among live items matching ``mask``; returns (hits, every result exact)."""
+        c = self.owner
         nq = queries.shape[0]
-        if self.count == 0:
+        if c.count == 0:
             return [[] for _ in range(nq)], True
         exact = self.kind == pb.INDEX_KIND_FLAT
         if mask is None and self.index is not None and not params.exact and self.dead_in_index == 0:
             if self.gpu is not None and self.kind != pb.INDEX_KIND_HNSW:  # GPU
                 nprobe = params.nprobe or DEFAULT_NPROBE
                 distances, labels = self.gpu.search(
-                    self.index, self.version, queries, min(k, self.count), nprobe
+                    self.index, self.version, queries, min(k, c.count), nprobe
                 )
                 hits = _rows(distances, labels)
             else:
-                hits = self._index_search(queries, k, None, params, self.count)
-            return self._fill_shortfall(queries, k, hits, None, self.count), exact
-        candidates = self.alive.data[: self.next_slot].copy()
+                hits = self._index_search(queries, k, None, params, c.count)
+            return self._fill_shortfall(queries, k, hits, None, c.count), exact
+        candidates = c.alive.data[: c.next_slot].copy()
         if mask is not None:
             candidates &= mask
         matching = int(candidates.sum())
         if matching == 0:
             return [[] for _ in range(nq)], True
-        if self.index is None or params.exact or matching <= max(self.brute_force_max, k):
+        if self.index is None or params.exact or matching <= max(c.brute_force_max, k):
             return self._brute_force(queries, k, np.flatnonzero(candidates)), True
         bitmap = np.packbits(candidates, bitorder="little")
         selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
@@ -407,7 +501,7 @@ class Collection:
         want = min(k, available)
         short = [i for i, row in enumerate(hits) if len(row) < want]
         if short:
-            slots = self.alive_slots() if candidates is None else np.flatnonzero(candidates)
+            slots = self.owner.alive_slots() if candidates is None else np.flatnonzero(candidates)
             for i, row in zip(short, self._brute_force(queries[short], k, slots), strict=True):
                 hits[i] = row
         return hits

@@ -23,6 +23,10 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 
 MAX_FILTER_NODES = 256
 MAX_NAME_CHARS = 128
+MAX_SPACES = 16
+"""Most named vector spaces one collection declares."""
+
+MAX_SPACE_NAME_CHARS = 64
 MAX_ID_CHARS = 512
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """gRPC message limit: a full Upsert batch of 1000 x 4096-d vectors plus payloads fits."""

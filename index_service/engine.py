@@ -14,18 +14,17 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
 from index_service import filters
-from index_service.collection import BRUTE_FORCE_MAX, Collection, normalize_spec
+from index_service.collection import BRUTE_FORCE_MAX, Collection, Space, normalize_spec
 from index_service.config import MAX_BATCH, MAX_ID_CHARS, MAX_K, MAX_PAYLOAD_BYTES, MAX_QUERIES
 from index_service.errors import FailedPrecondition, InvalidArgument, NotFound
-from index_service.storage import Storage
-from vitrine.index.v1 import index_pb2 as pb
+from index_service.storage import Snapshot, Storage
+from vitrine.index.v2 import index_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,8 @@ class _Handle:
         if device == "gpu":  # GPU
             from index_service.gpu import GpuMirror
 
-            collection.gpu = GpuMirror()
+            for space in collection.spaces.values():
+                space.gpu = GpuMirror()
         self.write_mutex = threading.Lock()
         self.rw = RWLock()
         self.dropped = False
@@ -116,10 +116,14 @@ class Engine:
             c = Collection(stored.spec, self.brute_force_max)
             c._ensure(stored.next_slot)
             bar = tqdm(desc=f"loading {c.name}", unit="item", disable=not progress)
+            width = sum(space.dim for space in c.spaces.values())
             for rows in self.storage.items(c.name):
                 slots = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-                vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(-1, c.dim)
-                c.vectors.data[slots] = vecs
+                packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(-1, width)
+                offset = 0
+                for space in c.spaces.values():
+                    space.vectors.data[slots] = packed[:, offset : offset + space.dim]
+                    offset += space.dim
                 c.alive.data[slots] = True
                 for item_id, slot, _, body in rows:
                     c.slot_ids[slot] = item_id
@@ -129,31 +133,20 @@ class Engine:
                 bar.update(len(rows))
             bar.close()
             c.next_slot = stored.next_slot
-            self._restore_index(c, stored.snapshot_slot, stored.snapshot_path)
+            for space in c.spaces.values():
+                self._restore_index(space, stored.snapshots.get(space.name))
             self._handles[c.name] = _Handle(c, self.device)
         self.load_seconds = time.perf_counter() - start
         log.info(
             "index loaded", extra={"seconds": round(self.load_seconds, 3), "collections": len(self._handles)}
         )
 
-    def _restore_index(self, c: Collection, snapshot_slot: int, path: Path | None) -> None:
-        if path is not None and path.exists():
-            index = faiss.read_index(str(path))
-            c.index = index
-            c.snapshot_slot = snapshot_slot
-            c.indexed_upto = snapshot_slot
-            c.dead_in_index = int(index.ntotal) - len(c.alive_slots(below=snapshot_slot))
-            if isinstance(index, faiss.IndexIVF):
-                c.nlist = int(index.nlist)
-                c.trained_on = int(index.ntotal)
-            tail = c.alive_slots()
-            tail = tail[tail >= snapshot_slot]
-            if len(tail):
-                c.index.add_with_ids(c.vectors.data[tail], tail)
-            c.indexed_upto = c.next_slot
+    def _restore_index(self, space: Space, snapshot: Snapshot | None) -> None:
+        if snapshot is not None and snapshot.path.exists():
+            space.restore(faiss.read_index(str(snapshot.path)), snapshot.slot)
             return
-        if c.index is not None or c.count >= c.spec.index.train_min:
-            c.rebuild_index()
+        if space.index is not None or space.owner.count >= space.spec.index.train_min:
+            space.rebuild_index()
 
     # ---- collections ----
 
@@ -190,15 +183,31 @@ class Engine:
             return pb.CollectionStats(
                 spec=c.spec,
                 count=c.count,
-                index_total=int(c.index.ntotal) if c.index is not None else 0,
-                trained=c.trained,
-                nlist=c.nlist,
-                snapshot_slot=c.snapshot_slot,
+                vectors=[
+                    pb.VectorStats(
+                        name=space.name,
+                        dim=space.dim,
+                        index_total=int(space.index.ntotal) if space.index is not None else 0,
+                        trained=space.trained,
+                        nlist=space.nlist,
+                        snapshot_slot=space.snapshot_slot,
+                    )
+                    for space in c.spaces.values()
+                ],
                 device=self.device,
             )
 
     def counts(self) -> dict[str, int]:
         return {name: h.c.count for name, h in list(self._handles.items())}
+
+    def index_totals(self) -> dict[tuple[str, str], int]:
+        """Vectors held by each (collection, space) FAISS index, tombstones included (no lock: a gauge)."""
+        out = {}
+        for name, handle in list(self._handles.items()):
+            for space in handle.c.spaces.values():
+                index = space.index
+                out[name, space.name] = int(index.ntotal) if index is not None else 0
+        return out
 
     # ---- writes ----
 
@@ -216,6 +225,7 @@ class Engine:
             if item.id in seen:
                 raise InvalidArgument(f"duplicate id {item.id!r} in one batch (item {i})")
             seen.add(item.id)
+            c.check_vectors(item, i)
             c.check_attributes(item, i)
             body = pb.Item(numbers=item.numbers, keywords=item.keywords, tags=item.tags, payload=item.payload)
             raw = body.SerializeToString(deterministic=True)
@@ -225,13 +235,19 @@ class Engine:
                     f"more than the limit of {MAX_PAYLOAD_BYTES}"
                 )
             bodies.append(raw)
-        vectors = c.prepare_vectors([item.vector for item in items], "upsert")
+        vectors = {
+            space.name: space.prepare_vectors(
+                [item.vectors[space.name].values for item in items], f"upsert, vector {space.name!r}"
+            )
+            for space in c.spaces.values()
+        }
+        packed = np.hstack(list(vectors.values())) if len(vectors) > 1 else next(iter(vectors.values()))
         ids = [item.id for item in items]
         with handle.write_mutex:
             if handle.dropped:
                 raise NotFound(f"collection {name!r} does not exist")
             first = c.next_slot
-            rows = [(item_id, first + i, vectors[i].tobytes(), bodies[i]) for i, item_id in enumerate(ids)]
+            rows = [(item_id, first + i, packed[i].tobytes(), bodies[i]) for i, item_id in enumerate(ids)]
             self.storage.upsert(name, rows, first + len(ids))
             with handle.rw.write():
                 c.apply_upsert(ids, vectors, bodies, first)
@@ -280,13 +296,16 @@ class Engine:
 
     def _snapshot_locked(self, handle: _Handle) -> None:
         c = handle.c
-        if c.needs_compaction():
-            with handle.rw.write():
-                c.compact()
+        for space in c.spaces.values():
+            if space.needs_compaction():
+                with handle.rw.write():
+                    space.compact()
         with handle.rw.read():
-            if c.index is not None:
-                self.storage.write_snapshot(c.name, c.index, c.next_slot)
-                c.snapshot_slot = c.next_slot
+            indexes = {s.name: s.index for s in c.spaces.values() if s.index is not None}
+            if indexes:
+                self.storage.write_snapshots(c.name, indexes, c.next_slot)
+                for space_name in indexes:
+                    c.spaces[space_name].snapshot_slot = c.next_slot
             c.writes_since_snapshot = 0
 
     # ---- reads ----
@@ -307,15 +326,20 @@ class Engine:
                 item = pb.Item.FromString(body)
                 item.id = item_id
                 if include_vectors:
-                    item.vector.extend(c.vectors.data[slot].tolist())
+                    for space in c.spaces.values():
+                        item.vectors[space.name].values.extend(space.vectors.data[slot].tolist())
                 found.append(item)
         return found, missing
 
     def prepare_search(
-        self, name: str, queries: Sequence[Sequence[float]], k: int, flt: pb.Filter | None
-    ) -> np.ndarray:
-        """Validate one search request completely, so a coalesced batch cannot fail for its neighbours."""
+        self, name: str, space: str, queries: Sequence[Sequence[float]], k: int, flt: pb.Filter | None
+    ) -> tuple[str, np.ndarray]:
+        """Validate one search request completely, so a coalesced batch cannot fail for its neighbours.
+
+        Returns the space's name (resolved when the request left it empty) and the prepared queries.
+        """
         handle = self._handle(name)
+        target = handle.c.space(space)
         if not queries:
             raise InvalidArgument("search needs at least one query vector")
         if len(queries) > MAX_QUERIES:
@@ -324,25 +348,32 @@ class Engine:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
         if flt is not None:
             filters.validate(flt, handle.c.number_fields, handle.c.keyword_fields)
-        return handle.c.prepare_vectors(queries, "query")
+        return target.name, target.prepare_vectors(queries, "query")
 
-    def coalesces(self, name: str) -> bool:
+    def coalesces(self, name: str, space: str) -> bool:
         """Whether merging concurrent single queries pays off for this collection's index.
 
         Measured (docs/BENCHMARKS.md): merged HNSW queries gave 1.2-1.5x the QPS of separate calls, but
         a Flat scan costs FAISS the same per query batched or not on this CPU build, and one merged call
         runs on one executor thread where separate calls use them all (0.8x). So Flat is not merged.
         """
-        return self._handle(name).c.kind != pb.INDEX_KIND_FLAT
+        return self._handle(name).c.space(space).kind != pb.INDEX_KIND_FLAT
 
     def search(
-        self, name: str, queries: np.ndarray, k: int, flt: pb.Filter | None, params: pb.SearchParams
+        self,
+        name: str,
+        space: str,
+        queries: np.ndarray,
+        k: int,
+        flt: pb.Filter | None,
+        params: pb.SearchParams,
     ) -> tuple[list[list[Found]], bool]:
         handle = self._handle(name)
         c = handle.c
+        target = c.space(space)
         with handle.rw.read():
             mask = filters.evaluate(flt, c) if flt is not None else None
-            hits, exact = c.search(queries, k, mask, params)
+            hits, exact = target.search(queries, k, mask, params)
             out = []
             for row in hits:
                 found = []

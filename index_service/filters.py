@@ -14,7 +14,7 @@ import numpy as np
 
 from index_service.config import MAX_FILTER_NODES
 from index_service.errors import InvalidArgument
-from vitrine.index.v1 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2 as pb
 
 MAX_DEPTH = 32
 

@@ -18,8 +18,8 @@ from prometheus_client.registry import Collector
 
 from index_service.engine import Engine, Found
 from index_service.errors import IndexServiceError
-from vitrine.index.v1 import index_pb2 as pb
-from vitrine.index.v1 import index_pb2_grpc as pb_grpc
+from vitrine.index.v2 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,11 +52,21 @@ class _VectorsCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
-            "vitrine_index_vectors", "Live items per collection.", labels=["collection"]
+            "vitrine_index_vectors",
+            "Live items per collection (each holds one vector in every space of its collection).",
+            labels=["collection"],
         )
         for name, count in self.engine.counts().items():
             family.add_metric([name], count)
         yield family
+        spaces = GaugeMetricFamily(
+            "vitrine_index_space_vectors",
+            "Vectors held by each space's FAISS index, deleted ones included until compaction.",
+            labels=["collection", "space"],
+        )
+        for (name, space), total in self.engine.index_totals().items():
+            spaces.add_metric([name, space], total)
+        yield spaces
 
 
 def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -205,12 +215,13 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     @_rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         flt = request.filter if request.HasField("filter") else None
-        queries = self.engine.prepare_search(
-            request.collection, [q.vector for q in request.queries], request.k, flt
+        space, queries = self.engine.prepare_search(
+            request.collection, request.vector, [q.vector for q in request.queries], request.k, flt
         )
-        if self.coalesce and len(queries) == 1 and self.engine.coalesces(request.collection):
+        if self.coalesce and len(queries) == 1 and self.engine.coalesces(request.collection, space):
             key = (
                 request.collection,
+                space,
                 request.k,
                 flt.SerializeToString(deterministic=True) if flt is not None else None,
                 request.params.SerializeToString(deterministic=True),
@@ -219,7 +230,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         else:
             self.metrics.batch.observe(len(queries))
             rows, exact = await self._call(
-                self.engine.search, request.collection, queries, request.k, flt, request.params
+                self.engine.search, request.collection, space, queries, request.k, flt, request.params
             )
         return pb.SearchResponse(
             results=[
@@ -232,11 +243,11 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         )
 
     async def _run_coalesced(self, key: tuple[Any, ...], queries: np.ndarray) -> Any:
-        name, k, raw_filter, raw_params = key
+        name, space, k, raw_filter, raw_params = key
         flt = pb.Filter.FromString(raw_filter) if raw_filter is not None else None
         self.metrics.batch.observe(len(queries))
         return await self._call(
-            self.engine.search, name, queries, k, flt, pb.SearchParams.FromString(raw_params)
+            self.engine.search, name, space, queries, k, flt, pb.SearchParams.FromString(raw_params)
         )
 
 

@@ -2,11 +2,16 @@
 
 A write is acknowledged only after its transaction commits, and with ``synchronous=FULL`` a commit is
 on disk, so an acknowledged write survives kill -9 or power loss. SQLite's write-ahead log is the log of
-operations; the items table is the compacted state it checkpoints into. A FAISS snapshot records the
-slot watermark it covers: on restart the snapshot is loaded and only items written above the watermark
-are re-added (slots are never reused, so "above the watermark" means "written after the snapshot").
-Snapshot files are written to a temporary name, fsynced, renamed and the directory fsynced, then
-recorded in the database; a crash at any point leaves either the old or the new snapshot in force.
+operations; the items table is the compacted state it checkpoints into. An item is one row: its id,
+slot, attributes and payload, and every space's vector concatenated in the spec's declared order, so
+one upsert writes every space of an item in one transaction and a crash can never leave an item's
+spaces at different versions.
+
+Each space's FAISS index is its own snapshot file with the slot watermark it covers: on restart the
+snapshot is loaded and only items written above the watermark are re-added (slots are never reused,
+so "above the watermark" means "written after the snapshot"). Snapshot files are written to a temporary
+name, fsynced, renamed and the directory fsynced, then a collection's files are recorded together in one
+transaction; a crash at any point leaves either the old or the new set in force.
 """
 
 from __future__ import annotations
@@ -22,33 +27,48 @@ from pathlib import Path
 import faiss
 
 from index_service.errors import AlreadyExists, NotFound
-from vitrine.index.v1 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2 as pb
+
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of a database this code writes. Version 1 (one vector per item) had no
+version number and cannot be read: its collections held one space each under no name."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
     name TEXT PRIMARY KEY,
     spec BLOB NOT NULL,
-    next_slot INTEGER NOT NULL DEFAULT 0,
-    snapshot_slot INTEGER NOT NULL DEFAULT 0,
-    snapshot_file TEXT
+    next_slot INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS items (
     collection TEXT NOT NULL,
     id TEXT NOT NULL,
     slot INTEGER NOT NULL,
-    vector BLOB NOT NULL,
+    vectors BLOB NOT NULL,
     body BLOB NOT NULL,
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    collection TEXT NOT NULL,
+    space TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    PRIMARY KEY (collection, space)
+) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    slot: int
+    path: Path
 
 
 @dataclass(frozen=True)
 class StoredCollection:
     spec: pb.CollectionSpec
     next_slot: int
-    snapshot_slot: int
-    snapshot_path: Path | None
+    snapshots: dict[str, Snapshot]
+    """By space name; a space without an entry has never been snapshotted."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -68,7 +88,9 @@ class Storage:
         self._db = sqlite3.connect(self.dir / "index.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._check_version()
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._clean_orphans()
 
     def close(self) -> None:
@@ -86,9 +108,20 @@ class Storage:
                 raise
             self._db.execute("COMMIT")
 
+    def _check_version(self) -> None:
+        """Refuse a database of another layout instead of misreading it."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            self._db.close()
+            raise RuntimeError(
+                f"{self.dir / 'index.db'} has schema version {version}, this service reads version "
+                f"{SCHEMA_VERSION} (items with named vectors); start on a new data directory and re-ingest"
+            )
+
     def _clean_orphans(self) -> None:
         """Remove snapshot files a crash left unrecorded (written but never committed, or superseded)."""
-        recorded = {row[0] for row in self._db.execute("SELECT snapshot_file FROM collections") if row[0]}
+        recorded = {row[0] for row in self._db.execute("SELECT file FROM snapshots")}
         for path in self.snapshots.glob("*"):
             if path.name not in recorded:
                 path.unlink(missing_ok=True)
@@ -107,39 +140,44 @@ class Storage:
 
     def drop_collection(self, name: str) -> None:
         with self._tx() as db:
-            row = db.execute("SELECT snapshot_file FROM collections WHERE name = ?", (name,)).fetchone()
-            if row is None:
+            if db.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone() is None:
                 raise NotFound(f"collection {name!r} does not exist")
+            files = [r[0] for r in db.execute("SELECT file FROM snapshots WHERE collection = ?", (name,))]
             db.execute("DELETE FROM items WHERE collection = ?", (name,))
+            db.execute("DELETE FROM snapshots WHERE collection = ?", (name,))
             db.execute("DELETE FROM collections WHERE name = ?", (name,))
-        if row[0]:
-            (self.snapshots / row[0]).unlink(missing_ok=True)
+        for filename in files:
+            (self.snapshots / filename).unlink(missing_ok=True)
 
     def collections(self) -> list[StoredCollection]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT spec, next_slot, snapshot_slot, snapshot_file FROM collections ORDER BY name"
-            ).fetchall()
+            rows = self._db.execute("SELECT name, spec, next_slot FROM collections ORDER BY name").fetchall()
+            snaps = self._db.execute("SELECT collection, space, slot, file FROM snapshots").fetchall()
+        by_collection: dict[str, dict[str, Snapshot]] = {}
+        for collection, space, slot, filename in snaps:
+            by_collection.setdefault(collection, {})[space] = Snapshot(slot, self.snapshots / filename)
         return [
-            StoredCollection(
-                pb.CollectionSpec.FromString(spec), next_slot, snap_slot, self.snapshots / f if f else None
-            )
-            for spec, next_slot, snap_slot, f in rows
+            StoredCollection(pb.CollectionSpec.FromString(spec), next_slot, by_collection.get(name, {}))
+            for name, spec, next_slot in rows
         ]
 
     def items(self, name: str, chunk: int = 8192) -> Iterator[list[tuple[str, int, bytes, bytes]]]:
-        """Every stored item of a collection in slot order, in chunks (a restart streams these)."""
+        """Every stored item of a collection in slot order, in chunks (a restart streams these):
+        (id, slot, every space's vector concatenated in declared order as float32, body)."""
         cursor = self._db.cursor()
-        cursor.execute("SELECT id, slot, vector, body FROM items WHERE collection = ? ORDER BY slot", (name,))
+        cursor.execute(
+            "SELECT id, slot, vectors, body FROM items WHERE collection = ? ORDER BY slot", (name,)
+        )
         while rows := cursor.fetchmany(chunk):
             yield rows
 
     # ---- writes ----
 
     def upsert(self, name: str, rows: list[tuple[str, int, bytes, bytes]], next_slot: int) -> None:
+        """One transaction for the whole batch: every space of every item, or nothing."""
         with self._tx() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO items (collection, id, slot, vector, body) VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO items (collection, id, slot, vectors, body) VALUES (?, ?, ?, ?, ?)",
                 [(name, *row) for row in rows],
             )
             db.execute("UPDATE collections SET next_slot = ? WHERE name = ?", (next_slot, name))
@@ -152,23 +190,31 @@ class Storage:
 
     # ---- snapshots ----
 
-    def write_snapshot(self, name: str, index: faiss.Index, slot: int) -> None:
-        """Write the index atomically, record it with the watermark it covers, then retire the old one."""
-        filename = f"{name}.{slot}.faiss"
-        final = self.snapshots / filename
-        tmp = self.snapshots / f".{filename}.tmp"
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+    def write_snapshots(self, name: str, indexes: dict[str, faiss.Index], slot: int) -> None:
+        """Write each space's index atomically, record them all with the watermark they cover in one
+        transaction, then retire the files they replace."""
+        written = {}
+        for space, index in indexes.items():
+            # '~' is in no collection or space name, so two (collection, space) pairs never share a file.
+            filename = f"{name}~{space}~{slot}.faiss"
+            final = self.snapshots / filename
+            tmp = self.snapshots / f".{filename}.tmp"
+            faiss.write_index(index, str(tmp))
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            written[space] = filename
         _fsync_dir(self.snapshots)
         with self._tx() as db:
-            row = db.execute("SELECT snapshot_file FROM collections WHERE name = ?", (name,)).fetchone()
-            db.execute(
-                "UPDATE collections SET snapshot_slot = ?, snapshot_file = ? WHERE name = ?",
-                (slot, filename, name),
+            old = dict(
+                db.execute("SELECT space, file FROM snapshots WHERE collection = ?", (name,)).fetchall()
             )
-        if row and row[0] and row[0] != filename:
-            (self.snapshots / row[0]).unlink(missing_ok=True)
+            db.executemany(
+                "INSERT OR REPLACE INTO snapshots (collection, space, slot, file) VALUES (?, ?, ?, ?)",
+                [(name, space, slot, filename) for space, filename in written.items()],
+            )
+        for space, filename in old.items():
+            if space in written and filename != written[space]:
+                (self.snapshots / filename).unlink(missing_ok=True)
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -248,7 +248,7 @@ def demo_catalog(cfg: StackConfig, var: Path) -> Path:
 def ingested_count(index_address: str, collection: str) -> int:
     import grpc
 
-    from vitrine.index.v1 import index_pb2, index_pb2_grpc
+    from vitrine.index.v2 import index_pb2, index_pb2_grpc
 
     with grpc.insecure_channel(index_address) as channel:
         try:

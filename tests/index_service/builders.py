@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitrine.index.v1 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2 as pb
+
+SPACE = "v"
+"""The one vector space of the collections ``spec`` builds (searches may leave it unnamed)."""
 
 CATEGORIES = ("shoes", "bags", "hats", "coats")
 TAGS = ("red", "blue", "leather", "sale", "new")
@@ -18,13 +21,41 @@ def spec(
     kind: int = pb.INDEX_KIND_FLAT,
     **index: int,
 ) -> pb.CollectionSpec:
-    return pb.CollectionSpec(
-        name=name,
+    return multi_spec(name, {SPACE: vector_spec(dim, metric=metric, kind=kind, **index)})
+
+
+def vector_spec(
+    dim: int, *, metric: int = pb.METRIC_L2, kind: int = pb.INDEX_KIND_FLAT, **index: int
+) -> pb.VectorSpec:
+    return pb.VectorSpec(
         dim=dim,
         metric=metric,  # type: ignore[arg-type]
         index=pb.IndexSpec(kind=kind, **index),  # type: ignore[arg-type]
+    )
+
+
+def multi_spec(name: str, spaces: dict[str, pb.VectorSpec]) -> pb.CollectionSpec:
+    vectors = []
+    for space, vs in spaces.items():
+        named = pb.VectorSpec()
+        named.CopyFrom(vs)
+        named.name = space
+        vectors.append(named)
+    return pb.CollectionSpec(
+        name=name,
+        vectors=vectors,
         schema=pb.AttributeSchema(number_fields=["price"], keyword_fields=["category", "brand"]),
     )
+
+
+def item(item_id: str, vector: object, **kwargs: object) -> pb.Item:
+    """An item of a ``spec`` collection: its one vector in ``SPACE``."""
+    values = vector.tolist() if isinstance(vector, np.ndarray) else list(vector)  # type: ignore[call-overload]
+    return pb.Item(id=item_id, vectors={SPACE: pb.Vector(values=values)}, **kwargs)  # type: ignore[arg-type]
+
+
+def vector_of(it: pb.Item, space: str = SPACE) -> list[float]:
+    return list(it.vectors[space].values)
 
 
 def attributes(i: int) -> tuple[float, str, str, list[str]]:
@@ -44,7 +75,7 @@ def items(vectors: np.ndarray, start: int = 0, prefix: str = "p") -> list[pb.Ite
         out.append(
             pb.Item(
                 id=f"{prefix}{i}",
-                vector=vec.tolist(),
+                vectors={SPACE: pb.Vector(values=vec.tolist())},
                 numbers={"price": price},
                 keywords={"category": category, "brand": brand},
                 tags=tags,

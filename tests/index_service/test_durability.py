@@ -3,6 +3,7 @@ restart, and every acknowledged write is there, atomically, with the index consi
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,10 +12,10 @@ import grpc
 import numpy as np
 import pytest
 
-from index_service.process import IndexServiceProcess
-from tests.index_service.builders import spec
-from vitrine.index.v1 import index_pb2 as pb
-from vitrine.index.v1 import index_pb2_grpc
+from operations.servers import index_server
+from tests.index_service.builders import item, multi_spec, spec, vector_of, vector_spec
+from vitrine.index.v2 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2_grpc
 
 DIM = 16
 COLLECTIONS = {"flat": pb.INDEX_KIND_FLAT, "hnsw": pb.INDEX_KIND_HNSW}
@@ -60,7 +61,7 @@ def _writer(stub: index_pb2_grpc.IndexServiceStub, model: Model, rng: np.random.
             model.inflight = (name, "upsert", ids, new)
             request = pb.UpsertRequest(
                 collection=name,
-                items=[pb.Item(id=i, vector=v.tolist(), numbers={"price": p}) for i, (v, p) in new.items()],
+                items=[item(i, v, numbers={"price": p}) for i, (v, p) in new.items()],
             )
             call = stub.Upsert
         try:
@@ -93,13 +94,13 @@ def _verify(stub: index_pb2_grpc.IndexServiceStub, model: Model) -> None:
         # of it or none of it.
         name, op, ids, new = model.inflight
         got = stub.Get(pb.GetRequest(collection=name, ids=ids, include_vectors=True))
-        present = {item.id: item for item in got.items}
+        present = {it.id: it for it in got.items}
         if op == "delete":
             landed = not present
             assert landed or set(present) == {i for i in ids if i in model.state[name]}
         else:
             landed = all(
-                np.allclose(present[i].vector, new[i][0], atol=1e-6) for i in ids if i in present
+                np.allclose(vector_of(present[i]), new[i][0], atol=1e-6) for i in ids if i in present
             ) and len(present) == len(ids)
         if landed:
             _apply(model, name, op, ids, new)
@@ -112,10 +113,10 @@ def _verify(stub: index_pb2_grpc.IndexServiceStub, model: Model) -> None:
             chunk = ids[start : start + 500]
             got = stub.Get(pb.GetRequest(collection=name, ids=chunk, include_vectors=True))
             assert not got.missing_ids
-            for item in got.items:
-                vec, price = state[item.id]
-                np.testing.assert_allclose(item.vector, vec, atol=1e-6)
-                assert item.numbers["price"] == price
+            for it in got.items:
+                vec, price = state[it.id]
+                np.testing.assert_allclose(vector_of(it), vec, atol=1e-6)
+                assert it.numbers["price"] == price
         for start in range(0, len(ids), 256):  # the index agrees with the item store: each item finds itself
             sample = ids[start : start + 256]
             reply = stub.Search(
@@ -134,9 +135,7 @@ def test_acknowledged_writes_survive_kill_9_at_random_points(tmp_path) -> None:
     rng = np.random.default_rng(2024)
     # Frequent snapshots so kills also land around snapshot writes and restarts replay a tail; no brute
     # force, so every search goes through the recovered FAISS index.
-    proc = IndexServiceProcess(
-        tmp_path / "data", extra_args=("--snapshot-every", "150", "--brute-force-max", "0")
-    )
+    proc = index_server(tmp_path / "data", snapshot_every=150, brute_force_max=0)
     model = Model()
     proc.start()
     try:
@@ -166,3 +165,173 @@ def test_acknowledged_writes_survive_kill_9_at_random_points(tmp_path) -> None:
             assert sum(len(s) for s in model.state.values()) > round_ * 5
     finally:
         proc.kill()
+        proc.close()  # the launcher's own log directory
+
+
+# ---- named vectors: one item per product, every space written in one transaction ----
+
+PRODUCTS = [f"q{i}" for i in range(40)]
+IMAGE_DIM, TITLE_DIM = 8, 6
+PRODUCT_SPACES = {
+    "image": vector_spec(IMAGE_DIM),
+    "title": vector_spec(TITLE_DIM, kind=pb.INDEX_KIND_HNSW, hnsw_m=8),
+}
+
+
+def _versioned(pid: str, version: int) -> pb.Item:
+    """Every part of the product encodes its version: both vectors (coordinate 1), price and payload."""
+    n = int(pid[1:])
+    image = [float(n), float(version)] + [0.5] * (IMAGE_DIM - 2)
+    title = [float(version), float(n)] + [0.25] * (TITLE_DIM - 2)
+    return pb.Item(
+        id=pid,
+        vectors={"image": pb.Vector(values=image), "title": pb.Vector(values=title)},
+        numbers={"price": float(version)},
+        payload=pb.Payload(title=f"v{version}"),
+    )
+
+
+def _versions(it: pb.Item) -> tuple[int, int, int, int]:
+    return (
+        int(it.vectors["image"].values[1]),
+        int(it.vectors["title"].values[0]),
+        int(it.numbers["price"]),
+        int(it.payload.title[1:]),
+    )
+
+
+@pytest.mark.slow
+def test_spaces_of_a_product_never_diverge_across_kill_9(tmp_path) -> None:
+    """A stream of upserts rewriting the same products with new versions, SIGKILL mid-stream, restart:
+    every product is absent or has one version in every space and its payload, and every acknowledged
+    write is there (or the unacknowledged one in flight at the kill, which may have landed whole)."""
+    rng = np.random.default_rng(77)
+    proc = index_server(tmp_path / "data", snapshot_every=60, brute_force_max=0)
+    acked: dict[str, int] = {}
+    proc.start()
+    try:
+        with grpc.insecure_channel(proc.address) as channel:
+            stub = index_pb2_grpc.IndexServiceStub(channel)
+            stub.CreateCollection(pb.CreateCollectionRequest(spec=multi_spec("products", PRODUCT_SPACES)))
+        version = 0
+        for _round in range(4):
+            kill_at = int(rng.integers(3, 40))
+            killed = threading.Event()
+            inflight: dict[str, int] = {}
+
+            def kill(killed: threading.Event = killed) -> None:
+                killed.set()
+                proc.kill()
+
+            killer: threading.Thread | None = None
+            with grpc.insecure_channel(proc.address) as channel:
+                stub = index_pb2_grpc.IndexServiceStub(channel)
+                for written in itertools.count(1):
+                    version += 1
+                    ids = [str(x) for x in rng.choice(PRODUCTS, size=int(rng.integers(1, 12)), replace=False)]
+                    inflight = dict.fromkeys(ids, version)
+                    request = pb.UpsertRequest(
+                        collection="products", items=[_versioned(i, version) for i in ids]
+                    )
+                    try:
+                        stub.Upsert(request, timeout=30)
+                    except grpc.RpcError:
+                        assert killed.is_set(), "only the kill may fail a write"
+                        break
+                    acked.update(inflight)
+                    inflight = {}
+                    if written == kill_at:
+                        killer = threading.Thread(target=kill)  # lands while the next write is in flight
+                        killer.start()
+                    assert written < 10_000, "the kill never landed"
+            assert killer is not None
+            killer.join()
+            proc.start()
+            with grpc.insecure_channel(proc.address) as channel:
+                stub = index_pb2_grpc.IndexServiceStub(channel)
+                got = stub.Get(pb.GetRequest(collection="products", ids=PRODUCTS, include_vectors=True))
+                present = {it.id: it for it in got.items}
+                assert set(acked) <= set(present), "an acknowledged write was lost"
+                assert set(present) <= set(acked) | set(inflight)
+                for pid, it in present.items():
+                    image_v, title_v, price_v, payload_v = _versions(it)
+                    assert image_v == title_v == price_v == payload_v, (pid, _versions(it))
+                    allowed = {acked.get(pid), inflight.get(pid)} - {None}
+                    assert image_v in allowed, (pid, image_v, allowed)
+                    acked[pid] = image_v  # the in-flight write may have landed (whole)
+                for space in PRODUCT_SPACES:  # each space's recovered index agrees with the stored items
+                    reply = stub.Search(
+                        pb.SearchRequest(
+                            collection="products",
+                            vector=space,
+                            queries=[pb.Query(vector=present[p].vectors[space].values) for p in present],
+                            k=1,
+                            params=pb.SearchParams(ef_search=64),
+                        )
+                    )
+                    assert [r.hits[0].id for r in reply.results] == list(present), space
+    finally:
+        proc.kill()
+        proc.close()  # the launcher's own log directory
+
+
+def test_snapshots_per_space_survive_kill_9_with_identical_exact_results(tmp_path) -> None:
+    """Snapshot (one file and watermark per space), more writes and a delete, kill -9, restart: the
+    tail is replayed into every space and exact searches answer exactly as before."""
+    rng = np.random.default_rng(5)
+    vectors = {
+        "image": rng.standard_normal((600, IMAGE_DIM)).astype(np.float32),
+        "title": rng.standard_normal((600, TITLE_DIM)).astype(np.float32),
+    }
+
+    def batch(start: int, stop: int) -> pb.UpsertRequest:
+        return pb.UpsertRequest(
+            collection="products",
+            items=[
+                pb.Item(id=f"p{i}", vectors={s: pb.Vector(values=v[i].tolist()) for s, v in vectors.items()})
+                for i in range(start, stop)
+            ],
+        )
+
+    def searches(stub: index_pb2_grpc.IndexServiceStub) -> dict[str, list[list[str]]]:
+        out = {}
+        for space, v in vectors.items():
+            reply = stub.Search(
+                pb.SearchRequest(
+                    collection="products",
+                    vector=space,
+                    queries=[pb.Query(vector=q.tolist()) for q in v[::37]],
+                    k=10,
+                    params=pb.SearchParams(exact=True),
+                )
+            )
+            out[space] = [[h.id for h in r.hits] for r in reply.results]
+        return out
+
+    proc = index_server(tmp_path / "data", snapshot_every=0)
+    proc.start()
+    try:
+        with grpc.insecure_channel(proc.address) as channel:
+            stub = index_pb2_grpc.IndexServiceStub(channel)
+            stub.CreateCollection(pb.CreateCollectionRequest(spec=multi_spec("products", PRODUCT_SPACES)))
+            stub.Upsert(batch(0, 400))
+            snap = stub.Snapshot(pb.SnapshotRequest(name="products"))
+            assert [(v.name, v.snapshot_slot) for v in snap.collections[0].vectors] == [
+                ("image", 400),
+                ("title", 400),
+            ]
+            stub.Upsert(batch(400, 600))
+            stub.Delete(pb.DeleteRequest(collection="products", ids=["p1", "p450"]))
+            before = searches(stub)
+        proc.kill()
+        proc.start()
+        with grpc.insecure_channel(proc.address) as channel:
+            stub = index_pb2_grpc.IndexServiceStub(channel)
+            stats = stub.GetStats(pb.GetStatsRequest(name="products"))
+            assert stats.count == 598
+            assert [(v.name, v.snapshot_slot) for v in stats.vectors] == [("image", 400), ("title", 400)]
+            assert searches(stub) == before
+            assert "p1" not in {i for rows in before.values() for row in rows for i in row}
+    finally:
+        proc.kill()
+        proc.close()  # the launcher's own log directory

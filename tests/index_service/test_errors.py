@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from index_service.config import MAX_BATCH, MAX_K, MAX_PAYLOAD_BYTES, MAX_QUERIES
-from tests.index_service.builders import ids_of, items, search_request, spec
-from vitrine.index.v1 import index_pb2 as pb
+from tests.index_service.builders import ids_of, item, items, search_request, spec
+from vitrine.index.v2 import index_pb2 as pb
 
 DIM = 8
 Code = grpc.StatusCode
@@ -27,7 +27,7 @@ def _q(vec: list[float], **kw: object) -> pb.SearchRequest:
 
 
 def _item(i: int, vec: list[float] | None = None, **kw: object) -> pb.Item:
-    return pb.Item(id=f"new{i}", vector=vec if vec is not None else [0.1] * DIM, **kw)  # type: ignore[arg-type]
+    return item(f"new{i}", vec if vec is not None else [0.1] * DIM, **kw)
 
 
 GOOD = [0.5] * DIM
@@ -154,7 +154,7 @@ CASES = [
     (
         "empty-id",
         "Upsert",
-        pb.UpsertRequest(collection="c", items=[pb.Item(id="", vector=GOOD)]),
+        pb.UpsertRequest(collection="c", items=[item("", GOOD)]),
         Code.INVALID_ARGUMENT,
         "id must not be empty",
     ),
@@ -197,7 +197,9 @@ CASES = [
     (
         "create-no-metric",
         "CreateCollection",
-        pb.CreateCollectionRequest(spec=pb.CollectionSpec(name="d", dim=4)),
+        pb.CreateCollectionRequest(
+            spec=pb.CollectionSpec(name="d", vectors=[pb.VectorSpec(name="v", dim=4)])
+        ),
         Code.INVALID_ARGUMENT,
         "metric",
     ),
@@ -238,7 +240,7 @@ async def test_zero_vector_cannot_be_normalised_for_inner_product(index_stub) ->
         pb.CreateCollectionRequest(spec=spec("ip", 4, metric=pb.METRIC_INNER_PRODUCT))
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await index_stub.Upsert(pb.UpsertRequest(collection="ip", items=[pb.Item(id="z", vector=[0.0] * 4)]))
+        await index_stub.Upsert(pb.UpsertRequest(collection="ip", items=[item("z", [0.0] * 4)]))
     assert err.value.code() == Code.INVALID_ARGUMENT and "all zeros" in (err.value.details() or "")
     stats = await index_stub.GetStats(pb.GetStatsRequest(name="ip"))
     assert stats.count == 0
@@ -246,10 +248,7 @@ async def test_zero_vector_cannot_be_normalised_for_inner_product(index_stub) ->
 
 async def test_oversized_message_is_refused_by_transport(index_stub) -> None:
     await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("big", 4096)))
-    huge = [
-        pb.Item(id=f"x{i}", vector=[0.1] * 4096, payload=pb.Payload(description="y" * 60_000))
-        for i in range(1000)
-    ]
+    huge = [item(f"x{i}", [0.1] * 4096, payload=pb.Payload(description="y" * 60_000)) for i in range(1000)]
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await index_stub.Upsert(pb.UpsertRequest(collection="big", items=huge))
     assert err.value.code() == Code.RESOURCE_EXHAUSTED

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.datasets import clustered, exact_knn, normalize, queries_like, recall_at
 from tests.index_service.builders import attribute_columns, ids_of, load, search_request, spec
-from vitrine.index.v1 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2 as pb
 
 DIM = 32
 N = 3000
@@ -66,7 +66,7 @@ async def test_approximate_indexes_report_recall_against_exact(
     await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("ann", DIM, kind=kind, **index)))
     await load(index_stub, "ann", base)
     stats = await index_stub.GetStats(pb.GetStatsRequest(name="ann"))
-    assert stats.trained and stats.count == N and stats.index_total == N
+    assert stats.vectors[0].trained and stats.count == N and stats.vectors[0].index_total == N
 
     reply = await index_stub.Search(search_request("ann", queries, 10, params=params))
     _, truth = exact_knn(base, queries, 10, False)
@@ -89,13 +89,14 @@ async def test_ivf_searches_exactly_until_trained(index_stub, data) -> None:
     )
     await load(index_stub, "ivf", base[:1000])
     stats = await index_stub.GetStats(pb.GetStatsRequest(name="ivf"))
-    assert not stats.trained and stats.count == 1000
+    assert not stats.vectors[0].trained and stats.count == 1000
     reply = await index_stub.Search(search_request("ivf", queries, 5))
     assert ids_of(reply) == exact_knn(base[:1000], queries, 5, False)[1].tolist() and reply.exact
 
     await load(index_stub, "ivf", base)  # crosses train_min: trained once, then indexed incrementally
     stats = await index_stub.GetStats(pb.GetStatsRequest(name="ivf"))
-    assert stats.trained and stats.nlist == 8 and stats.index_total == N
+    space = stats.vectors[0]
+    assert space.trained and space.nlist == 8 and space.index_total == N
 
 
 def _negate(flt: pb.Filter) -> pb.Filter:

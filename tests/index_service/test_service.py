@@ -13,9 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from benchmarks.datasets import clustered, exact_knn, queries_like
-from tests.index_service.builders import ids_of, items, load, search_request, spec
-from vitrine.index.v1 import index_pb2 as pb
-from vitrine.index.v1 import index_pb2_grpc
+from tests.index_service.builders import ids_of, item, items, load, search_request, spec, vector_of
+from vitrine.index.v2 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2_grpc
 
 DIM = 16
 
@@ -27,7 +27,7 @@ async def test_collection_lifecycle(index_stub) -> None:
             spec=spec("a", DIM, kind=pb.INDEX_KIND_HNSW, metric=pb.METRIC_INNER_PRODUCT)
         )
     )
-    assert created.stats.spec.index.hnsw_m == 32  # defaults are filled in and stored explicitly
+    assert created.stats.spec.vectors[0].index.hnsw_m == 32  # defaults are filled in and stored explicitly
     listed = await index_stub.ListCollections(pb.ListCollectionsRequest())
     assert [c.spec.name for c in listed.collections] == ["a", "b"]
     await index_stub.DropCollection(pb.DropCollectionRequest(name="a"))
@@ -43,9 +43,7 @@ async def test_upsert_replaces_delete_removes_and_writes_are_visible_at_once(ind
     await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("c", DIM)))
     await load(index_stub, "c", base)
 
-    moved = pb.Item(
-        id="p5", vector=(-base[5]).tolist(), keywords={"category": "hats"}, payload=pb.Payload(title="new")
-    )
+    moved = item("p5", -base[5], keywords={"category": "hats"}, payload=pb.Payload(title="new"))
     reply = await index_stub.Upsert(pb.UpsertRequest(collection="c", items=[moved]))
     assert (reply.upserted, reply.count) == (1, 200)
     hit = (
@@ -53,7 +51,7 @@ async def test_upsert_replaces_delete_removes_and_writes_are_visible_at_once(ind
     )
     assert (hit.id, hit.item.payload.title) == ("p5", "new")
     got = await index_stub.Get(pb.GetRequest(collection="c", ids=["p5"], include_vectors=True))
-    np.testing.assert_allclose(got.items[0].vector, -base[5], rtol=1e-6)
+    np.testing.assert_allclose(vector_of(got.items[0]), -base[5], rtol=1e-6)
     assert dict(got.items[0].keywords) == {"category": "hats"}
 
     deleted = await index_stub.Delete(pb.DeleteRequest(collection="c", ids=["p7", "never-existed"]))
@@ -72,10 +70,10 @@ async def test_search_returns_attributes_and_payload_only_when_asked(index_stub)
     full = await index_stub.Search(
         search_request("c", base[3:4], 1, include_payload=True, include_attributes=True)
     )
-    item = full.results[0].hits[0].item
-    assert item.payload.image_uri == "s3://images/3.jpg"
-    assert item.numbers["price"] == float(3 * 37) and item.keywords["category"] == "coats"
-    assert not item.vector
+    hit = full.results[0].hits[0].item
+    assert hit.payload.image_uri == "s3://images/3.jpg"
+    assert hit.numbers["price"] == float(3 * 37) and hit.keywords["category"] == "coats"
+    assert not hit.vectors
 
 
 async def test_streaming_upsert_loads_in_batches(index_stub) -> None:
@@ -104,7 +102,7 @@ async def test_snapshot_then_restart_serves_identical_results(index_factory, tmp
     await stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("c", DIM, kind=kind, **index)))
     await load(stub, "c", base[:1000])
     snap = await stub.Snapshot(pb.SnapshotRequest(name="c"))
-    assert snap.collections[0].snapshot_slot == 1000
+    assert snap.collections[0].vectors[0].snapshot_slot == 1000
     await load(
         stub, "c", base[1000:], batch=500, offset=1000
     )  # a tail after the snapshot, replayed on restart
@@ -119,7 +117,7 @@ async def test_snapshot_then_restart_serves_identical_results(index_factory, tmp
     stats_after = await stub.GetStats(pb.GetStatsRequest(name="c"))
     assert ids_of(after) == ids_of(before)
     assert stats_after.count == stats_before.count == 1498
-    assert stats_after.snapshot_slot == 1000
+    assert stats_after.vectors[0].snapshot_slot == 1000
 
 
 async def test_snapshot_compacts_deleted_vectors(index_stub) -> None:
@@ -127,9 +125,9 @@ async def test_snapshot_compacts_deleted_vectors(index_stub) -> None:
     await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("c", DIM)))
     await load(index_stub, "c", base)
     await index_stub.Delete(pb.DeleteRequest(collection="c", ids=[f"p{i}" for i in range(200)]))
-    assert (await index_stub.GetStats(pb.GetStatsRequest(name="c"))).index_total == 400
+    assert (await index_stub.GetStats(pb.GetStatsRequest(name="c"))).vectors[0].index_total == 400
     snap = await index_stub.Snapshot(pb.SnapshotRequest())
-    assert (snap.collections[0].count, snap.collections[0].index_total) == (200, 200)
+    assert (snap.collections[0].count, snap.collections[0].vectors[0].index_total) == (200, 200)
     reply = await index_stub.Search(search_request("c", base[:5], 1))
     assert all(int(h.id[1:]) >= 200 for r in reply.results for h in r.hits)
 
@@ -200,13 +198,13 @@ async def test_searches_run_concurrently_with_writes(index_stub) -> None:
 
 
 async def test_subprocess_server_health_reflection_and_metrics(tmp_path) -> None:
-    from index_service.process import IndexServiceProcess
+    from operations.servers import index_server
 
-    proc = IndexServiceProcess(tmp_path / "d", extra_args=("--metrics-port", "0"))
+    proc = index_server(tmp_path / "d", metrics_port=0)
     with proc:
         async with grpc.aio.insecure_channel(proc.address) as channel:
             health = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="vitrine.index.v1.IndexService")
+                health_pb2.HealthCheckRequest(service="vitrine.index.v2.IndexService")
             )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             refl = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -219,7 +217,7 @@ async def test_subprocess_server_health_reflection_and_metrics(tmp_path) -> None
                 async for r in refl.ServerReflectionInfo(ask())
                 for s in r.list_services_response.service
             ]
-            assert "vitrine.index.v1.IndexService" in services
+            assert "vitrine.index.v2.IndexService" in services
 
             stub = index_pb2_grpc.IndexServiceStub(channel)
             await stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("m", 4)))

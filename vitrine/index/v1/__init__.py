@@ -1,1 +1,0 @@
-"""Generated index.v1 stubs (built from proto/ by `make protos`)."""

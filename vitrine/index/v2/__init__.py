@@ -1,0 +1,1 @@
+"""Generated index.v2 stubs (built from proto/ by `make protos`)."""
