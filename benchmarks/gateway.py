@@ -172,19 +172,20 @@ async def _run_stack_async(
 
 def load_index(address: str, collection: str, vectors: np.ndarray, products: Sequence[Product]) -> None:
     """Writes vectors, attributes and payload exactly as the gateway's ingestion would, minus embedding."""
-    from gateway.clients import IndexRetriever
+    from gateway.index_client import IndexRetriever
+    from gateway.items import SPACES
     from gateway.pipeline import PipelineSettings, Record
 
     async def go() -> None:
         settings = PipelineSettings(collection=collection)
-        retriever = IndexRetriever(address, settings.filter_attributes)
+        retriever = IndexRetriever(address, collection, settings.filter_attributes)
         try:
-            for name in (settings.image_collection, settings.title_collection):
-                for start in range(0, len(products), 500):
-                    batch = [
-                        Record(p, vectors[start + j]) for j, p in enumerate(products[start : start + 500])
-                    ]
-                    await retriever.upsert(name, batch, timeout=120)
+            for start in range(0, len(products), 500):
+                batch = [
+                    Record(p, dict.fromkeys(SPACES, vectors[start + j]))
+                    for j, p in enumerate(products[start : start + 500])
+                ]
+                await retriever.upsert(batch, timeout=120)
         finally:
             await retriever.close()
 

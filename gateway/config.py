@@ -17,7 +17,7 @@ class GatewayConfig:
     triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC endpoint"})
     index_address: str = field(default="127.0.0.1:50051", metadata={"help": "index service gRPC endpoint"})
     collection: str = field(
-        default="products", metadata={"help": "catalog name; vectors live in <name>_image and <name>_title"}
+        default="products", metadata={"help": "catalog name: one index collection, one item per product"}
     )
     text_match: TextMatch = field(
         default=TextMatch.FUSION, metadata={"help": "how a text query meets products by default"}

@@ -1,10 +1,11 @@
 """Search as plain code: embed -> retrieve (one or more vector spaces, fused) -> re-rank.
 
 The clients are passed in as the three protocols below, so the pipeline runs the same against Triton and
-the index service (``gateway.clients``) as against anything a test or benchmark supplies. Each product
-lives in two vector spaces, ``<collection>_image`` (CLIP image embedding of its photo) and
-``<collection>_title`` (CLIP text embedding of its title). How a text query meets them is a choice
-(``TextMatch``), and so is how ranked lists from several spaces become one (``Fusion``):
+the index service (``gateway.index_client``) as against anything a test or benchmark supplies. Each
+product is one index item with a vector in each named space (``gateway.items``): ``image`` (CLIP image
+embedding of its photo) and ``title`` (CLIP text embedding of its title), written together in one call.
+How a text query meets them is a choice (``TextMatch``), and so is how ranked lists from several spaces
+become one (``Fusion``):
 
 - ``rrf``: reciprocal-rank fusion, sum of ``weight / (rrf_k + rank)``. Scale-free, so cosine scores from
   different spaces (text-image similarities sit far lower than text-text ones) need no calibration.
@@ -29,6 +30,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from gateway.errors import DeadlineExceeded, InvalidInput, NotFound
+from gateway.items import IMAGE, TITLE
 from vitrine.catalog import Product
 
 T = TypeVar("T")
@@ -69,10 +71,10 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Record:
-    """One product as the index stores it in one vector space."""
+    """One product as the index stores it: its vector in every space (``gateway.items.SPACES``)."""
 
     product: Product
-    vector: np.ndarray
+    vectors: dict[str, np.ndarray]
 
 
 class Embedder(Protocol):
@@ -88,9 +90,11 @@ class Reranker(Protocol):
 
 
 class Retriever(Protocol):
+    """One catalog: products with a vector in each named space."""
+
     async def search(
         self,
-        collection: str,
+        space: str,
         vectors: Sequence[np.ndarray],
         k: int,
         filters: Sequence[FieldFilter],
@@ -98,12 +102,14 @@ class Retriever(Protocol):
     ) -> list[list[Candidate]]: ...
 
     async def get(
-        self, collection: str, ids: Sequence[str], timeout: float | None
-    ) -> dict[str, tuple[Product, np.ndarray]]: ...
+        self, ids: Sequence[str], timeout: float | None
+    ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]: ...
 
-    async def upsert(self, collection: str, records: Sequence[Record], timeout: float | None) -> None: ...
+    async def upsert(self, records: Sequence[Record], timeout: float | None) -> None:
+        """Every space of every record in one write."""
+        ...
 
-    async def delete(self, collection: str, ids: Sequence[str], timeout: float | None) -> int: ...
+    async def delete(self, ids: Sequence[str], timeout: float | None) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -199,14 +205,6 @@ class PipelineSettings:
     """Share of a text query's weight given to the title space under ``TextMatch.FUSION``."""
     filter_attributes: tuple[str, ...] = ("color", "material", "pattern")
 
-    @property
-    def image_collection(self) -> str:
-        return f"{self.collection}_image"
-
-    @property
-    def title_collection(self) -> str:
-        return f"{self.collection}_title"
-
 
 class Timer:
     def __init__(self) -> None:
@@ -270,7 +268,7 @@ class Pipeline:
     # ---- search -----------------------------------------------------------------------------------
 
     def _spaces(self, q: SearchQuery, has_text: bool, has_image: bool) -> list[tuple[str, str, float]]:
-        """(collection, which query vector, weight) for every space searched."""
+        """(space, which query vector, weight) for every space searched."""
         s = self.settings
         text_w = 1.0 - q.image_weight if has_image else 1.0
         image_w = q.image_weight if has_text else 1.0
@@ -278,14 +276,14 @@ class Pipeline:
         if has_text:
             match = q.text_match or s.text_match
             if match == TextMatch.IMAGE:
-                spaces.append((s.image_collection, "text", text_w))
+                spaces.append((IMAGE, "text", text_w))
             elif match == TextMatch.TITLE:
-                spaces.append((s.title_collection, "text", text_w))
+                spaces.append((TITLE, "text", text_w))
             else:
-                spaces.append((s.image_collection, "text", text_w * (1.0 - s.title_weight)))
-                spaces.append((s.title_collection, "text", text_w * s.title_weight))
+                spaces.append((IMAGE, "text", text_w * (1.0 - s.title_weight)))
+                spaces.append((TITLE, "text", text_w * s.title_weight))
         if has_image:
-            spaces.append((s.image_collection, "image", image_w))
+            spaces.append((IMAGE, "image", image_w))
         return spaces
 
     async def search(self, q: SearchQuery, timeout: float | None = None) -> SearchResult:
@@ -326,26 +324,26 @@ class Pipeline:
 
         depth = max(q.top_k, q.rerank_depth) if (q.rerank and has_text) else q.top_k
         spaces = self._spaces(q, has_text, has_image)
-        by_collection: dict[str, list[int]] = {}
-        for i, (collection, _, _) in enumerate(spaces):
-            by_collection.setdefault(collection, []).append(i)
+        by_space: dict[str, list[int]] = {}
+        for i, (space, _, _) in enumerate(spaces):
+            by_space.setdefault(space, []).append(i)
         with timer.stage("retrieve"):
             budget = deadline.remaining()
-            # One index request per collection, carrying every query vector aimed at it.
-            per_collection = await asyncio.gather(
+            # One index request per space, carrying every query vector aimed at it.
+            per_space = await asyncio.gather(
                 *(
                     self.retriever.search(
-                        collection,
+                        space,
                         [vectors[spaces[i][1]] for i in idx],
                         depth,
                         q.filters,
                         budget,
                     )
-                    for collection, idx in by_collection.items()
+                    for space, idx in by_space.items()
                 )
             )
         ranked: list[list[Candidate]] = [[] for _ in spaces]
-        for idx, results in zip(by_collection.values(), per_collection, strict=True):
+        for idx, results in zip(by_space.values(), per_space, strict=True):
             for i, res in zip(idx, results, strict=True):
                 ranked[i] = res
         fused = fuse(
@@ -382,21 +380,17 @@ class Pipeline:
     async def _similar(
         self, pid: str, top_k: int, filters: Sequence[FieldFilter], deadline: Deadline, timer: Timer
     ) -> SimilarResult:
-        s = self.settings
         with timer.stage("lookup"):
-            budget = deadline.remaining()
-            stored = await asyncio.gather(
-                self.retriever.get(s.image_collection, [pid], budget),
-                self.retriever.get(s.title_collection, [pid], budget),
-            )
-        if pid not in stored[0] or pid not in stored[1]:
+            stored = await self.retriever.get([pid], deadline.remaining())
+        if pid not in stored:
             raise NotFound(f"unknown product id {pid!r}")
+        vectors = stored[pid][1]
         with timer.stage("retrieve"):
             budget = deadline.remaining()
             results = await asyncio.gather(
                 *(
-                    self.retriever.search(coll, [found[pid][1]], top_k + 1, filters, budget)
-                    for coll, found in ((s.image_collection, stored[0]), (s.title_collection, stored[1]))
+                    self.retriever.search(space, [vectors[space]], top_k + 1, filters, budget)
+                    for space in (IMAGE, TITLE)
                 )
             )
         by_image, by_title = (
@@ -409,7 +403,7 @@ class Pipeline:
     async def get(self, ids: Sequence[str], timeout: float | None = None) -> list[Product]:
         if not ids or any(not i for i in ids):
             raise InvalidInput("give at least one non-empty product id")
-        found = await self.retriever.get(self.settings.image_collection, ids, timeout)
+        found = await self.retriever.get(ids, timeout)
         missing = [i for i in ids if i not in found]
         if missing:
             raise NotFound(f"unknown product ids: {', '.join(missing[:10])}")
@@ -438,7 +432,7 @@ class Pipeline:
             return_exceptions=True,
         )
         image_vecs, title_vecs = embedded[: len(todo)], embedded[len(todo) :]
-        image_records, title_records = [], []
+        records = []
         for i, iv, tv in zip(todo, image_vecs, title_vecs, strict=True):
             for res in (iv, tv):
                 if isinstance(res, BaseException) and not isinstance(res, InvalidInput):
@@ -449,25 +443,15 @@ class Pipeline:
             if isinstance(tv, BaseException):
                 errors[i] = InvalidInput(f"product {items[i][0].id!r}: {tv}")
                 continue
-            image_records.append(Record(items[i][0], iv))
-            title_records.append(Record(items[i][0], tv[0]))
-        if image_records:
-            s = self.settings
-            budget = deadline.remaining()
-            await asyncio.gather(
-                self.retriever.upsert(s.image_collection, image_records, budget),
-                self.retriever.upsert(s.title_collection, title_records, budget),
-            )
+            records.append(Record(items[i][0], {IMAGE: iv, TITLE: tv[0]}))
+        if records:
+            await self.retriever.upsert(records, deadline.remaining())
         return errors
 
     async def delete(self, ids: Sequence[str], timeout: float | None = None) -> tuple[int, list[str]]:
         if not ids or any(not i for i in ids):
             raise InvalidInput("give at least one non-empty product id")
-        s = self.settings
-        found = await self.retriever.get(s.image_collection, ids, timeout)
+        found = await self.retriever.get(ids, timeout)
         missing = [i for i in ids if i not in found]
-        deleted, _ = await asyncio.gather(
-            self.retriever.delete(s.image_collection, ids, timeout),
-            self.retriever.delete(s.title_collection, ids, timeout),
-        )
+        deleted = await self.retriever.delete(ids, timeout)
         return deleted, missing

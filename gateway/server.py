@@ -20,9 +20,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.clients import IndexRetriever, TritonModels
+from gateway.clients import TritonModels
 from gateway.config import GatewayConfig
 from gateway.errors import Dependency, DependencyError
+from gateway.index_client import IndexRetriever
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.servicer import ProductSearchServicer
@@ -85,7 +86,9 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.triton = TritonModels(config.triton_url)
-        self.index = IndexRetriever(config.index_address, config.filter_attributes, config.index_kind)
+        self.index = IndexRetriever(
+            config.index_address, config.collection, config.filter_attributes, config.index_kind
+        )
         self.pipeline = Pipeline(self.triton, self.index, self.triton, config.pipeline_settings())
         self.health = health_aio.HealthServicer()
         self.servicer = ProductSearchServicer(
@@ -150,10 +153,8 @@ class Gateway:
         triton_ok, index_ok = await asyncio.gather(self.triton.ready(), self.index.ready())
         self.up[Dependency.TRITON], self.up[Dependency.INDEX] = triton_ok, index_ok
         if index_ok:
-            s = self.pipeline.settings
             try:
-                for name in (s.image_collection, s.title_collection):
-                    await self.index.ensure_collection(name, timeout=5.0)
+                await self.index.ensure_collection(timeout=5.0)
             except DependencyError:
                 self.up[Dependency.INDEX] = False
         await self._publish()

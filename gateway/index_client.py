@@ -1,0 +1,124 @@
+"""The pipeline's index client (grpc.aio): one collection per catalog, one item per product.
+
+How a product becomes an item (spaces, attributes, payload, filters) is ``gateway.items``; this module
+only moves items over gRPC. Every call hands ``grpc.RpcError`` to ``gateway.errors.from_dependency``,
+the one translation point, and passes the caller's remaining time as the index's own deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from gateway import items
+from gateway.clients import CHANNEL_OPTIONS
+from gateway.errors import Dependency, from_dependency
+from gateway.pipeline import Candidate, FieldFilter, Record
+from vitrine.catalog import Product
+from vitrine.index.v2 import index_pb2 as ipb
+from vitrine.index.v2 import index_pb2_grpc as ipb_grpc
+
+
+class IndexRetriever:
+    """Retriever over the index service: the catalog is the collection ``collection``, searched per space."""
+
+    def __init__(
+        self,
+        address: str,
+        collection: str,
+        filter_attributes: Sequence[str],
+        index_kind: str = "flat",
+    ) -> None:
+        self.address = address
+        self.collection = collection
+        self.filter_attributes = tuple(filter_attributes)
+        self.index_kind = index_kind
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = ipb_grpc.IndexServiceStub(self.channel)
+        self._ensured = False
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+    async def ready(self, timeout: float = 2.0) -> bool:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            resp = await health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise from_dependency(Dependency.INDEX, exc) from exc
+
+    async def ensure_collection(self, timeout: float | None = 10.0) -> None:
+        """Create the catalog's collection when missing; an existing one is kept (ingestion is idempotent)."""
+        if self._ensured:
+            return
+        spec = items.collection_spec(self.collection, self.filter_attributes, self.index_kind)
+        try:
+            await self.stub.CreateCollection(ipb.CreateCollectionRequest(spec=spec), timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise from_dependency(Dependency.INDEX, exc) from exc
+        self._ensured = True
+
+    async def search(
+        self,
+        space: str,
+        vectors: Sequence[np.ndarray],
+        k: int,
+        filters: Sequence[FieldFilter],
+        timeout: float | None,
+    ) -> list[list[Candidate]]:
+        req = ipb.SearchRequest(
+            collection=self.collection,
+            vector=space,
+            queries=[ipb.Query(vector=np.asarray(v, dtype=np.float32).tolist()) for v in vectors],
+            k=k,
+            include_payload=True,
+        )
+        flt = items.index_filter(filters)
+        if flt is not None:
+            req.filter.CopyFrom(flt)
+        resp = await self._call(self.stub.Search, req, timeout)
+        return [
+            [Candidate(h.id, h.score, items.product_of(h.item, h.id)) for h in r.hits] for r in resp.results
+        ]
+
+    async def get(
+        self, ids: Sequence[str], timeout: float | None
+    ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]:
+        resp = await self._call(
+            self.stub.Get,
+            ipb.GetRequest(collection=self.collection, ids=list(ids), include_vectors=True),
+            timeout,
+        )
+        return {it.id: (items.product_of(it), items.vectors_of(it)) for it in resp.items}
+
+    async def upsert(self, records: Sequence[Record], timeout: float | None) -> None:
+        """One Upsert call: every space of every product in one atomic write."""
+        await self.ensure_collection(timeout)
+        await self._call(
+            self.stub.Upsert,
+            ipb.UpsertRequest(
+                collection=self.collection,
+                items=[items.item_of(r.product, r.vectors, self.filter_attributes) for r in records],
+            ),
+            timeout,
+        )
+
+    async def delete(self, ids: Sequence[str], timeout: float | None) -> int:
+        resp = await self._call(
+            self.stub.Delete, ipb.DeleteRequest(collection=self.collection, ids=list(ids)), timeout
+        )
+        return int(resp.deleted)

@@ -1,0 +1,128 @@
+"""The one place that knows how a product is stored in the index: one item per product, named vectors.
+
+A catalog is one index collection. Each product is one item: one vector per space in ``SPACES``, the
+attributes filters need (price as a number, brand and the filterable attributes as keywords, the
+category path as tags) and a payload from which ``product_of`` rebuilds the product without a second
+lookup. Adding a space is one line in ``SPACES``; every item must then carry a vector for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vitrine.catalog import CATEGORY_SEPARATOR, Product
+from vitrine.contracts import EMBED_DIM
+from vitrine.index.v2 import index_pb2 as ipb
+
+if TYPE_CHECKING:
+    from gateway.pipeline import FieldFilter
+
+IMAGE = "image"
+"""CLIP image embedding of the product's photo."""
+TITLE = "title"
+"""CLIP text embedding of the product's title."""
+
+SPACES: dict[str, int] = {IMAGE: EMBED_DIM, TITLE: EMBED_DIM}
+"""Every vector space of a catalog collection and its dimension, in stored order."""
+
+ATTR_PREFIX = "attr."
+CATEGORY_TAG = "category:"
+INDEX_KINDS = {
+    "flat": ipb.INDEX_KIND_FLAT,
+    "hnsw": ipb.INDEX_KIND_HNSW,
+    "ivf_flat": ipb.INDEX_KIND_IVF_FLAT,
+}
+
+
+def collection_spec(
+    name: str, filter_attributes: Sequence[str], index_kind: str = "flat"
+) -> ipb.CollectionSpec:
+    """The collection the gateway creates for a catalog: every space cosine (inner product on
+    normalised vectors), one index kind for all of them."""
+    kind = INDEX_KINDS[index_kind]
+    return ipb.CollectionSpec(
+        name=name,
+        vectors=[
+            ipb.VectorSpec(
+                name=space, dim=dim, metric=ipb.METRIC_INNER_PRODUCT, index=ipb.IndexSpec(kind=kind)
+            )
+            for space, dim in SPACES.items()
+        ],
+        schema=ipb.AttributeSchema(number_fields=["price"], keyword_fields=["brand", *filter_attributes]),
+    )
+
+
+def category_tags(category: Sequence[str]) -> list[str]:
+    """Every level's name and every path prefix, so a filter on "Shoes" or "Fashion > Shoes" matches."""
+    tags = set()
+    for i, name in enumerate(category):
+        tags.add(CATEGORY_TAG + name)
+        tags.add(CATEGORY_TAG + CATEGORY_SEPARATOR.join(category[: i + 1]))
+    return sorted(tags)
+
+
+def item_of(
+    product: Product, vectors: Mapping[str, np.ndarray], filter_attributes: Sequence[str] = ()
+) -> ipb.Item:
+    """One index item for a product: its vector in every space, its filterable attributes, its payload."""
+    p = product
+    extra = {"category": p.category_path(), "brand": p.brand, "price": repr(float(p.price))}
+    extra.update({ATTR_PREFIX + k: v for k, v in p.attributes.items()})
+    keywords = {"brand": p.brand} if p.brand else {}
+    keywords.update({k: v for k, v in p.attributes.items() if k in filter_attributes})
+    return ipb.Item(
+        id=p.id,
+        vectors={
+            space: ipb.Vector(values=np.asarray(vec, dtype=np.float32).reshape(-1).tolist())
+            for space, vec in vectors.items()
+        },
+        numbers={"price": float(p.price)},
+        keywords=keywords,
+        tags=category_tags(p.category),
+        payload=ipb.Payload(title=p.title, description=p.description, image_uri=p.image, extra=extra),
+    )
+
+
+def product_of(item: ipb.Item, pid: str = "") -> Product:
+    """Rebuild a product from the payload stored with its vectors (no second lookup on the hot path)."""
+    p = item.payload
+    extra = dict(p.extra)
+    category = tuple(c for c in extra.get("category", "").split(CATEGORY_SEPARATOR) if c)
+    return Product(
+        id=pid or item.id,
+        title=p.title,
+        description=p.description,
+        category=category,
+        brand=extra.get("brand", ""),
+        price=float(extra.get("price", "0") or 0.0),
+        image=p.image_uri,
+        attributes={k[len(ATTR_PREFIX) :]: v for k, v in extra.items() if k.startswith(ATTR_PREFIX)},
+    )
+
+
+def vectors_of(item: ipb.Item) -> dict[str, np.ndarray]:
+    return {space: np.asarray(vec.values, dtype=np.float32) for space, vec in item.vectors.items()}
+
+
+def index_filter(filters: Sequence[FieldFilter]) -> ipb.Filter | None:
+    """The gateway's filters as one index filter (all must hold): category as tags, price as a range,
+    any other field as keywords. The same filter selects the same items in every space."""
+    clauses = []
+    for f in filters:
+        if f.field == "category":
+            clauses.append(ipb.Filter(tags=ipb.TagMatch(any=[CATEGORY_TAG + v for v in f.any_of])))
+        elif f.field == "price":
+            rng = ipb.NumberRange(field="price")
+            if f.min is not None:
+                rng.gte = f.min
+            if f.max is not None:
+                rng.lte = f.max
+            clauses.append(ipb.Filter(range=rng))
+        else:
+            clauses.append(ipb.Filter(keyword=ipb.KeywordIn(field=f.field, values=list(f.any_of))))
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else ipb.Filter(all=ipb.FilterList(filters=clauses))
