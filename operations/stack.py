@@ -43,6 +43,7 @@ class StackConfig:
     seed: int = field(default=0, metadata={"help": "demo catalog seed"})
     gateway_port: int = field(default=50050, metadata={"help": "gateway gRPC port"})
     gateway_metrics_port: int = field(default=9101, metadata={"help": "gateway Prometheus port"})
+    http_port: int = field(default=8080, metadata={"help": "gateway HTTP/JSON API and demo page port"})
     index_port: int = field(default=50051, metadata={"help": "index service gRPC port"})
     index_metrics_port: int = field(default=9102, metadata={"help": "index service Prometheus port"})
     triton_http_port: int = field(default=8000, metadata={"help": "Triton HTTP port"})
@@ -225,7 +226,12 @@ def main_stack(cfg: StackConfig) -> Stack:
         index=IndexServiceConfig(
             port=cfg.index_port, metrics_port=cfg.index_metrics_port, data_dir=str(var / "index")
         ),
-        gateway=GatewayConfig(port=cfg.gateway_port, metrics_port=cfg.gateway_metrics_port),
+        gateway=GatewayConfig(
+            port=cfg.gateway_port,
+            metrics_port=cfg.gateway_metrics_port,
+            http_port=cfg.http_port,
+            image_roots=(str(var / "catalog"),),
+        ),
     )
 
 
@@ -319,6 +325,8 @@ def up(cfg: StackConfig) -> int:
             _say(summary.render() + f" in {time.monotonic() - t0:.0f} s")
         demo_searches(stack.gateway_address, catalog)
         _say(f"stack up in {time.monotonic() - t_start:.0f} s")
+        page = f"http://127.0.0.1:{gateway.config.http_port}/"
+        _say(f"page: {page}  (HTTP/JSON API: {page}openapi.json)")
         if cfg.serve:
             _say(f"serving on {stack.gateway_address}; Ctrl-C or `make down` stops everything")
             while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -28,13 +29,13 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
     var = tmp_path / "var"
     var.mkdir()
     (var / "artifacts").symlink_to(tiny_artifacts)  # a valid export is reused, not redone
-    ports = {name: free_port() for name in ("gateway", "gm", "index", "im", "th", "tg", "tm")}
+    ports = {name: free_port() for name in ("gateway", "gm", "http", "index", "im", "th", "tg", "tm")}
     cmd = [
         sys.executable, "-m", "operations.cli", "up", "--var", str(var), "--size", "tiny", "--products", "24",
         "--gateway-port", str(ports["gateway"]), "--gateway-metrics-port", str(ports["gm"]),
         "--index-port", str(ports["index"]), "--index-metrics-port", str(ports["im"]),
         "--triton-http-port", str(ports["th"]), "--triton-grpc-port", str(ports["tg"]),
-        "--triton-metrics-port", str(ports["tm"]),
+        "--triton-metrics-port", str(ports["tm"]), "--http-port", str(ports["http"]),
     ]  # fmt: skip
     up = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
@@ -60,6 +61,13 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
             )
             assert got.products[0].id == "p000023"
 
+        page = f"http://127.0.0.1:{ports['http']}/"
+        assert f"page: {page}" in log
+        with urllib.request.urlopen(page, timeout=30) as reply:
+            assert reply.status == 200 and b"<html" in reply.read().lower()
+        with urllib.request.urlopen(f"{page}v1/products/p000023/image", timeout=30) as reply:
+            assert reply.headers["content-type"] == "image/jpeg" and reply.read(3) == b"\xff\xd8\xff"
+
         down = subprocess.run(
             [sys.executable, "-m", "operations.cli", "down", "--var", str(var)],
             capture_output=True,
@@ -69,7 +77,7 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
         assert down.returncode == 0 and "stack stopped" in down.stderr
         assert up.wait(timeout=60) == 0
         assert not (var / "vitrine.pid").exists()
-        for name in ("gateway", "index", "tg"):
+        for name in ("gateway", "http", "index", "tg"):
             assert not _port_in_use(ports[name]), name
     finally:
         if up.poll() is None:
