@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from gateway.config import GatewayConfig
-    from gateway.pipeline import TextMatch
+    from gateway.pipeline import PipelineSettings, TextMatch
     from index_service.config import IndexServiceConfig
     from operations.stack import Stack
 
@@ -233,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         work,
         artifacts,
         index=IndexServiceConfig(port=0, data_dir=str(work / f"index-{os.getpid()}")),
-        gateway=GatewayConfig(port=0, collection=collection, text_match=TextMatch.IMAGE, max_in_flight=256),
+        gateway=GatewayConfig(
+            port=0,
+            pipeline=PipelineSettings(collection=collection, text_match=TextMatch.IMAGE),
+            max_in_flight=256,
+        ),
     )
     rows: list[Row] = []
     agreement: dict[int, float] = {}

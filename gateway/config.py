@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.pipeline import Fusion, PipelineSettings, TextMatch
+from gateway.pipeline import PipelineSettings
 
 ENV_PREFIX = "VITRINE_GATEWAY"
 DEFAULT_PORT = 50050
@@ -16,21 +16,9 @@ class GatewayConfig:
     port: int = field(default=DEFAULT_PORT, metadata={"help": "gRPC port; 0 binds a free one"})
     triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC endpoint"})
     index_address: str = field(default="127.0.0.1:50051", metadata={"help": "index service gRPC endpoint"})
-    collection: str = field(
-        default="products", metadata={"help": "catalog name: one index collection, one item per product"}
-    )
-    text_match: TextMatch = field(
-        default=TextMatch.FUSION, metadata={"help": "how a text query meets products by default"}
-    )
-    fusion: Fusion = field(default=Fusion.RRF, metadata={"help": "how ranked lists of several spaces merge"})
-    rrf_k: int = field(default=60, metadata={"help": "reciprocal-rank fusion constant"})
-    title_weight: float = field(
-        default=0.5, metadata={"help": "share of a text query's weight on the title space (fusion)"}
-    )
-    filter_attributes: tuple[str, ...] = field(
-        default=("color", "material", "pattern"),
-        metadata={"help": "extra product attributes indexed for filtering (comma-separated)"},
-    )
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    """Search settings (collection, text match, fusion, filterable attributes): their flags are the
+    gateway's flags, declared once in ``PipelineSettings``."""
     index_kind: str = field(
         default="flat", metadata={"help": "index of new collections: flat, hnsw, ivf_flat"}
     )
@@ -57,13 +45,3 @@ class GatewayConfig:
     )
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error"})
-
-    def pipeline_settings(self) -> PipelineSettings:
-        return PipelineSettings(
-            collection=self.collection,
-            text_match=self.text_match,
-            fusion=self.fusion,
-            rrf_k=self.rrf_k,
-            title_weight=self.title_weight,
-            filter_attributes=self.filter_attributes,
-        )

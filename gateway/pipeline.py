@@ -146,11 +146,6 @@ class SimilarResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def passage_of(product: Product) -> str:
-    """What the cross-encoder reads for a product: title first, since the passage side is truncated."""
-    return f"{product.title}. {product.description}".strip()
-
-
 def fuse(lists: Sequence[tuple[float, Sequence[Candidate]]], method: Fusion, rrf_k: int) -> list[Candidate]:
     """One ranked list from several weighted ones; a single list passes through unchanged."""
     if len(lists) == 1:
@@ -197,13 +192,23 @@ class Deadline:
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    collection: str = "products"
-    text_match: TextMatch = TextMatch.IMAGE
-    fusion: Fusion = Fusion.RRF
-    rrf_k: int = 60
-    title_weight: float = 0.5
-    """Share of a text query's weight given to the title space under ``TextMatch.FUSION``."""
-    filter_attributes: tuple[str, ...] = ("color", "material", "pattern")
+    """How searches run, declared once: the gateway's config holds these (its flags come from here)."""
+
+    collection: str = field(
+        default="products", metadata={"help": "catalog name: one index collection, one item per product"}
+    )
+    text_match: TextMatch = field(
+        default=TextMatch.FUSION, metadata={"help": "how a text query meets products by default"}
+    )
+    fusion: Fusion = field(default=Fusion.RRF, metadata={"help": "how ranked lists of several spaces merge"})
+    rrf_k: int = field(default=60, metadata={"help": "reciprocal-rank fusion constant"})
+    title_weight: float = field(
+        default=0.5, metadata={"help": "share of a text query's weight on the title space (fusion)"}
+    )
+    filter_attributes: tuple[str, ...] = field(
+        default=("color", "material", "pattern"),
+        metadata={"help": "extra product attributes indexed for filtering (comma-separated)"},
+    )
 
 
 class Timer:
@@ -357,7 +362,7 @@ class Pipeline:
         pool = fused[:depth]
         with timer.stage("rerank"):
             scores = await self.reranker.rerank(
-                q.text, [passage_of(c.product) for c in pool], deadline.remaining()
+                q.text, [c.product.passage() for c in pool], deadline.remaining()
             )
         order = sorted(range(len(pool)), key=lambda i: (-float(scores[i]), i))[: q.top_k]
         hits = [Hit(pool[i].product, pool[i].score, float(scores[i])) for i in order]

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.clients import TritonModels
 from gateway.config import GatewayConfig
-from gateway.errors import Dependency, DependencyError
+from gateway.errors import API_KEY_MESSAGE, Dependency, DependencyError
 from gateway.index_client import IndexRetriever
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
@@ -62,9 +62,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
 def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key (authorization: Bearer)"
-        )
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, API_KEY_MESSAGE)
 
     if handler.request_streaming and not handler.response_streaming:
         return grpc.stream_unary_rpc_method_handler(deny)
@@ -87,9 +85,12 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.triton = TritonModels(config.triton_url)
         self.index = IndexRetriever(
-            config.index_address, config.collection, config.filter_attributes, config.index_kind
+            config.index_address,
+            config.pipeline.collection,
+            config.pipeline.filter_attributes,
+            config.index_kind,
         )
-        self.pipeline = Pipeline(self.triton, self.index, self.triton, config.pipeline_settings())
+        self.pipeline = Pipeline(self.triton, self.index, self.triton, config.pipeline)
         self.health = health_aio.HealthServicer()
         self.servicer = ProductSearchServicer(
             self.pipeline,

@@ -316,7 +316,7 @@ def up(cfg: StackConfig) -> int:
         _say(f"gateway serving on {gateway.address} (metrics :{cfg.gateway_metrics_port}/metrics)")
         catalog = demo_catalog(cfg, var)
         n_catalog = sum(1 for line in catalog.read_text(encoding="utf-8").splitlines() if line.strip())
-        have = ingested_count(index.address, gateway.config.collection)
+        have = ingested_count(index.address, gateway.config.pipeline.collection)
         if have >= n_catalog:
             _say(f"catalog already ingested ({have} products)")
         else:

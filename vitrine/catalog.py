@@ -33,7 +33,8 @@ class Product:
         return CATEGORY_SEPARATOR.join(self.category)
 
     def passage(self) -> str:
-        """What the cross-encoder reads for this product: ``title. description``."""
+        """What the cross-encoder reads for this product: ``title. description``, title first because the
+        passage side of a pair is what truncation cuts."""
         return f"{self.title}. {self.description}".strip()
 
     def to_json(self) -> dict[str, Any]:
