@@ -4,8 +4,7 @@ The Python-backend model only moves tensors in and out; everything that can go w
 bytes is decided here and raised as :class:`InputError`, so the model can turn it into a per-request
 ``INVALID_ARG`` while the rest of the batch proceeds.
 
-The transform follows transformers' ``CLIPImageProcessor`` (RGB, shortest side to 224 with PIL bicubic on
-uint8, center crop, rescale, normalise) so served embeddings match the PyTorch reference.
+The CLIP pixel transform itself lives in the kernel (``vitrine.pixels``): training code uses the same one.
 """
 
 from __future__ import annotations
@@ -16,11 +15,18 @@ import numpy as np
 from PIL import Image
 
 from vitrine import images
-from vitrine.contracts import CLIP_IMAGE_MEAN, CLIP_IMAGE_SIZE, CLIP_IMAGE_STD, MAX_TEXT_CHARS
+from vitrine.contracts import MAX_TEXT_CHARS
+from vitrine.pixels import normalize, resize_and_crop
 
-_MEAN = np.asarray(CLIP_IMAGE_MEAN, dtype=np.float32)
-_INV_STD = (1.0 / np.asarray(CLIP_IMAGE_STD, dtype=np.float32)).astype(np.float32)
-_SCALE = np.float32(1.0 / 255.0)
+__all__ = [
+    "InputError",
+    "decode_text",
+    "decode_texts",
+    "normalize",
+    "open_image",
+    "pixel_values",
+    "resize_and_crop",
+]
 
 
 class InputError(ValueError):
@@ -34,33 +40,6 @@ def open_image(data: bytes) -> Image.Image:
         return images.open_image(data)
     except images.ImageRejected as exc:
         raise InputError(str(exc)) from None
-
-
-def resize_and_crop(image: Image.Image, size: int = CLIP_IMAGE_SIZE) -> np.ndarray:
-    """RGB uint8 [size, size, 3]: shortest side to ``size`` (bicubic), then the centre square.
-
-    Same arithmetic as transformers' ``get_resize_output_image_size`` (long side truncated with int())
-    and ``center_crop`` (offsets floored), so crops line up with the reference pixel for pixel.
-    """
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
-    top = (new_h - size) // 2
-    left = (new_w - size) // 2
-    return np.asarray(image, dtype=np.uint8)[top : top + size, left : left + size]
-
-
-def normalize(pixels: np.ndarray) -> np.ndarray:
-    """[n, h, w, 3] uint8 -> [n, 3, h, w] float32 CLIP-normalised, in one vectorised pass."""
-    out = pixels.astype(np.float32) * _SCALE
-    out -= _MEAN
-    out *= _INV_STD
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
 def pixel_values(data: bytes) -> np.ndarray:
