@@ -13,7 +13,6 @@ import json
 import re
 import ssl
 import struct
-import subprocess
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -509,18 +508,6 @@ async def test_api_key_guards_the_api_not_health_or_page(
         assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, API_KEY_MESSAGE)
     finally:
         await stop_gateway(handle)
-
-
-@pytest.fixture
-def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost/127.0.0.1 and its key."""
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 async def test_https_with_the_grpc_certificate(

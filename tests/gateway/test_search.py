@@ -364,20 +364,6 @@ async def test_api_key_is_required_when_configured(gateway_triton: object, index
         await stop_gateway(handle)
 
 
-@pytest.fixture
-def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost/127.0.0.1 and its key."""
-    import subprocess
-
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 async def test_tls_when_configured(
     gateway_triton: object, index_server: object, tls_pair: tuple[Path, Path]
 ) -> None:
