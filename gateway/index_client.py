@@ -7,7 +7,7 @@ the one translation point, and passes the caller's remaining time as the index's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -20,6 +20,9 @@ from gateway.pipeline import Candidate, FieldFilter, Record
 from vitrine.catalog import Product
 from vitrine.index.v2 import index_pb2 as ipb
 from vitrine.index.v2 import index_pb2_grpc as ipb_grpc
+
+UPSERT_VECTORS_BATCH = 1000
+"""Items per UpsertVectors call: the index service's batch limit."""
 
 
 class IndexRetriever:
@@ -122,3 +125,58 @@ class IndexRetriever:
             self.stub.Delete, ipb.DeleteRequest(collection=self.collection, ids=list(ids)), timeout
         )
         return int(resp.deleted)
+
+    # ---- spaces filled after ingestion (recommendation and adapted vectors) and aliases ----
+
+    async def add_space(
+        self, space: str, dim: int, kind: str = "flat", timeout: float | None = 10.0
+    ) -> ipb.CollectionStats:
+        """Add an optional cosine space to the catalog's collection; items gain vectors in it through
+        ``upsert_vectors`` and keep them across product upserts that do not name it."""
+        spec = ipb.VectorSpec(
+            name=space,
+            dim=dim,
+            metric=ipb.METRIC_INNER_PRODUCT,
+            index=ipb.IndexSpec(kind=items.INDEX_KINDS[kind]),
+        )
+        return await self._call(
+            self.stub.AddVectorSpace,
+            ipb.AddVectorSpaceRequest(collection=self.collection, vector=spec),
+            timeout,
+        )
+
+    async def upsert_vectors(
+        self, space: str, vectors: Mapping[str, np.ndarray], timeout: float | None
+    ) -> list[str]:
+        """Set ``space``'s vector of existing products; returns the ids that are not in the catalog.
+
+        Sent in calls of at most ``UPSERT_VECTORS_BATCH`` items, each one atomic transaction.
+        """
+        pairs = list(vectors.items())
+        missing: list[str] = []
+        for start in range(0, len(pairs), UPSERT_VECTORS_BATCH):
+            request = ipb.UpsertVectorsRequest(
+                collection=self.collection,
+                vector=space,
+                items=[
+                    ipb.ItemVector(
+                        id=pid, vector=ipb.Vector(values=np.asarray(v, dtype=np.float32).reshape(-1).tolist())
+                    )
+                    for pid, v in pairs[start : start + UPSERT_VECTORS_BATCH]
+                ],
+            )
+            resp = await self._call(self.stub.UpsertVectors, request, timeout)
+            missing.extend(resp.missing_ids)
+        return missing
+
+    async def set_alias(self, alias: str, collection: str, timeout: float | None = 10.0) -> str:
+        """Point ``alias`` at ``collection`` atomically; returns the collection it pointed to before."""
+        resp = await self._call(
+            self.stub.SetAlias, ipb.SetAliasRequest(alias=alias, collection=collection), timeout
+        )
+        return str(resp.previous)
+
+    async def list_aliases(self, timeout: float | None = 10.0) -> dict[str, str]:
+        """alias -> collection."""
+        resp = await self._call(self.stub.ListAliases, ipb.ListAliasesRequest(), timeout)
+        return {a.alias: a.collection for a in resp.aliases}

@@ -1,15 +1,20 @@
 """One collection: named vector spaces over slot-numbered items, attribute columns and stored item bodies.
 
-An item is one product with one vector in every space the collection declares. Each ``Space`` holds its
-own vectors and its own FAISS index (Flat, IVF or HNSW, with its own training, tombstones, snapshot
-watermark and GPU copy); the slots, liveness, ids, attributes and bodies are the collection's and are
-shared by every space, so a filter selects the same items whichever space is searched.
+An item is one product with one vector in every non-optional space the collection declares and any of
+its optional ones (spaces added to a live collection are optional: items gain vectors in them later).
+Each ``Space`` holds its own vectors, which slots have one (``has``), and its own FAISS index (Flat, IVF
+or HNSW, with its own training, tombstones, snapshot watermark and GPU copy); the slots, liveness, ids,
+attributes and bodies are the collection's and are shared by every space, so a filter selects the same
+items whichever space is searched, among those with a vector in it.
 
 Every write gives an item a fresh *slot* (an int64 FAISS id that is never reused, the same in every
 space); replacing or deleting an item only marks its old slot dead. That keeps the durable log simple
 (a slot above a snapshot's watermark was written after it) and suits HNSW, which cannot remove vectors
 at all. Dead slots are kept out of results by an ID selector and removed from Flat/IVF indexes, or HNSW
-rebuilt, when a snapshot finds enough of them (each space counts its own).
+rebuilt, when a snapshot finds enough of them (each space counts its own). The one exception to "a
+write takes a fresh slot": giving an item its first vector in an optional space adds it at the item's
+current slot (so filling a new space does not re-add every item to every other space); the write burns
+a slot number as its sequence, which tells a restart that the vector came after a snapshot.
 
 This module does no locking and no I/O; ``engine.py`` serialises writers and persists before applying.
 """
@@ -75,22 +80,40 @@ def _valid_name(name: str, limit: int) -> bool:
     return bool(name) and len(name) <= limit and all(c.isalnum() or c in "-_." for c in name)
 
 
+def check_collection_name(name: str, what: str = "collection") -> None:
+    if not _valid_name(name, MAX_NAME_CHARS):
+        raise InvalidArgument(f"{what} name must be 1-{MAX_NAME_CHARS} characters of {NAME_HELP}")
+
+
+def check_space_name(name: str) -> None:
+    if not _valid_name(name, MAX_SPACE_NAME_CHARS):
+        raise InvalidArgument(
+            f"vector space name {name!r} must be 1-{MAX_SPACE_NAME_CHARS} characters of {NAME_HELP}"
+        )
+
+
+def normalize_vector_spec(vec: pb.VectorSpec) -> pb.VectorSpec:
+    """Validate one space added to a live collection and fill its defaults; it is always optional."""
+    out = pb.VectorSpec()
+    out.CopyFrom(vec)
+    check_space_name(out.name)
+    _normalize_vector_spec(out)
+    out.optional = True
+    return out
+
+
 def normalize_spec(spec: pb.CollectionSpec) -> pb.CollectionSpec:
     """Validate a new collection's spec and fill its defaults, so what is stored is explicit."""
     out = pb.CollectionSpec()
     out.CopyFrom(spec)
-    if not _valid_name(spec.name, MAX_NAME_CHARS):
-        raise InvalidArgument(f"collection name must be 1-{MAX_NAME_CHARS} characters of {NAME_HELP}")
+    check_collection_name(spec.name)
     if not spec.vectors:
         raise InvalidArgument("a collection needs at least one vector space (CollectionSpec.vectors)")
     if len(spec.vectors) > MAX_SPACES:
         raise InvalidArgument(f"a collection has at most {MAX_SPACES} vector spaces, got {len(spec.vectors)}")
     names = [v.name for v in spec.vectors]
     for name in names:
-        if not _valid_name(name, MAX_SPACE_NAME_CHARS):
-            raise InvalidArgument(
-                f"vector space name {name!r} must be 1-{MAX_SPACE_NAME_CHARS} characters of {NAME_HELP}"
-            )
+        check_space_name(name)
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise InvalidArgument(f"vector space {dup!r} is declared twice")
@@ -156,7 +179,8 @@ class Collection:
         self.tag_counts: dict[str, int] = {}
         self.writes_since_snapshot = 0
         self.spaces: dict[str, Space] = {v.name: Space(v, self) for v in spec.vectors}
-        """In declared order: the order vectors are concatenated in storage."""
+        """In declared order. Replaced whole (never mutated) when a space is added or dropped, so a
+        reader iterating it without the lock sees one version."""
 
     # ---- attribute view for filters.evaluate ----
 
@@ -186,6 +210,30 @@ class Collection:
     def count(self) -> int:
         return len(self.slot_of)
 
+    @property
+    def required(self) -> list[str]:
+        """The non-optional spaces, in declared order: the order their vectors are concatenated in storage."""
+        return [name for name, space in self.spaces.items() if not space.spec.optional]
+
+    def new_space(self, spec: pb.VectorSpec) -> Space:
+        """A space for this collection, sized for its slots but not yet part of it (see ``install``)."""
+        space = Space(spec, self)
+        space.vectors.ensure(len(self.slot_ids))
+        space.has.ensure(len(self.slot_ids))
+        return space
+
+    def install(self, space: Space) -> None:
+        spaces = dict(self.spaces)
+        spaces[space.name] = space
+        self.spaces = spaces
+        self.spec.vectors.append(space.spec)
+
+    def remove_space(self, name: str) -> None:
+        self.spaces = {n: s for n, s in self.spaces.items() if n != name}
+        kept = [v for v in self.spec.vectors if v.name != name]
+        del self.spec.vectors[:]
+        self.spec.vectors.extend(kept)
+
     def space(self, name: str) -> Space:
         """The space a search names; an empty name is allowed only when there is exactly one."""
         if not name:
@@ -203,18 +251,18 @@ class Collection:
         return space
 
     def check_vectors(self, item: pb.Item, position: int) -> None:
-        """Every declared space and no other: an item is written whole or not at all."""
+        """Every non-optional space, optional ones at will, no other: an item is written whole or not."""
         for name in item.vectors:
             if name not in self.spaces:
                 raise InvalidArgument(
                     f"item {position} ({item.id!r}): unknown vector space {name!r}; "
                     f"collection {self.name!r} declares {list(self.spaces)}"
                 )
-        for name in self.spaces:
+        for name in self.required:
             if name not in item.vectors:
                 raise InvalidArgument(
                     f"item {position} ({item.id!r}): no vector for space {name!r}; "
-                    f"every item needs one vector in each of {list(self.spaces)}"
+                    f"every item needs one vector in each of {self.required}"
                 )
 
     def check_attributes(self, item: pb.Item, position: int) -> None:
@@ -240,18 +288,35 @@ class Collection:
     # ---- writes (called with the collection's write lock held, after the write is durable) ----
 
     def apply_upsert(
-        self, ids: list[str], vectors: dict[str, np.ndarray], bodies: list[bytes], first_slot: int
+        self,
+        ids: list[str],
+        vectors: dict[str, tuple[np.ndarray, np.ndarray]],
+        bodies: list[bytes],
+        first_slot: int,
     ) -> None:
+        """Give ``ids`` the slots from ``first_slot``. ``vectors`` maps a space to (positions in ``ids``,
+        their vectors); an item given no vector in a space keeps the one its previous version had."""
         n = len(ids)
         slots = np.arange(first_slot, first_slot + n, dtype=np.int64)
         end = first_slot + n
         self._ensure(end)
-        for item_id in ids:
-            old = self.slot_of.get(item_id)
-            if old is not None:
-                self._kill(old)
+        old = np.fromiter((self.slot_of.get(i, -1) for i in ids), dtype=np.int64, count=n)
         for name, space in self.spaces.items():
-            space.vectors.data[first_slot:end] = vectors[name]
+            has = np.zeros(n, dtype=np.bool_)
+            given = vectors.get(name)
+            if given is not None:
+                positions, rows = given
+                space.vectors.data[first_slot + positions] = rows
+                has[positions] = True
+            keep = np.flatnonzero(~has & (old >= 0))
+            keep = keep[space.has.data[old[keep]]]
+            if len(keep):
+                space.vectors.data[first_slot + keep] = space.vectors.data[old[keep]]
+                has[keep] = True
+            space.has.data[first_slot:end] = has
+            space.count += int(has.sum())
+        for slot in old[old >= 0].tolist():
+            self._kill(slot)
         self.alive.data[first_slot:end] = True
         for slot, item_id, body in zip(slots.tolist(), ids, bodies, strict=True):
             self.slot_ids[slot] = item_id
@@ -263,6 +328,17 @@ class Collection:
         for space in self.spaces.values():
             space.version += 1
             space.add_to_index(first_slot, end)
+
+    def apply_set_vectors(self, space: Space, slots: np.ndarray, rows: np.ndarray, next_slot: int) -> None:
+        """First vectors in ``space`` for the live items at ``slots``, added where they are."""
+        self._ensure(next_slot)
+        self.next_slot = next_slot
+        space.vectors.data[slots] = rows
+        space.has.data[slots] = True
+        space.count += len(slots)
+        self.writes_since_snapshot += len(slots)
+        space.version += 1
+        space.add_slots(slots)
 
     def apply_delete(self, ids: list[str]) -> int:
         deleted = 0
@@ -281,13 +357,17 @@ class Collection:
         self.slot_ids[slot] = None
         self.bodies[slot] = None
         for space in self.spaces.values():
-            if slot < space.indexed_upto:
-                space.dead_in_index += 1
+            if space.has.data[slot]:
+                space.has.data[slot] = False
+                space.count -= 1
+                if slot < space.indexed_upto:
+                    space.dead_in_index += 1
 
     def _ensure(self, n: int) -> None:
         self.alive.ensure(n)
         for space in self.spaces.values():
             space.vectors.ensure(n)
+            space.has.ensure(n)
         for col in (*self.numbers.values(), *self.keywords.values()):
             col.ensure(n)
         grow = n - len(self.slot_ids)
@@ -328,6 +408,9 @@ class Space:
             faiss.METRIC_INNER_PRODUCT if spec.metric == pb.METRIC_INNER_PRODUCT else faiss.METRIC_L2
         )
         self.vectors = _Grow(np.float32, 0.0, self.dim)
+        self.has = _Grow(np.bool_, False)
+        """Slots holding a live item with a vector in this space (every live slot, unless optional)."""
+        self.count = 0
         self.index: faiss.Index | None = None
         self.indexed_upto = 0  # slots below this are in `index` (dead ones too, until compaction)
         self.dead_in_index = 0
@@ -340,6 +423,10 @@ class Space:
     @property
     def trained(self) -> bool:
         return self.index is not None
+
+    def live_slots(self, below: int | None = None) -> np.ndarray:
+        end = self.owner.next_slot if below is None else below
+        return np.flatnonzero(self.has.data[:end]).astype(np.int64)
 
     def prepare_vectors(self, rows: Sequence[Sequence[float]] | np.ndarray, what: str) -> np.ndarray:
         """Check shape and finiteness (and normalise for inner product) before anything is written."""
@@ -388,24 +475,28 @@ class Space:
         return ivf
 
     def add_to_index(self, start: int, end: int) -> None:
-        c = self.owner
+        slots = np.arange(start, end, dtype=np.int64)
+        if self.add_slots(slots[self.has.data[start:end]]):
+            self.indexed_upto = end
+
+    def add_slots(self, slots: np.ndarray) -> bool:
+        """Add these slots' vectors; False when the index was (re)built from scratch instead, or is not
+        trained yet."""
         if self.index is None:
-            if c.count >= self.spec.index.train_min:
+            if self.count >= self.spec.index.train_min:
                 self.rebuild_index()
-            return
+            return False
         if self.kind in (pb.INDEX_KIND_IVF_FLAT, pb.INDEX_KIND_IVF_PQ) and (
-            c.count >= RETRAIN_GROWTH * self.trained_on
+            self.count >= RETRAIN_GROWTH * self.trained_on
         ):
             self.rebuild_index()
-            return
-        slots = np.arange(start, end, dtype=np.int64)
-        live = slots[c.alive.data[start:end]]
-        self.index.add_with_ids(self.vectors.data[live], live)
-        self.indexed_upto = end
+            return False
+        self.index.add_with_ids(self.vectors.data[slots], slots)
+        return True
 
     def rebuild_index(self) -> None:
         """(Re)train where needed and re-add the live vectors: compaction and the retraining policy."""
-        slots = self.owner.alive_slots()
+        slots = self.live_slots()
         n = len(slots)
         index = self._new_index(n)
         if not index.is_trained:
@@ -421,18 +512,20 @@ class Space:
         self.dead_in_index = 0
         self.version += 1
 
-    def restore(self, index: faiss.Index, snapshot_slot: int) -> None:
-        """Adopt a snapshot covering the slots below ``snapshot_slot`` and add the live ones above it."""
+    def restore(self, index: faiss.Index, snapshot_slot: int, late: np.ndarray) -> None:
+        """Adopt a snapshot covering the slots below ``snapshot_slot`` and add the live ones above it,
+        plus ``late``: slots below it whose first vector in this space was written after it."""
         c = self.owner
         self.index = index
         self.snapshot_slot = snapshot_slot
         self.indexed_upto = snapshot_slot
-        self.dead_in_index = int(index.ntotal) - len(c.alive_slots(below=snapshot_slot))
+        live_below = len(self.live_slots(below=snapshot_slot))
+        self.dead_in_index = int(index.ntotal) - (live_below - len(late))
         if isinstance(index, faiss.IndexIVF):
             self.nlist = int(index.nlist)
             self.trained_on = int(index.ntotal)
-        tail = c.alive_slots()
-        tail = tail[tail >= snapshot_slot]
+        tail = self.live_slots()
+        tail = np.concatenate([late, tail[tail >= snapshot_slot]]).astype(np.int64)
         if len(tail):
             index.add_with_ids(self.vectors.data[tail], tail)
         self.indexed_upto = c.next_slot
@@ -461,20 +554,20 @@ class Space:
         """Top k per query among live items matching ``mask``; returns (hits, every result exact)."""
         c = self.owner
         nq = queries.shape[0]
-        if c.count == 0:
+        if self.count == 0:
             return [[] for _ in range(nq)], True
         exact = self.kind == pb.INDEX_KIND_FLAT
         if mask is None and self.index is not None and not params.exact and self.dead_in_index == 0:
             if self.gpu is not None and self.kind != pb.INDEX_KIND_HNSW:  # GPU
                 nprobe = params.nprobe or DEFAULT_NPROBE
                 distances, labels = self.gpu.search(
-                    self.index, self.version, queries, min(k, c.count), nprobe
+                    self.index, self.version, queries, min(k, self.count), nprobe
                 )
                 hits = _rows(distances, labels)
             else:
-                hits = self._index_search(queries, k, None, params, c.count)
-            return self._fill_shortfall(queries, k, hits, None, c.count), exact
-        candidates = c.alive.data[: c.next_slot].copy()
+                hits = self._index_search(queries, k, None, params, self.count)
+            return self._fill_shortfall(queries, k, hits, None, self.count), exact
+        candidates = self.has.data[: c.next_slot].copy()
         if mask is not None:
             candidates &= mask
         matching = int(candidates.sum())
@@ -501,7 +594,7 @@ class Space:
         want = min(k, available)
         short = [i for i, row in enumerate(hits) if len(row) < want]
         if short:
-            slots = self.owner.alive_slots() if candidates is None else np.flatnonzero(candidates)
+            slots = self.live_slots() if candidates is None else np.flatnonzero(candidates)
             for i, row in zip(short, self._brute_force(queries[short], k, slots), strict=True):
                 hits[i] = row
         return hits

@@ -4,6 +4,10 @@ Concurrency: per collection, one writer at a time (``write_mutex``), and a reade
 searches share and that a writer holds exclusively only while it applies an already-committed write to
 memory. A write is applied before it is acknowledged, so a search issued after the acknowledgement sees
 it; searches never wait for a disk commit.
+
+Aliases: a name that resolves to a collection at call time. Each call resolves it once (a search through
+an alias re-pointed mid-call answers wholly from one collection); the alias map is replaced whole under
+the registry lock, so readers need no lock.
 """
 
 from __future__ import annotations
@@ -20,9 +24,23 @@ import numpy as np
 from tqdm import tqdm
 
 from index_service import filters
-from index_service.collection import BRUTE_FORCE_MAX, Collection, Space, normalize_spec
-from index_service.config import MAX_BATCH, MAX_ID_CHARS, MAX_K, MAX_PAYLOAD_BYTES, MAX_QUERIES
-from index_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from index_service.collection import (
+    BRUTE_FORCE_MAX,
+    Collection,
+    Space,
+    check_collection_name,
+    normalize_spec,
+    normalize_vector_spec,
+)
+from index_service.config import (
+    MAX_BATCH,
+    MAX_ID_CHARS,
+    MAX_K,
+    MAX_PAYLOAD_BYTES,
+    MAX_QUERIES,
+    MAX_SPACES,
+)
+from index_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from index_service.storage import Snapshot, Storage
 from vitrine.index.v2 import index_pb2 as pb
 
@@ -71,14 +89,18 @@ class RWLock:
 class _Handle:
     def __init__(self, collection: Collection, device: str) -> None:
         self.c = collection
-        if device == "gpu":  # GPU
-            from index_service.gpu import GpuMirror
-
-            for space in collection.spaces.values():
-                space.gpu = GpuMirror()
+        self.device = device
+        for space in collection.spaces.values():
+            self.attach(space)
         self.write_mutex = threading.Lock()
         self.rw = RWLock()
         self.dropped = False
+
+    def attach(self, space: Space) -> None:
+        if self.device == "gpu":  # GPU
+            from index_service.gpu import GpuMirror
+
+            space.gpu = GpuMirror()
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,8 @@ class Engine:
         self.snapshot_every = snapshot_every
         self.device = device
         self._handles: dict[str, _Handle] = {}
+        self._aliases: dict[str, str] = {}
+        """alias -> collection; replaced whole under ``_registry_lock``."""
         self._registry_lock = threading.Lock()
         self.load_seconds = 0.0
 
@@ -116,14 +140,19 @@ class Engine:
             c = Collection(stored.spec, self.brute_force_max)
             c._ensure(stored.next_slot)
             bar = tqdm(desc=f"loading {c.name}", unit="item", disable=not progress)
-            width = sum(space.dim for space in c.spaces.values())
+            required = [c.spaces[name] for name in c.required]
+            width = sum(space.dim for space in required)
             for rows in self.storage.items(c.name):
                 slots = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-                packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(-1, width)
-                offset = 0
-                for space in c.spaces.values():
-                    space.vectors.data[slots] = packed[:, offset : offset + space.dim]
-                    offset += space.dim
+                if width:
+                    packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
+                    packed = packed.reshape(-1, width)
+                    offset = 0
+                    for space in required:
+                        space.vectors.data[slots] = packed[:, offset : offset + space.dim]
+                        offset += space.dim
+                for space in required:
+                    space.has.data[slots] = True
                 c.alive.data[slots] = True
                 for item_id, slot, _, body in rows:
                     c.slot_ids[slot] = item_id
@@ -132,26 +161,51 @@ class Engine:
                     c._index_attributes(slot, body)
                 bar.update(len(rows))
             bar.close()
+            for space in required:
+                space.count = c.count
+            late = self._load_optional_vectors(c, stored.snapshots)
             c.next_slot = stored.next_slot
             for space in c.spaces.values():
-                self._restore_index(space, stored.snapshots.get(space.name))
+                self._restore_index(space, stored.snapshots.get(space.name), late[space.name])
             self._handles[c.name] = _Handle(c, self.device)
+        self._aliases = self.storage.aliases()
         self.load_seconds = time.perf_counter() - start
         log.info(
             "index loaded", extra={"seconds": round(self.load_seconds, 3), "collections": len(self._handles)}
         )
 
-    def _restore_index(self, space: Space, snapshot: Snapshot | None) -> None:
+    def _load_optional_vectors(self, c: Collection, snapshots: dict[str, Snapshot]) -> dict[str, np.ndarray]:
+        """Optional-space vectors into memory; returns, per space, the slots below its snapshot's
+        watermark whose vector was written after the snapshot (added where the item already was)."""
+        late: dict[str, list[int]] = {name: [] for name in c.spaces}
+        for rows in self.storage.item_vectors(c.name):
+            for item_id, space_name, seq, blob in rows:
+                space, slot = c.spaces.get(space_name), c.slot_of.get(item_id)
+                if space is None or slot is None:
+                    continue
+                space.vectors.data[slot] = np.frombuffer(blob, dtype=np.float32)
+                space.has.data[slot] = True
+                space.count += 1
+                snap = snapshots.get(space_name)
+                if snap is not None and slot < snap.slot <= seq:
+                    late[space_name].append(slot)
+        return {name: np.array(sorted(slots), dtype=np.int64) for name, slots in late.items()}
+
+    def _restore_index(self, space: Space, snapshot: Snapshot | None, late: np.ndarray) -> None:
         if snapshot is not None and snapshot.path.exists():
-            space.restore(faiss.read_index(str(snapshot.path)), snapshot.slot)
+            space.restore(faiss.read_index(str(snapshot.path)), snapshot.slot, late)
             return
-        if space.index is not None or space.owner.count >= space.spec.index.train_min:
+        if space.index is not None or space.count >= space.spec.index.train_min:
             space.rebuild_index()
 
-    # ---- collections ----
+    # ---- collections and aliases ----
+
+    def resolve(self, name: str) -> str:
+        """The collection a name means now: an alias's target, else the name itself."""
+        return self._aliases.get(name, name)
 
     def _handle(self, name: str) -> _Handle:
-        handle = self._handles.get(name)
+        handle = self._handles.get(self._aliases.get(name, name))
         if handle is None:
             raise NotFound(f"collection {name!r} does not exist")
         return handle
@@ -159,6 +213,8 @@ class Engine:
     def create(self, spec: pb.CollectionSpec) -> pb.CollectionStats:
         spec = normalize_spec(spec)
         with self._registry_lock:
+            if spec.name in self._aliases:
+                raise AlreadyExists(f"{spec.name!r} is an alias; a collection cannot take its name")
             self.storage.create_collection(spec)
             handle = self._handles[spec.name] = _Handle(Collection(spec, self.brute_force_max), self.device)
         return self._stats(handle)
@@ -166,10 +222,91 @@ class Engine:
     def drop(self, name: str) -> None:
         with self._registry_lock:
             handle = self._handle(name)
+            name = handle.c.name
+            pointing = sorted(a for a, target in self._aliases.items() if target == name)
+            if pointing:
+                raise FailedPrecondition(
+                    f"collection {name!r} is the target of alias {pointing[0]!r}"
+                    + (f" and {len(pointing) - 1} more" if len(pointing) > 1 else "")
+                    + "; re-point or delete its aliases first"
+                )
             with handle.write_mutex:
                 self.storage.drop_collection(name)
                 handle.dropped = True
                 del self._handles[name]
+
+    def set_alias(self, alias: str, collection: str) -> str:
+        """Create or re-point ``alias``; returns the collection it pointed to before ('' when new)."""
+        check_collection_name(alias, "alias")
+        with self._registry_lock:
+            if alias in self._handles:
+                raise AlreadyExists(f"{alias!r} is a collection; an alias cannot take its name")
+            if collection in self._aliases:
+                raise InvalidArgument(f"{collection!r} is an alias; an alias points to a collection")
+            if collection not in self._handles:
+                raise NotFound(f"collection {collection!r} does not exist")
+            previous = self._aliases.get(alias, "")
+            if previous != collection:
+                self.storage.set_alias(alias, collection)
+                self._aliases = {**self._aliases, alias: collection}
+            return previous
+
+    def delete_alias(self, alias: str) -> None:
+        with self._registry_lock:
+            if alias not in self._aliases:
+                raise NotFound(f"alias {alias!r} does not exist")
+            self.storage.delete_alias(alias)
+            self._aliases = {a: c for a, c in self._aliases.items() if a != alias}
+
+    def list_aliases(self) -> list[tuple[str, str]]:
+        return sorted(self._aliases.items())
+
+    # ---- vector spaces ----
+
+    def add_space(self, name: str, vector: pb.VectorSpec) -> pb.CollectionStats:
+        """Build the new space in memory (its FAISS index included), persist the spec, then publish it."""
+        vector = normalize_vector_spec(vector)
+        handle = self._handle(name)
+        c = handle.c
+        with handle.write_mutex:
+            if handle.dropped:
+                raise NotFound(f"collection {name!r} does not exist")
+            if vector.name in c.spaces:
+                raise AlreadyExists(f"collection {c.name!r} already has a vector space {vector.name!r}")
+            if len(c.spaces) >= MAX_SPACES:
+                raise InvalidArgument(f"collection {c.name!r} already has the most spaces, {MAX_SPACES}")
+            space = c.new_space(vector)
+            handle.attach(space)
+            spec = pb.CollectionSpec()
+            spec.CopyFrom(c.spec)
+            spec.vectors.append(vector)
+            self.storage.set_spec(spec)
+            with handle.rw.write():
+                c.install(space)
+        return self._stats(handle)
+
+    def drop_space(self, name: str, space_name: str) -> pb.CollectionStats:
+        handle = self._handle(name)
+        c = handle.c
+        with handle.write_mutex:
+            if handle.dropped:
+                raise NotFound(f"collection {name!r} does not exist")
+            space = c.spaces.get(space_name)
+            if space is None:
+                raise NotFound(f"collection {c.name!r} has no vector space {space_name!r}")
+            if not space.spec.optional:
+                raise FailedPrecondition(
+                    f"vector space {space_name!r} of {c.name!r} is not optional: every item has a vector "
+                    "in it; only optional spaces can be dropped"
+                )
+            spec = pb.CollectionSpec()
+            spec.CopyFrom(c.spec)
+            del spec.vectors[:]
+            spec.vectors.extend(v for v in c.spec.vectors if v.name != space_name)
+            self.storage.set_spec(spec, dropped_space=space_name)
+            with handle.rw.write():
+                c.remove_space(space_name)
+        return self._stats(handle)
 
     def list_collections(self) -> list[pb.CollectionStats]:
         return [self._stats(h) for h in sorted(self._handles.values(), key=lambda h: h.c.name)]
@@ -191,6 +328,7 @@ class Engine:
                         trained=space.trained,
                         nlist=space.nlist,
                         snapshot_slot=space.snapshot_slot,
+                        count=space.count,
                     )
                     for space in c.spaces.values()
                 ],
@@ -225,7 +363,6 @@ class Engine:
             if item.id in seen:
                 raise InvalidArgument(f"duplicate id {item.id!r} in one batch (item {i})")
             seen.add(item.id)
-            c.check_vectors(item, i)
             c.check_attributes(item, i)
             body = pb.Item(numbers=item.numbers, keywords=item.keywords, tags=item.tags, payload=item.payload)
             raw = body.SerializeToString(deterministic=True)
@@ -235,24 +372,111 @@ class Engine:
                     f"more than the limit of {MAX_PAYLOAD_BYTES}"
                 )
             bodies.append(raw)
-        vectors = {
-            space.name: space.prepare_vectors(
-                [item.vectors[space.name].values for item in items], f"upsert, vector {space.name!r}"
-            )
-            for space in c.spaces.values()
-        }
-        packed = np.hstack(list(vectors.values())) if len(vectors) > 1 else next(iter(vectors.values()))
+        spaces, vectors = c.spaces, self._upsert_vectors(c, items)
         ids = [item.id for item in items]
         with handle.write_mutex:
             if handle.dropped:
                 raise NotFound(f"collection {name!r} does not exist")
+            if c.spaces is not spaces:  # a space was added or dropped meanwhile: check against the new set
+                vectors = self._upsert_vectors(c, items)
             first = c.next_slot
+            required = [vectors[n][1] for n in c.required]
+            packed = np.hstack(required) if required else np.zeros((len(ids), 0), dtype=np.float32)
             rows = [(item_id, first + i, packed[i].tobytes(), bodies[i]) for i, item_id in enumerate(ids)]
-            self.storage.upsert(name, rows, first + len(ids))
+            optional = [
+                (ids[p], space, first + p, row.tobytes())
+                for space, (positions, arr) in vectors.items()
+                if c.spaces[space].spec.optional
+                for p, row in zip(positions.tolist(), arr, strict=True)
+            ]
+            self.storage.upsert(c.name, rows, first + len(ids), optional)
             with handle.rw.write():
                 c.apply_upsert(ids, vectors, bodies, first)
             self._maybe_snapshot(handle)
             return len(ids), c.count
+
+    @staticmethod
+    def _upsert_vectors(c: Collection, items: list[pb.Item]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per space: (positions of the items carrying a vector in it, those vectors prepared)."""
+        for i, item in enumerate(items):
+            c.check_vectors(item, i)
+        out = {}
+        for space in c.spaces.values():
+            positions = [i for i, item in enumerate(items) if space.name in item.vectors]
+            if positions:
+                out[space.name] = (
+                    np.array(positions, dtype=np.int64),
+                    space.prepare_vectors(
+                        [items[i].vectors[space.name].values for i in positions],
+                        f"upsert, vector {space.name!r}",
+                    ),
+                )
+        return out
+
+    def upsert_vectors(self, name: str, space_name: str, items: list[pb.ItemVector]) -> tuple[int, list[str]]:
+        """Set one space's vector of existing items; returns (written, ids that do not exist).
+
+        An item's first vector in the space is added at its current slot; one replacing a vector it had
+        moves the item to a fresh slot, as an upsert does (an HNSW index cannot replace in place).
+        """
+        handle = self._handle(name)
+        c = handle.c
+        if not items:
+            raise InvalidArgument("upsert vectors needs at least one item")
+        if len(items) > MAX_BATCH:
+            raise InvalidArgument(f"batch of {len(items)} items exceeds the limit of {MAX_BATCH}")
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            _check_id(item.id, f"item {i}")
+            if item.id in seen:
+                raise InvalidArgument(f"duplicate id {item.id!r} in one batch (item {i})")
+            seen.add(item.id)
+        rows_in = [item.vector.values for item in items]
+        space = c.space(space_name)
+        arr = space.prepare_vectors(rows_in, f"upsert vectors, space {space.name!r}")
+        with handle.write_mutex:
+            if handle.dropped:
+                raise NotFound(f"collection {name!r} does not exist")
+            if c.spaces.get(space.name) is not space:  # dropped (or dropped and re-added) meanwhile
+                space = c.space(space.name)
+                arr = space.prepare_vectors(rows_in, f"upsert vectors, space {space.name!r}")
+            missing: list[str] = []
+            fresh: list[int] = []
+            moved: list[int] = []
+            for i, item in enumerate(items):
+                slot = c.slot_of.get(item.id)
+                if slot is None:
+                    missing.append(item.id)
+                else:
+                    (moved if space.has.data[slot] else fresh).append(i)
+            if not fresh and not moved:
+                return 0, missing
+            seq = first = c.next_slot
+            if fresh:
+                first += 1  # the burned slot: the sequence number of the vectors added in place
+            required = c.required
+            rows = []
+            for j, i in enumerate(moved):
+                old = c.slot_of[items[i].id]
+                packed = b"".join(c.spaces[n].vectors.data[old].tobytes() for n in required)
+                body = c.bodies[old]
+                assert body is not None
+                rows.append((items[i].id, first + j, packed, body))
+            vectors = [(items[i].id, space.name, seq, arr[i].tobytes()) for i in fresh + moved]
+            self.storage.upsert(c.name, rows, first + len(moved), vectors)
+            with handle.rw.write():
+                if fresh:
+                    slots = np.array([c.slot_of[items[i].id] for i in fresh], dtype=np.int64)
+                    c.apply_set_vectors(space, slots, arr[fresh], first)
+                if moved:
+                    c.apply_upsert(
+                        [items[i].id for i in moved],
+                        {space.name: (np.arange(len(moved), dtype=np.int64), arr[moved])},
+                        [r[3] for r in rows],
+                        first,
+                    )
+            self._maybe_snapshot(handle)
+            return len(fresh) + len(moved), missing
 
     def delete(self, name: str, ids: list[str]) -> tuple[int, int]:
         handle = self._handle(name)
@@ -303,7 +527,8 @@ class Engine:
         with handle.rw.read():
             indexes = {s.name: s.index for s in c.spaces.values() if s.index is not None}
             if indexes:
-                self.storage.write_snapshots(c.name, indexes, c.next_slot)
+                trained_on = {s.name: s.trained_on for s in c.spaces.values()}
+                self.storage.write_snapshots(c.name, indexes, c.next_slot, trained_on)
                 for space_name in indexes:
                     c.spaces[space_name].snapshot_slot = c.next_slot
             c.writes_since_snapshot = 0
@@ -327,7 +552,8 @@ class Engine:
                 item.id = item_id
                 if include_vectors:
                     for space in c.spaces.values():
-                        item.vectors[space.name].values.extend(space.vectors.data[slot].tolist())
+                        if space.has.data[slot]:
+                            item.vectors[space.name].values.extend(space.vectors.data[slot].tolist())
                 found.append(item)
         return found, missing
 

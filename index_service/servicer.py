@@ -213,14 +213,59 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         return pb.SnapshotResponse(collections=await self._call(self.engine.snapshot, request.name))
 
     @_rpc
+    async def AddVectorSpace(
+        self, request: pb.AddVectorSpaceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CollectionStats:
+        return await self._call(self.engine.add_space, request.collection, request.vector)
+
+    @_rpc
+    async def DropVectorSpace(
+        self, request: pb.DropVectorSpaceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CollectionStats:
+        return await self._call(self.engine.drop_space, request.collection, request.vector)
+
+    @_rpc
+    async def UpsertVectors(
+        self, request: pb.UpsertVectorsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertVectorsResponse:
+        upserted, missing = await self._call(
+            self.engine.upsert_vectors, request.collection, request.vector, list(request.items)
+        )
+        return pb.UpsertVectorsResponse(upserted=upserted, missing_ids=missing)
+
+    @_rpc
+    async def SetAlias(
+        self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetAliasResponse:
+        previous = await self._call(self.engine.set_alias, request.alias, request.collection)
+        return pb.SetAliasResponse(previous=previous)
+
+    @_rpc
+    async def DeleteAlias(
+        self, request: pb.DeleteAliasRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteAliasResponse:
+        await self._call(self.engine.delete_alias, request.alias)
+        return pb.DeleteAliasResponse()
+
+    @_rpc
+    async def ListAliases(
+        self, request: pb.ListAliasesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAliasesResponse:
+        return pb.ListAliasesResponse(
+            aliases=[pb.Alias(alias=a, collection=c) for a, c in self.engine.list_aliases()]
+        )
+
+    @_rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         flt = request.filter if request.HasField("filter") else None
+        # Resolved once: a search through an alias re-pointed meanwhile answers from one collection.
+        name = self.engine.resolve(request.collection)
         space, queries = self.engine.prepare_search(
-            request.collection, request.vector, [q.vector for q in request.queries], request.k, flt
+            name, request.vector, [q.vector for q in request.queries], request.k, flt
         )
-        if self.coalesce and len(queries) == 1 and self.engine.coalesces(request.collection, space):
+        if self.coalesce and len(queries) == 1 and self.engine.coalesces(name, space):
             key = (
-                request.collection,
+                name,
                 space,
                 request.k,
                 flt.SerializeToString(deterministic=True) if flt is not None else None,
@@ -230,7 +275,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         else:
             self.metrics.batch.observe(len(queries))
             rows, exact = await self._call(
-                self.engine.search, request.collection, space, queries, request.k, flt, request.params
+                self.engine.search, name, space, queries, request.k, flt, request.params
             )
         return pb.SearchResponse(
             results=[

@@ -3,9 +3,11 @@
 A write is acknowledged only after its transaction commits, and with ``synchronous=FULL`` a commit is
 on disk, so an acknowledged write survives kill -9 or power loss. SQLite's write-ahead log is the log of
 operations; the items table is the compacted state it checkpoints into. An item is one row: its id,
-slot, attributes and payload, and every space's vector concatenated in the spec's declared order, so
-one upsert writes every space of an item in one transaction and a crash can never leave an item's
-spaces at different versions.
+slot, attributes and payload, and every non-optional space's vector concatenated in the spec's declared
+order; its vectors in optional spaces are rows of ``item_vectors`` keyed (collection, id, space), written
+in the same transaction, so a crash can never leave an item's spaces at different versions. Each such
+row carries ``seq``, the slot watermark when it was written: a vector written at an item's existing slot
+after a snapshot is told apart from one the snapshot holds. Aliases are rows of ``aliases``.
 
 Each space's FAISS index is its own snapshot file with the slot watermark it covers: on restart the
 snapshot is loaded and only items written above the watermark are re-added (slots are never reused,
@@ -29,9 +31,12 @@ import faiss
 from index_service.errors import AlreadyExists, NotFound
 from vitrine.index.v2 import index_pb2 as pb
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """``PRAGMA user_version`` of a database this code writes. Version 1 (one vector per item) had no
-version number and cannot be read: its collections held one space each under no name."""
+version number and cannot be read: its collections held one space each under no name. Version 2 lacked
+optional spaces, aliases and the trained size of snapshots; it is upgraded in place (tables added)."""
+
+UPGRADABLE = (2,)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -52,15 +57,33 @@ CREATE TABLE IF NOT EXISTS snapshots (
     space TEXT NOT NULL,
     slot INTEGER NOT NULL,
     file TEXT NOT NULL,
+    trained_on INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (collection, space)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS item_vectors (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    space TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (collection, id, space)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS aliases (
+    alias TEXT PRIMARY KEY,
+    collection TEXT NOT NULL
+) WITHOUT ROWID;
 """
+
+UPGRADES = {2: "ALTER TABLE snapshots ADD COLUMN trained_on INTEGER NOT NULL DEFAULT 0;"}
+"""Run on a database of that version before SCHEMA (which creates what is missing)."""
 
 
 @dataclass(frozen=True)
 class Snapshot:
     slot: int
     path: Path
+    trained_on: int = 0
+    """IVF: how many vectors the index was last trained on (0 = not recorded)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +111,9 @@ class Storage:
         self._db = sqlite3.connect(self.dir / "index.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._check_version()
+        version = self._check_version()
+        if version in UPGRADES:
+            self._db.executescript(UPGRADES[version])
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._clean_orphans()
@@ -108,16 +133,17 @@ class Storage:
                 raise
             self._db.execute("COMMIT")
 
-    def _check_version(self) -> None:
-        """Refuse a database of another layout instead of misreading it."""
+    def _check_version(self) -> int:
+        """Refuse a database of another layout instead of misreading it; returns its version."""
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-        if tables and version != SCHEMA_VERSION:
+        if tables and version != SCHEMA_VERSION and version not in UPGRADABLE:
             self._db.close()
             raise RuntimeError(
                 f"{self.dir / 'index.db'} has schema version {version}, this service reads version "
                 f"{SCHEMA_VERSION} (items with named vectors); start on a new data directory and re-ingest"
             )
+        return int(version)
 
     def _clean_orphans(self) -> None:
         """Remove snapshot files a crash left unrecorded (written but never committed, or superseded)."""
@@ -144,6 +170,7 @@ class Storage:
                 raise NotFound(f"collection {name!r} does not exist")
             files = [r[0] for r in db.execute("SELECT file FROM snapshots WHERE collection = ?", (name,))]
             db.execute("DELETE FROM items WHERE collection = ?", (name,))
+            db.execute("DELETE FROM item_vectors WHERE collection = ?", (name,))
             db.execute("DELETE FROM snapshots WHERE collection = ?", (name,))
             db.execute("DELETE FROM collections WHERE name = ?", (name,))
         for filename in files:
@@ -152,10 +179,14 @@ class Storage:
     def collections(self) -> list[StoredCollection]:
         with self._lock:
             rows = self._db.execute("SELECT name, spec, next_slot FROM collections ORDER BY name").fetchall()
-            snaps = self._db.execute("SELECT collection, space, slot, file FROM snapshots").fetchall()
+            snaps = self._db.execute(
+                "SELECT collection, space, slot, file, trained_on FROM snapshots"
+            ).fetchall()
         by_collection: dict[str, dict[str, Snapshot]] = {}
-        for collection, space, slot, filename in snaps:
-            by_collection.setdefault(collection, {})[space] = Snapshot(slot, self.snapshots / filename)
+        for collection, space, slot, filename, trained_on in snaps:
+            by_collection.setdefault(collection, {})[space] = Snapshot(
+                slot, self.snapshots / filename, trained_on
+            )
         return [
             StoredCollection(pb.CollectionSpec.FromString(spec), next_slot, by_collection.get(name, {}))
             for name, spec, next_slot in rows
@@ -171,14 +202,38 @@ class Storage:
         while rows := cursor.fetchmany(chunk):
             yield rows
 
+    def item_vectors(self, name: str, chunk: int = 8192) -> Iterator[list[tuple[str, str, int, bytes]]]:
+        """Every stored vector in an optional space, in chunks: (id, space, seq, float32 vector)."""
+        cursor = self._db.cursor()
+        cursor.execute("SELECT id, space, seq, vector FROM item_vectors WHERE collection = ?", (name,))
+        while rows := cursor.fetchmany(chunk):
+            yield rows
+
+    def aliases(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT alias, collection FROM aliases").fetchall())
+
     # ---- writes ----
 
-    def upsert(self, name: str, rows: list[tuple[str, int, bytes, bytes]], next_slot: int) -> None:
-        """One transaction for the whole batch: every space of every item, or nothing."""
+    def upsert(
+        self,
+        name: str,
+        rows: list[tuple[str, int, bytes, bytes]],
+        next_slot: int,
+        vectors: list[tuple[str, str, int, bytes]] = (),  # type: ignore[assignment]
+    ) -> None:
+        """One transaction for the whole batch: every space of every item, or nothing. ``rows`` are items
+        (id, slot, non-optional vectors, body); ``vectors`` are optional-space vectors (id, space, seq,
+        vector), replacing the item's previous one in that space; others the item had are kept."""
         with self._tx() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO items (collection, id, slot, vectors, body) VALUES (?, ?, ?, ?, ?)",
                 [(name, *row) for row in rows],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO item_vectors (collection, id, space, seq, vector) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(name, *row) for row in vectors],
             )
             db.execute("UPDATE collections SET next_slot = ? WHERE name = ?", (next_slot, name))
 
@@ -187,12 +242,51 @@ class Storage:
             db.executemany(
                 "DELETE FROM items WHERE collection = ? AND id = ?", [(name, item_id) for item_id in ids]
             )
+            db.executemany(
+                "DELETE FROM item_vectors WHERE collection = ? AND id = ?", [(name, i) for i in ids]
+            )
+
+    def set_spec(self, spec: pb.CollectionSpec, dropped_space: str = "") -> None:
+        """Record a collection's new spaces; a dropped space's vectors and snapshot go in the same
+        transaction (its file after it)."""
+        name = spec.name
+        with self._tx() as db:
+            db.execute(
+                "UPDATE collections SET spec = ? WHERE name = ?",
+                (spec.SerializeToString(deterministic=True), name),
+            )
+            files = []
+            if dropped_space:
+                files = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT file FROM snapshots WHERE collection = ? AND space = ?", (name, dropped_space)
+                    )
+                ]
+                db.execute(
+                    "DELETE FROM item_vectors WHERE collection = ? AND space = ?", (name, dropped_space)
+                )
+                db.execute("DELETE FROM snapshots WHERE collection = ? AND space = ?", (name, dropped_space))
+        for filename in files:
+            (self.snapshots / filename).unlink(missing_ok=True)
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO aliases (alias, collection) VALUES (?, ?)", (alias, collection)
+            )
+
+    def delete_alias(self, alias: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
 
     # ---- snapshots ----
 
-    def write_snapshots(self, name: str, indexes: dict[str, faiss.Index], slot: int) -> None:
-        """Write each space's index atomically, record them all with the watermark they cover in one
-        transaction, then retire the files they replace."""
+    def write_snapshots(
+        self, name: str, indexes: dict[str, faiss.Index], slot: int, trained_on: dict[str, int]
+    ) -> None:
+        """Write each space's index atomically, record them all with the watermark they cover (and, for
+        IVF, the size they were trained on) in one transaction, then retire the files they replace."""
         written = {}
         for space, index in indexes.items():
             # '~' is in no collection or space name, so two (collection, space) pairs never share a file.
@@ -210,8 +304,12 @@ class Storage:
                 db.execute("SELECT space, file FROM snapshots WHERE collection = ?", (name,)).fetchall()
             )
             db.executemany(
-                "INSERT OR REPLACE INTO snapshots (collection, space, slot, file) VALUES (?, ?, ?, ?)",
-                [(name, space, slot, filename) for space, filename in written.items()],
+                "INSERT OR REPLACE INTO snapshots (collection, space, slot, file, trained_on) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (name, space, slot, filename, trained_on.get(space, 0))
+                    for space, filename in written.items()
+                ],
             )
         for space, filename in old.items():
             if space in written and filename != written[space]:
