@@ -28,7 +28,20 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from index_service.config import MAX_DIM, MAX_NAME_CHARS, MAX_SPACE_NAME_CHARS, MAX_SPACES
+from index_service.config import (
+    MAX_DIM,
+    MAX_EF_CONSTRUCTION,
+    MAX_EF_SEARCH,
+    MAX_HNSW_M,
+    MAX_NAME_CHARS,
+    MAX_NLIST,
+    MAX_NPROBE,
+    MAX_PQ_NBITS,
+    MAX_SPACE_NAME_CHARS,
+    MAX_SPACES,
+    MAX_TRAIN_MIN,
+    MIN_HNSW_M,
+)
 from index_service.errors import InvalidArgument
 from index_service.gpu import GpuMirror
 from vitrine.index.v2 import index_pb2 as pb
@@ -139,16 +152,20 @@ def _normalize_vector_spec(vec: pb.VectorSpec) -> None:
         raise InvalidArgument(f"{where}: unknown index kind {kind}")
     idx = vec.index
     idx.kind = kind
+    # Every bound is checked whatever the kind, so a stored spec never holds a value FAISS cannot take.
+    _bound(where, "nlist", idx.nlist, 0, MAX_NLIST)
+    _bound(where, "pq_nbits", idx.pq_nbits, 0, MAX_PQ_NBITS)
+    _bound(where, "pq_m", idx.pq_m, 0, vec.dim)
+    if idx.hnsw_m:
+        _bound(where, "hnsw_m", idx.hnsw_m, MIN_HNSW_M, MAX_HNSW_M)
+    _bound(where, "ef_construction", idx.ef_construction, 0, MAX_EF_CONSTRUCTION)
+    _bound(where, "train_min", idx.train_min, 0, MAX_TRAIN_MIN)
     if kind == pb.INDEX_KIND_IVF_PQ:
         idx.pq_m = idx.pq_m or max(1, vec.dim // 8)
         idx.pq_nbits = idx.pq_nbits or DEFAULT_PQ_NBITS
         if vec.dim % idx.pq_m:
             raise InvalidArgument(f"{where}: pq_m={idx.pq_m} must divide dim={vec.dim}")
-        if not 1 <= idx.pq_nbits <= 16:
-            raise InvalidArgument(f"{where}: pq_nbits must be between 1 and 16, got {idx.pq_nbits}")
     if kind in (pb.INDEX_KIND_IVF_FLAT, pb.INDEX_KIND_IVF_PQ):
-        if idx.nlist > 1 << 20:
-            raise InvalidArgument(f"{where}: nlist must be at most {1 << 20}, got {idx.nlist}")
         floor = 39 * idx.nlist if idx.nlist else 1000
         if kind == pb.INDEX_KIND_IVF_PQ:
             floor = max(floor, 39 * (1 << idx.pq_nbits))
@@ -156,8 +173,16 @@ def _normalize_vector_spec(vec: pb.VectorSpec) -> None:
     if kind == pb.INDEX_KIND_HNSW:
         idx.hnsw_m = idx.hnsw_m or DEFAULT_HNSW_M
         idx.ef_construction = idx.ef_construction or DEFAULT_EF_CONSTRUCTION
-        if idx.hnsw_m > 256:
-            raise InvalidArgument(f"{where}: hnsw_m must be at most 256, got {idx.hnsw_m}")
+
+
+def _bound(where: str, field: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{where}: {field} must be between {low} and {high}, got {value}")
+
+
+def check_search_params(params: pb.SearchParams) -> None:
+    _bound("search params", "nprobe", params.nprobe, 0, MAX_NPROBE)
+    _bound("search params", "ef_search", params.ef_search, 0, MAX_EF_SEARCH)
 
 
 class Collection:

@@ -18,13 +18,31 @@ MAX_BATCH = 1000
 """Most items in one Upsert/Delete/Get call (or one message of UpsertStream)."""
 
 MAX_DIM = 4096
+"""Vector dimension: 1..MAX_DIM."""
+
+# Index parameters. 0 means "the default" for each; beyond these bounds a request is INVALID_ARGUMENT
+# (FAISS would overflow its int fields, allocate without limit, or never train).
+MAX_NLIST = 65_536
+"""IVF lists; training needs 39 vectors a list, so more is a collection of billions."""
+MAX_NPROBE = 65_536
+"""IVF lists probed by one search (clamped to the collection's nlist)."""
+MAX_PQ_NBITS = 16
+"""IVF_PQ bits per code (1..16); pq_m must divide dim (1..dim)."""
+MIN_HNSW_M, MAX_HNSW_M = 2, 256
+"""HNSW neighbours per node."""
+MAX_EF_CONSTRUCTION = 4096
+"""HNSW build effort."""
+MAX_EF_SEARCH = 32_768
+"""HNSW search effort (at least k is used)."""
+MAX_TRAIN_MIN = 50_000_000
+"""IVF: vectors needed before training."""
 MAX_PAYLOAD_BYTES = 64 * 1024
 """Largest stored attributes + payload of one item, serialised."""
 
 MAX_FILTER_NODES = 256
 MAX_NAME_CHARS = 128
 MAX_SPACES = 16
-"""Most named vector spaces one collection declares."""
+"""Most named vector spaces one collection declares (at creation and by AddVectorSpace)."""
 
 MAX_SPACE_NAME_CHARS = 64
 MAX_ID_CHARS = 512

@@ -29,6 +29,7 @@ from index_service.collection import (
     Collection,
     Space,
     check_collection_name,
+    check_search_params,
     normalize_spec,
     normalize_vector_spec,
 )
@@ -558,7 +559,13 @@ class Engine:
         return found, missing
 
     def prepare_search(
-        self, name: str, space: str, queries: Sequence[Sequence[float]], k: int, flt: pb.Filter | None
+        self,
+        name: str,
+        space: str,
+        queries: Sequence[Sequence[float]],
+        k: int,
+        flt: pb.Filter | None,
+        params: pb.SearchParams | None = None,
     ) -> tuple[str, np.ndarray]:
         """Validate one search request completely, so a coalesced batch cannot fail for its neighbours.
 
@@ -572,6 +579,8 @@ class Engine:
             raise InvalidArgument(f"{len(queries)} queries exceed the limit of {MAX_QUERIES}")
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+        if params is not None:
+            check_search_params(params)
         if flt is not None:
             filters.validate(flt, handle.c.number_fields, handle.c.keyword_fields)
         return target.name, target.prepare_vectors(queries, "query")

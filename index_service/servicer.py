@@ -261,7 +261,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         # Resolved once: a search through an alias re-pointed meanwhile answers from one collection.
         name = self.engine.resolve(request.collection)
         space, queries = self.engine.prepare_search(
-            name, request.vector, [q.vector for q in request.queries], request.k, flt
+            name, request.vector, [q.vector for q in request.queries], request.k, flt, request.params
         )
         if self.coalesce and len(queries) == 1 and self.engine.coalesces(name, space):
             key = (

@@ -1,0 +1,83 @@
+"""Client mistakes get a precise status and a bounded message; the service keeps serving and restarting.
+
+Every numeric parameter has bounds and nothing beyond them is stored or reaches FAISS.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from index_service.config import (
+    MAX_DIM,
+    MAX_EF_CONSTRUCTION,
+    MAX_EF_SEARCH,
+    MAX_HNSW_M,
+    MAX_NLIST,
+    MAX_NPROBE,
+    MAX_PQ_NBITS,
+    MAX_TRAIN_MIN,
+)
+from tests.index_service.builders import items, spec
+from vitrine.index.v2 import index_pb2 as pb
+
+DIM = 8
+Code = grpc.StatusCode
+HNSW, IVF, PQ = pb.INDEX_KIND_HNSW, pb.INDEX_KIND_IVF_FLAT, pb.INDEX_KIND_IVF_PQ
+
+OUT_OF_BOUNDS = [
+    ("dim", spec("x", MAX_DIM + 1), "dim must be between 1 and"),
+    ("nlist", spec("x", DIM, kind=IVF, nlist=MAX_NLIST + 1), "nlist must be between 0 and"),
+    ("train_min", spec("x", DIM, kind=IVF, train_min=MAX_TRAIN_MIN + 1), "train_min must be between"),
+    ("pq_nbits", spec("x", DIM, kind=PQ, pq_nbits=MAX_PQ_NBITS + 1), "pq_nbits must be between 0 and"),
+    ("pq_m", spec("x", DIM, kind=PQ, pq_m=DIM * 2), f"pq_m must be between 0 and {DIM}"),
+    ("pq_m-divides", spec("x", DIM, kind=PQ, pq_m=3), "pq_m=3 must divide dim=8"),
+    ("hnsw_m", spec("x", DIM, kind=HNSW, hnsw_m=MAX_HNSW_M + 1), "hnsw_m must be between 2 and"),
+    ("hnsw_m-one", spec("x", DIM, kind=HNSW, hnsw_m=1), "hnsw_m must be between 2 and"),
+    (
+        "ef_construction",
+        spec("x", DIM, kind=HNSW, ef_construction=MAX_EF_CONSTRUCTION + 1),
+        "ef_construction must be between 0 and",
+    ),
+    ("ef_construction-uint32", spec("x", DIM, kind=HNSW, ef_construction=2**32 - 1), "ef_construction"),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_spec", "message"), [c[1:] for c in OUT_OF_BOUNDS], ids=[c[0] for c in OUT_OF_BOUNDS]
+)
+async def test_index_parameters_beyond_their_bounds_are_refused_and_nothing_is_stored(
+    index_stub, request_spec, message
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=request_spec))
+    assert err.value.code() == Code.INVALID_ARGUMENT and message in (err.value.details() or "")
+    assert not (await index_stub.ListCollections(pb.ListCollectionsRequest())).collections
+    # the name is free: the same collection with sane parameters is created
+    await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("x", DIM, kind=HNSW)))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (pb.SearchParams(ef_search=MAX_EF_SEARCH + 1), "ef_search must be between 0 and"),
+        (pb.SearchParams(ef_search=2**32 - 1), "ef_search must be between 0 and"),
+        (pb.SearchParams(nprobe=MAX_NPROBE + 1), "nprobe must be between 0 and"),
+    ],
+)
+async def test_search_parameters_beyond_their_bounds_are_invalid_argument_not_internal(
+    index_stub, params, message
+) -> None:
+    await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("h", DIM, kind=HNSW, hnsw_m=8)))
+    vectors = np.random.default_rng(1).standard_normal((50, DIM)).astype(np.float32)
+    await index_stub.Upsert(pb.UpsertRequest(collection="h", items=items(vectors)))
+    query = pb.SearchRequest(
+        collection="h", queries=[pb.Query(vector=vectors[0].tolist())], k=3, params=params
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await index_stub.Search(query)
+    assert err.value.code() == Code.INVALID_ARGUMENT and message in (err.value.details() or "")
+    query.params.CopyFrom(pb.SearchParams(ef_search=MAX_EF_SEARCH, nprobe=MAX_NPROBE))
+    reply = await index_stub.Search(query)
+    assert reply.results[0].hits[0].id == "p0"
