@@ -158,7 +158,9 @@ PROMETHEUS_BIN := $(VENV)/prometheus/usr/bin/prometheus
 LOADTEST_OUT ?= $(VAR)/loadtest
 # Queries drawn from the catalog `make up` ingested; the report names the weights its export used.
 LOADTEST_STACK := --catalog $(VAR)/catalog/catalog.jsonl --artifacts $(VAR)/artifacts \
-  --triton-metrics http://127.0.0.1:8002/metrics
+  --triton-metrics http://127.0.0.1:8002/metrics --gateway-metrics http://127.0.0.1:9101/metrics
+LOADTEST_OPENLOOP := --catalog $(VAR)/catalog/catalog.jsonl --artifacts $(VAR)/artifacts \
+  --gateway-metrics http://127.0.0.1:9101/metrics
 
 $(PROMETHEUS_BIN):
 	mkdir -p $(dir $@)
@@ -189,6 +191,16 @@ loadtest-step: venv protos ## highest paced request rate meeting the objective (
 loadtest-objective: venv protos ## the latency objective on the running stack: max rate, re-rank 10/50 p95, stages
 	mkdir -p $(VAR) && flock $(BENCH_LOCK) \
 	  $(PY) -m loadtest objective $(LOADTEST_STACK) --out $(LOADTEST_OUT)/objective $(ARGS)
+
+.PHONY: loadtest-openloop
+loadtest-openloop: venv protos ## light open-loop generator: text-search edge, latency from each scheduled send
+	mkdir -p $(VAR) && flock $(BENCH_LOCK) \
+	  $(PY) -m loadtest openloop --step $(LOADTEST_OPENLOOP) --out $(LOADTEST_OUT)/openloop $(ARGS)
+
+.PHONY: loadtest-compare
+loadtest-compare: venv protos ## Locust and the open-loop generator side by side on the same steps, CPU of each
+	mkdir -p $(VAR) && flock $(BENCH_LOCK) \
+	  $(PY) -m loadtest compare $(LOADTEST_STACK) --out $(LOADTEST_OUT)/compare $(ARGS)
 
 .PHONY: loadtest-gpu
 loadtest-gpu: ## on a GPU host: bring the stack up on the GPU and run the same objective measurement

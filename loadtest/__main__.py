@@ -1,4 +1,5 @@
-"""``python -m loadtest run|step|objective``: headless load on the gateway or Triton, judged by an objective.
+"""``python -m loadtest run|step|objective|openloop|compare``: load on the gateway or Triton, judged by an
+objective; every report states the load generator's own CPU use.
 
 Exit status: 0 the objective was met (step, objective: at some rate), 1 it was missed, 2 the run could
 not be made.
@@ -7,22 +8,36 @@ not be made.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from dataclasses import asdict, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from loadtest.config import ENV_PREFIX, LoadTarget, ObjectiveConfig, RunConfig, StepConfig
-from loadtest.objective import Verdict
+from loadtest import openloop, server_metrics
+from loadtest.config import (
+    ENV_PREFIX,
+    CompareConfig,
+    LoadTarget,
+    ObjectiveConfig,
+    OpenLoopConfig,
+    RunConfig,
+    StepConfig,
+)
+from loadtest.data import QueryData
+from loadtest.objective import Objective, RunStats, Verdict
 from loadtest.runner import RunError, RunResult, describe, hardware, run_once, weights_of
+from loadtest.scenarios import mix_for
 from loadtest.step import StepPlan, search, users_for
 from vitrine import logs
 from vitrine.config import add_arguments, from_namespace
+from vitrine.measure import describe_hardware
 
 
-def _plain(config: RunConfig) -> dict[str, Any]:
-    return {k: (v.value if isinstance(v, LoadTarget) else v) for k, v in asdict(config).items()}
+def _plain(config: Any) -> dict[str, Any]:
+    return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(config).items()}
 
 
 def run(config: RunConfig) -> int:
@@ -49,8 +64,11 @@ def _step(config: StepConfig) -> dict[str, Any]:
                 "verdict": result.verdict.to_json(),
                 "stages": result.stages,
                 "triton": result.triton,
+                "cpu": result.cpu,
+                "server": result.server,
             }
         )
+        print(f"        {result.cpu['line']}", flush=True)
         return result.verdict
 
     outcome = search(plan, measure)
@@ -87,7 +105,24 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _result_cells(verdict: dict[str, Any], stages: dict[str, dict[str, float]]) -> list[str]:
+def _cpu_cells(cpu: dict[str, Any]) -> list[str]:
+    """Generator CPU share (flagged above its limit), machine busy share, 1-min load before -> after."""
+    if not cpu:
+        return ["n/a", "n/a", "n/a"]
+    flag = " (!)" if cpu["flagged"] else ""
+    return [
+        f"{100 * cpu['generator_share']:.0f}%{flag}",
+        f"{100 * cpu['machine_share']:.0f}%",
+        f"{cpu['load_before'][0]:.2f} -> {cpu['load_after'][0]:.2f}",
+    ]
+
+
+CPU_HEADERS = ["generator CPU", "machine busy", "load 1m"]
+
+
+def _result_cells(
+    verdict: dict[str, Any], stages: dict[str, dict[str, float]], cpu: dict[str, Any] | None = None
+) -> list[str]:
     """One run's figures as table cells, from ``Verdict.to_json()`` (what the step records keep)."""
     s = verdict["stats"]
     return [
@@ -97,6 +132,7 @@ def _result_cells(verdict: dict[str, Any], stages: dict[str, dict[str, float]]) 
         f"{s['p99_ms']:g}",
         f"{100 * s['error_rate']:.2f}%",
         "pass" if verdict["passed"] else "miss",
+        *_cpu_cells(cpu or {}),
         _stage_means(stages),
     ]
 
@@ -122,7 +158,9 @@ def objective(config: ObjectiveConfig) -> int:
     lines = [
         f"Hardware: {hardware()}; weights: {weights_of(config)}; objective p95 < {config.p95_ms:g} ms and "
         f"errors <= {100 * config.max_error_rate:g}%; {config.duration_s:g} s per step, "
-        f"{config.rerank_duration_s:g} s per re-rank run.",
+        f"{config.rerank_duration_s:g} s per re-rank run. Generator: Locust"
+        + (f" --processes {config.processes}" if config.processes else " (one process)")
+        + f", its CPU in every row ((!) above {100 * config.max_generator_share:g}% of the machine).",
         "",
         f"Text search without re-ranking, highest paced rate meeting the objective: {headline}",
         "",
@@ -135,13 +173,15 @@ def objective(config: ObjectiveConfig) -> int:
                 "p99 ms",
                 "errors",
                 "verdict",
+                *CPU_HEADERS,
                 "gateway stage means, ms",
             ]
         ),
-        _row(["---"] * 8),
+        _row(["---"] * 11),
     ]
     for record in text["steps"]:
-        lines.append(_row([f"{record['rate']:g}", *_result_cells(record["verdict"], record["stages"])]))
+        cells = _result_cells(record["verdict"], record["stages"], record.get("cpu"))
+        lines.append(_row([f"{record['rate']:g}", *cells]))
     lines += [
         "",
         _row(
@@ -154,13 +194,14 @@ def objective(config: ObjectiveConfig) -> int:
                 "p99 ms",
                 "errors",
                 "verdict",
+                *CPU_HEADERS,
                 "gateway stage means, ms",
             ]
         ),
-        _row(["---"] * 9),
+        _row(["---"] * 12),
     ]
     for depth, rate, result in reranks:
-        cells = _result_cells(result.verdict.to_json(), result.stages)
+        cells = _result_cells(result.verdict.to_json(), result.stages, result.cpu)
         lines.append(_row([str(depth), f"{rate:g}", *cells]))
     inside = [(f"text search at {r['rate']:g} req/s", r["triton"]) for r in text["steps"] if r["triton"]]
     inside += [(f"re-rank {d} at {r:g} req/s", res.triton) for d, r, res in reranks if res.triton]
@@ -182,7 +223,15 @@ def objective(config: ObjectiveConfig) -> int:
     root.mkdir(parents=True, exist_ok=True)
     (root / "objective.md").write_text(report)
     rerank_json = [
-        {"depth": d, "rate": r, "verdict": res.verdict.to_json(), "stages": res.stages, "triton": res.triton}
+        {
+            "depth": d,
+            "rate": r,
+            "verdict": res.verdict.to_json(),
+            "stages": res.stages,
+            "triton": res.triton,
+            "cpu": res.cpu,
+            "server": res.server,
+        }
         for d, r, res in reranks
     ]
     (root / "objective.json").write_text(
@@ -190,6 +239,155 @@ def objective(config: ObjectiveConfig) -> int:
     )
     print(report)
     return 0 if best is not None else 1
+
+
+def _query_data(catalog: str, size: int, seed: int) -> QueryData:
+    if catalog and not Path(catalog).is_file():
+        raise ValueError(f"catalog {catalog} not found: start the stack (`make up`) or pass --catalog")
+    return QueryData.from_catalog(catalog, seed=seed) if catalog else QueryData.generated(size, seed)
+
+
+def _open_loop_once(config: OpenLoopConfig, data: QueryData, rate: float) -> dict[str, Any]:
+    """One open-loop run at ``rate``, with the gateway's server-side view of it when its metrics are given."""
+    before = server_metrics.snapshot(config.gateway_metrics) if config.gateway_metrics else None
+    result = asyncio.run(
+        openloop.run(
+            config.gateway,
+            data,
+            mix_for(LoadTarget.GATEWAY, config.mix),
+            rate,
+            config.duration_s,
+            arrival=config.arrival.value,
+            timeout_s=config.timeout_s,
+            top_k=config.top_k,
+            seed=config.seed,
+            max_generator_share=config.max_generator_share,
+        )
+    )
+    objective_ = Objective(p95_ms=config.p95_ms, max_error_rate=config.max_error_rate)
+    record = result.to_json(objective_)
+    if before is not None:
+        record["server"] = server_metrics.quantiles(before, server_metrics.snapshot(config.gateway_metrics))
+    return record
+
+
+def _open_loop_line(record: dict[str, Any]) -> str:
+    server = record.get("server", {}).get("method:Search")
+    seen = f"; gateway-side Search p95 {server['p95_ms']:.1f} ms" if server else ""
+    lag = record["send_lag_ms"]
+    cpu = record["cpu"]["line"]
+    return f"{record['verdict']['line']}{seen}\n        send lag p99 {lag['p99']:.1f} ms; {cpu}"
+
+
+def open_loop(config: OpenLoopConfig) -> int:
+    data = _query_data(config.catalog, config.catalog_size, config.seed)
+    root = Path(config.out)
+    root.mkdir(parents=True, exist_ok=True)
+    weights = weights_of(config)
+    if not config.step:
+        record = _open_loop_once(config, data, config.rate)
+        record.update(config=_plain(config), hardware=hardware(), weights=weights)
+        (root / "summary.json").write_text(json.dumps(record, indent=2))
+        print(_open_loop_line(record))
+        return 0 if record["verdict"]["passed"] else 1
+    records: list[dict[str, Any]] = []
+
+    def measure(rate: float) -> Verdict:
+        record = _open_loop_once(config, data, rate)
+        records.append(record)
+        print(f"step {len(records)}: {rate:g} req/s -> {_open_loop_line(record)}", flush=True)
+        return _verdict_of(record)
+
+    plan = StepPlan(config.rate, config.factor, config.max_rate, config.max_steps, config.refine)
+    outcome = search(plan, measure)
+    summary = {
+        "best_rate": outcome.best_rate,
+        "first_miss": outcome.first_miss,
+        "steps": records,
+        "config": _plain(config),
+        "hardware": hardware(),
+        "weights": weights,
+    }
+    (root / "step_summary.json").write_text(json.dumps(summary, indent=2))
+    if outcome.best_rate is None:
+        print(f"no rate met the objective; the lowest tried, {config.rate:g} req/s, missed.")
+        return 1
+    print(f"highest rate meeting the objective: {outcome.best_rate:g} req/s (open loop). report: {root}")
+    return 0
+
+
+def _verdict_of(record: dict[str, Any]) -> Verdict:
+    """A verdict back from its JSON form (only ``passed`` is read by the step search)."""
+    v = record["verdict"]
+    return Verdict(v["passed"], RunStats(**{k: v["stats"][k] for k in RunStats.__dataclass_fields__}),
+                   Objective(**v["objective"]), v["target_rate"], tuple(v["reasons"]))  # fmt: skip
+
+
+def compare(config: CompareConfig) -> int:
+    """Locust (paced users) and the open-loop generator on the same steps, side by side in one table."""
+    mix_for(LoadTarget.GATEWAY, config.mix)
+    data = _query_data(config.catalog, config.catalog_size, config.seed)
+    root = Path(config.out)
+    rows: list[dict[str, Any]] = []
+    light = OpenLoopConfig(
+        gateway=config.gateway, duration_s=config.duration_s, arrival=config.arrival, mix=config.mix,
+        p95_ms=config.p95_ms, max_error_rate=config.max_error_rate, seed=config.seed,
+        timeout_s=config.timeout_s, top_k=config.top_k, gateway_metrics=config.gateway_metrics,
+        max_generator_share=config.max_generator_share,
+    )  # fmt: skip
+    for rate in config.rates:
+        users = users_for(rate, config.interval_s)
+        locust = run_once(config, root / f"locust-{rate:g}", users, users, target_rate=rate)
+        print(f"locust   {rate:g} req/s -> {locust.verdict.line()}\n        {locust.cpu['line']}", flush=True)
+        light_record = _open_loop_once(light, data, rate)
+        print(f"openloop {rate:g} req/s -> {_open_loop_line(light_record)}", flush=True)
+        rows.append(
+            {
+                "rate": rate,
+                "users": users,
+                "locust": {
+                    "verdict": locust.verdict.to_json(),
+                    "cpu": locust.cpu,
+                    "server": locust.server,
+                    "stages": locust.stages,
+                },
+                "openloop": light_record,
+            }
+        )
+    report = _compare_report(config, rows)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "compare.md").write_text(report)
+    (root / "compare.json").write_text(
+        json.dumps({"rows": rows, "config": _plain(config), "hardware": hardware()}, indent=2)
+    )
+    print(report)
+    return 0
+
+
+def _compare_report(config: CompareConfig, rows: list[dict[str, Any]]) -> str:
+    processes = f" --processes {config.processes}" if config.processes else " (one process)"
+    lines = [
+        f"Hardware: {describe_hardware()}; weights: {weights_of(config)}; mix {config.mix}; "
+        f"{config.duration_s:g} s per run; Locust{processes}, users paced at one request per "
+        f"{config.interval_s:g} s; open loop: {config.arrival.value} arrivals, latency from the scheduled "
+        "send time. Gateway-side p95 from the gateway's own histograms over the same run "
+        "(interpolated inside a bucket).",
+        "",
+        _row(["offered req/s", "generator", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors",
+              "gateway-side p95 ms", *CPU_HEADERS]),
+        _row(["---"] * 10),
+    ]  # fmt: skip
+    for row in rows:
+        for name in ("locust", "openloop"):
+            r = row[name]
+            s = r["verdict"]["stats"]
+            search_ = r.get("server", {}).get("method:Search")
+            lines.append(
+                _row([f"{row['rate']:g}", name, f"{s['rps']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}",
+                      f"{s['p99_ms']:.1f}", f"{100 * s['error_rate']:.2f}%",
+                      f"{search_['p95_ms']:.1f}" if search_ else "n/a", *_cpu_cells(r["cpu"])])
+            )  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +405,20 @@ def main(argv: list[str] | None = None) -> int:
         ObjectiveConfig,
         ENV_PREFIX,
     )
+    add_arguments(
+        commands.add_parser(
+            "openloop", help="light asyncio generator: fixed arrival rate, latency from schedule"
+        ),
+        OpenLoopConfig,
+        ENV_PREFIX,
+    )
+    add_arguments(
+        commands.add_parser(
+            "compare", help="Locust and the open-loop generator side by side on the same steps"
+        ),
+        CompareConfig,
+        ENV_PREFIX,
+    )
     args = parser.parse_args(argv)
     logs.setup(args.log_level)
     try:
@@ -214,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
             return run(from_namespace(RunConfig, args))
         if args.command == "step":
             return step(from_namespace(StepConfig, args))
+        if args.command == "openloop":
+            return open_loop(from_namespace(OpenLoopConfig, args))
+        if args.command == "compare":
+            return compare(from_namespace(CompareConfig, args))
         return objective(from_namespace(ObjectiveConfig, args))
     except (RunError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

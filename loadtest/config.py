@@ -43,6 +43,17 @@ class RunConfig:
     triton_metrics: str = field(
         default="", metadata={"help": "Triton metrics URL: per-model queue/compute/batch around each run"}
     )
+    gateway_metrics: str = field(
+        default="", metadata={"help": "gateway metrics URL: its server-side latency around each run"}
+    )
+    processes: int = field(
+        default=0,
+        metadata={"help": "Locust worker processes (--processes); 0: one process, -1: one per core"},
+    )
+    max_generator_share: float = field(
+        default=0.25,
+        metadata={"help": "flag a run whose load generator used more than this share of the machine's CPU"},
+    )
 
 
 @dataclass(frozen=True)
@@ -72,3 +83,57 @@ class ObjectiveConfig(StepConfig):
     rerank_interval_s: float = field(
         default=3.0, metadata={"help": "pacing interval of re-rank users (above their latency)"}
     )
+
+
+class Arrival(str, Enum):
+    POISSON = "poisson"  # exponential gaps: the bursts independent shoppers make
+    UNIFORM = "uniform"  # evenly spaced: the gentlest load for a rate
+
+
+@dataclass(frozen=True)
+class OpenLoopConfig:
+    """The light open-loop generator (``python -m loadtest openloop``): gateway scenarios only."""
+
+    gateway: str = field(default="127.0.0.1:50050", metadata={"help": "gateway gRPC address"})
+    rate: float = field(default=20.0, metadata={"help": "offered requests/s (first rate with --step)"})
+    duration_s: float = field(default=30.0, metadata={"help": "scheduled time (per step with --step)"})
+    arrival: Arrival = field(default=Arrival.POISSON, metadata={"help": "arrival process"})
+    mix: str = field(default="text=1", metadata={"help": "gateway scenario=weight,..."})
+    step: bool = field(default=False, metadata={"help": "raise the rate until the objective breaks"})
+    factor: float = field(
+        default=1.5, metadata={"help": "with --step: each step offers this many times the last"}
+    )
+    max_rate: float = field(default=1000.0, metadata={"help": "with --step: never offer more than this"})
+    max_steps: int = field(default=10, metadata={"help": "with --step: most steps, bisection included"})
+    refine: int = field(default=2, metadata={"help": "with --step: bisection steps at the edge"})
+    p95_ms: float = field(default=100.0, metadata={"help": "objective: p95 latency below this"})
+    max_error_rate: float = field(default=0.001, metadata={"help": "objective: failed fraction at most this"})
+    out: str = field(default="var/loadtest/openloop", metadata={"help": "report directory"})
+    catalog: str = field(default="", metadata={"help": "catalog JSONL the stack serves (default: generated)"})
+    catalog_size: int = field(default=200, metadata={"help": "products generated when no catalog is given"})
+    seed: int = field(default=0, metadata={"help": "seed of the vocabulary, the arrivals and the mix"})
+    timeout_s: float = field(default=10.0, metadata={"help": "deadline of each call"})
+    top_k: int = field(default=10, metadata={"help": "results per search"})
+    gateway_metrics: str = field(
+        default="", metadata={"help": "gateway metrics URL: its server-side latency around each run"}
+    )
+    max_generator_share: float = field(
+        default=0.25,
+        metadata={"help": "flag a run whose load generator used more than this share of the machine's CPU"},
+    )
+    weights: str = field(default="", metadata={"help": "weights the stack serves, for the report"})
+    artifacts: str = field(default="", metadata={"help": "export directory whose manifest names the weights"})
+
+
+@dataclass(frozen=True)
+class CompareConfig(RunConfig):
+    """Locust and the open-loop generator on the same paced steps, one after the other per step."""
+
+    out: str = field(default="var/loadtest/compare", metadata={"help": "report directory"})
+    mix: str = field(default="text=1", metadata={"help": "gateway scenario=weight,..."})
+    rates: tuple[float, ...] = field(default=(8.0, 16.0, 32.0), metadata={"help": "offered rates (req/s)"})
+    duration_s: float = field(default=30.0, metadata={"help": "measured time of each run"})
+    interval_s: float = field(
+        default=0.5, metadata={"help": "each Locust user's pacing interval; users = rate x interval"}
+    )
+    arrival: Arrival = field(default=Arrival.POISSON, metadata={"help": "open-loop arrival process"})

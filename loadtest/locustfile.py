@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,21 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-import numpy as np
 import tritonclient.grpc as triton
 from locust import User, constant_throughput, events
 from locust.env import Environment
 from locust.exception import StopUser
 
-from loadtest import grpc_user
+from loadtest import gateway_requests, grpc_user
 from loadtest.config import LoadTarget
-from loadtest.data import FilterSpec, QueryData
+from loadtest.data import QueryData
 from loadtest.scenarios import mix_for
 from vitrine import triton as triton_request
 from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, EnsembleIO, Tensor
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
-from vitrine.measure import percentile
 
 log = logging.getLogger("loadtest")
 _data: QueryData | None = None
@@ -66,17 +65,10 @@ def _record_stages(response: pb.SearchResponse) -> None:
         _stages[timing.stage].append(timing.ms)
 
 
-def stage_summary() -> dict[str, dict[str, float]]:
-    return {
-        stage: {
-            "count": len(values),
-            "mean_ms": float(np.mean(values)),
-            "p50_ms": percentile(values, 0.50),
-            "p95_ms": percentile(values, 0.95),
-            "p99_ms": percentile(values, 0.99),
-        }
-        for stage, values in sorted(_stages.items())
-    }
+def stages_file(stages_out: str, pid: int) -> Path:
+    """Where one Locust process leaves its raw stage timings; with ``--processes`` every worker writes
+    its own and the runner merges them (percentiles cannot be merged from per-process summaries)."""
+    return Path(f"{stages_out}.{pid}.raw")
 
 
 class _VitrineUser(User):
@@ -105,20 +97,10 @@ class _VitrineUser(User):
         gevent.sleep(seconds)
 
 
-def _filters(specs: list[FilterSpec]) -> list[pb.Filter]:
-    out = []
-    for spec in specs:
-        message = pb.Filter(field=spec.field, any_of=list(spec.any_of))
-        if spec.min is not None:
-            message.min = spec.min
-        if spec.max is not None:
-            message.max = spec.max
-        out.append(message)
-    return out
-
-
 class GatewayUser(_VitrineUser):
-    """A shop front calling the gateway: text, image and hybrid search, re-rank depths, filters."""
+    """A shop front calling the gateway: text, image and hybrid search, re-rank depths, filters.
+
+    Requests come from ``loadtest.gateway_requests``, the builder the open-loop generator uses too."""
 
     def on_start(self) -> None:
         self.channel = grpc_user.intercepted_channel(self.host or "", self.environment.events.request.fire)
@@ -129,46 +111,37 @@ class GatewayUser(_VitrineUser):
     def on_stop(self) -> None:
         self.channel.close()
 
-    def search(self, name: str, request: pb.SearchRequest) -> None:
-        request.top_k = self.top_k
+    def call(self, scenario: str) -> None:
+        method, request = gateway_requests.build(scenario, self.data, self.rng, self.top_k)
         try:
-            response = self.stub.Search(request, timeout=self.timeout, metadata=grpc_user.named(name))
+            response = getattr(self.stub, method)(
+                request, timeout=self.timeout, metadata=grpc_user.named(scenario)
+            )
         except Exception:  # already reported as a failure by the interceptor
             return
-        _record_stages(response)
+        if method == gateway_requests.SEARCH:
+            _record_stages(response)
 
     def text(self) -> None:
-        self.search("text", pb.SearchRequest(text=self.data.text(self.rng)))
+        self.call("text")
 
     def text_rerank10(self) -> None:
-        request = pb.SearchRequest(text=self.data.text(self.rng), rerank=True, rerank_depth=10)
-        self.search("text_rerank10", request)
+        self.call("text_rerank10")
 
     def text_rerank50(self) -> None:
-        request = pb.SearchRequest(text=self.data.text(self.rng), rerank=True, rerank_depth=50)
-        self.search("text_rerank50", request)
+        self.call("text_rerank50")
 
     def image(self) -> None:
-        self.search("image", pb.SearchRequest(image=self.data.image(self.rng)))
+        self.call("image")
 
     def hybrid(self) -> None:
-        request = pb.SearchRequest(
-            text=self.data.text(self.rng), image=self.data.image(self.rng), image_weight=0.5
-        )
-        self.search("hybrid", request)
+        self.call("hybrid")
 
     def filtered(self) -> None:
-        request = pb.SearchRequest(
-            text=self.data.text(self.rng), filters=_filters(self.data.filters(self.rng))
-        )
-        self.search("filtered", request)
+        self.call("filtered")
 
     def similar(self) -> None:
-        request = pb.SimilarItemsRequest(id=self.data.product_id(self.rng), top_k=self.top_k)
-        try:
-            self.stub.SimilarItems(request, timeout=self.timeout, metadata=grpc_user.named("similar"))
-        except Exception:  # already reported as a failure by the interceptor
-            return
+        self.call("similar")
 
 
 class TritonUser(_VitrineUser):
@@ -261,5 +234,5 @@ def _on_quit(environment: Environment, **_: Any) -> None:
     # during interpreter shutdown can hang the process (seen after failed connections).
     gc.collect()
     options = environment.parsed_options
-    if options is not None and options.vitrine_stages_out:
-        Path(options.vitrine_stages_out).write_text(json.dumps(stage_summary(), indent=2))
+    if options is not None and options.vitrine_stages_out and _stages:
+        stages_file(options.vitrine_stages_out, os.getpid()).write_text(json.dumps(dict(_stages)))

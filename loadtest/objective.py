@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitrine.measure import percentile
+
 AGGREGATED = "Aggregated"
 
 
@@ -113,3 +115,18 @@ def read_stats(csv_path: str | Path) -> dict[str, RunStats]:
     if AGGREGATED not in out:
         raise ValueError(f"{csv_path} has no {AGGREGATED!r} row: not a Locust stats file")
     return out
+
+
+def stage_summary(stages: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per-stage count, mean and nearest-rank p50/p95/p99 (ms) of the gateway's own timings."""
+    return {
+        stage: {
+            "count": len(values),
+            "mean_ms": sum(values) / len(values),
+            "p50_ms": percentile(values, 0.50),
+            "p95_ms": percentile(values, 0.95),
+            "p99_ms": percentile(values, 0.99),
+        }
+        for stage, values in sorted(stages.items())
+        if values
+    }

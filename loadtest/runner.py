@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import ctypes
 import json
+import resource
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from loadtest import triton_metrics
-from loadtest.config import LoadTarget, RunConfig
-from loadtest.objective import AGGREGATED, Objective, RunStats, Verdict, judge, read_stats
+from loadtest import server_metrics, triton_metrics
+from loadtest.accounting import CpuMeter, load_average
+from loadtest.config import LoadTarget, OpenLoopConfig, RunConfig
+from loadtest.objective import AGGREGATED, Objective, RunStats, Verdict, judge, read_stats, stage_summary
 from loadtest.scenarios import mix_for
 from vitrine.measure import hardware
 
@@ -46,9 +48,13 @@ class RunResult:
     out: Path
     users: int
     target_rate: float
+    cpu: dict[str, object] = field(default_factory=dict)
+    """The generator's and the machine's CPU over the measured window (``CpuUse.to_json``), load averages."""
+    server: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The gateway's own latency quantiles per method over the run, from its Prometheus histograms."""
 
 
-def weights_of(config: RunConfig) -> str:
+def weights_of(config: RunConfig | OpenLoopConfig) -> str:
     """What the figures were measured with: random weights make latency figures, not quality figures."""
     if config.weights or not config.artifacts:
         return config.weights or "unrecorded"
@@ -113,6 +119,7 @@ def locust_command(
         f"{config.timeout_s:g}",
         "--vitrine-stages-out",
         str(out / "stages.json"),
+        *(["--processes", str(config.processes)] if config.processes else []),
     ]
 
 
@@ -127,41 +134,58 @@ def run_once(
     user_rate = target_rate / users if target_rate > 0 else 0.0
     command = locust_command(config, out, users, spawn_rate, user_rate)
     before = triton_metrics.snapshot(config.triton_metrics) if config.triton_metrics else {}
+    server_before = server_metrics.snapshot(config.gateway_metrics) if config.gateway_metrics else None
+    load_before = load_average()
     started = time.monotonic()
     with (out / "locust.log").open("w") as log:
+        children_before = _children_cpu()
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        meter = CpuMeter(proc.pid, max_share=config.max_generator_share).start()
         try:
-            done = subprocess.run(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=config.duration_s + GRACE_S,
-                check=False,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
+            returncode = proc.wait(timeout=config.duration_s + GRACE_S)
         except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.wait()
+            meter.stop()
             raise RunError(
                 f"locust did not stop within {config.duration_s + GRACE_S:.0f} s; see {out}"
             ) from exc
+        # Once reaped, the whole tree's CPU (workers included) is in this process's children counters.
+        meter.stop(generator_total_s=_children_cpu() - children_before)
+    cpu_use = meter.window(config.duration_s)
+    cpu = {**cpu_use.to_json(), "load_before": load_before, "load_after": load_average()}
     triton = (
         triton_metrics.per_model(before, triton_metrics.snapshot(config.triton_metrics))
         if config.triton_metrics
         else {}
     )
+    server = (
+        server_metrics.quantiles(server_before, server_metrics.snapshot(config.gateway_metrics))
+        if server_before is not None
+        else {}
+    )
     stats_csv = out / f"{CSV_PREFIX}_stats.csv"
     # Locust exits 1 when any request failed; that is judged below, not an error of the run itself.
-    if done.returncode not in (0, 1) or not stats_csv.is_file():
+    if returncode not in (0, 1) or not stats_csv.is_file():
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
-        raise RunError(f"locust exited with {done.returncode} and no report:\n{tail}")
+        raise RunError(f"locust exited with {returncode} and no report:\n{tail}")
     scenarios = read_stats(stats_csv)
-    stages_file = out / "stages.json"
-    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
+    stages = _merge_stages(out / "stages.json")
     verdict = judge(scenarios[AGGREGATED], objective_of(config), target_rate)
-    result = RunResult(verdict, scenarios, stages, triton, out, users, target_rate)
+    result = RunResult(verdict, scenarios, stages, triton, out, users, target_rate, cpu, server)
     summary = {
         "verdict": verdict.to_json(),
         "scenarios": {name: {**asdict(s), "error_rate": s.error_rate} for name, s in scenarios.items()},
         "stages": stages,
         "triton": triton,
+        "generator": "locust" + (f" --processes {config.processes}" if config.processes else ""),
+        "cpu": cpu,
+        "server": server,
         "users": users,
         "target_rate": target_rate,
         "wall_s": round(time.monotonic() - started, 1),
@@ -171,6 +195,23 @@ def run_once(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return result
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _merge_stages(path: Path) -> dict[str, dict[str, float]]:
+    """Every Locust process's raw stage timings (``<path>.<pid>.raw``) as one summary, written to ``path``."""
+    merged: dict[str, list[float]] = {}
+    for raw in sorted(path.parent.glob(f"{path.name}.*.raw")):
+        for stage, values in json.loads(raw.read_text()).items():
+            merged.setdefault(stage, []).extend(values)
+        raw.unlink()
+    summary = stage_summary(merged)
+    path.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def describe(result: RunResult) -> str:
@@ -205,5 +246,13 @@ def describe(result: RunResult) -> str:
                 f"{model:<22}{int(m['requests']):>9}{m['batch']:>7.2f}{m['queue_ms']:>8.1f}"
                 f"{m['compute_ms']:>9.1f}{m['request_ms']:>8.1f}"
             )
+    if result.server:
+        lines += ["", f"{'gateway series':<22}{'count':>9}{'p50':>8}{'p95':>8}{'p99':>8}  (ms, server-side)"]
+        for method, q in result.server.items():
+            lines.append(
+                f"{method:<22}{int(q['count']):>9}{q['p50_ms']:>8.1f}{q['p95_ms']:>8.1f}{q['p99_ms']:>8.1f}"
+            )
+    if result.cpu:
+        lines += ["", str(result.cpu["line"])]
     lines += ["", f"report: {result.out}"]
     return "\n".join(lines)
