@@ -18,6 +18,7 @@ from index_service.config import MAX_MESSAGE_BYTES, Device, IndexServiceConfig
 from index_service.engine import Engine
 from index_service.servicer import IndexServicer, Metrics
 from vitrine.index.v2 import index_pb2, index_pb2_grpc
+from vitrine.grpc_decode import DecodeErrors
 from vitrine.metrics import service_registry
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,11 @@ async def create_server(config: IndexServiceConfig) -> tuple[IndexServer, int]:
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs)
+    # A request grpcio cannot decode is INVALID_ARGUMENT saying why, never UNKNOWN naming a class.
+    interceptors = [DecodeErrors()]
+    server = grpc.aio.server(
+        options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs, interceptors=interceptors
+    )
     index_pb2_grpc.add_IndexServiceServicer_to_server(
         IndexServicer(engine, executor, metrics, coalesce=config.coalesce), server
     )

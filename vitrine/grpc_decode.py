@@ -43,8 +43,8 @@ def describe(data: bytes, message_name: str) -> str:
             "(truncated, garbage, or nested more than 100 levels deep)"
         )
     return (
-        f"request is not a valid {message_name}: a string field is not valid UTF-8 "
-        "or a field has the wrong wire type"
+        f"request is not a valid {message_name}: a string field is not valid UTF-8, a field has the "
+        "wrong wire type, or messages are nested more than 100 levels deep"
     )
 
 

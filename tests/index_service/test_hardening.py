@@ -81,3 +81,57 @@ async def test_search_parameters_beyond_their_bounds_are_invalid_argument_not_in
     query.params.CopyFrom(pb.SearchParams(ef_search=MAX_EF_SEARCH, nprobe=MAX_NPROBE))
     reply = await index_stub.Search(query)
     assert reply.results[0].hits[0].id == "p0"
+
+
+# ---- requests grpcio cannot decode ----
+
+SERVICE = "/vitrine.index.v2.IndexService/"
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([byte])
+        out += bytes([byte | 0x80])
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _deep_filter(depth: int) -> bytes:
+    inner = b""
+    for _ in range(depth):
+        inner = _field(3, inner)  # Filter.not
+    return inner
+
+
+UNDECODABLE = [
+    ("garbage", b"\xff\xff\xff\xff\x0f\x01", "not protobuf wire format"),
+    ("truncated", _field(1, b"abc")[:-1], "not protobuf wire format"),
+    ("invalid-utf8", _field(1, b"\xff\xfe"), "not valid UTF-8"),
+]
+
+
+async def _refused(call: object, data: object, message: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(data, timeout=5)  # type: ignore[operator]
+    details = err.value.details() or ""
+    assert err.value.code() == Code.INVALID_ARGUMENT, details
+    assert message in details and "class" not in details and "Error" not in details, details
+
+
+@pytest.mark.parametrize(("data", "message"), [u[1:] for u in UNDECODABLE], ids=[u[0] for u in UNDECODABLE])
+async def test_undecodable_requests_are_invalid_argument_saying_why(index_factory, data, message) -> None:
+    server, stub = await index_factory()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        for method in ("Search", "Upsert", "Get", "CreateCollection", "SetAlias", "UpsertVectors"):
+            await _refused(channel.unary_unary(SERVICE + method), data, message)  # raw bytes on the wire
+        await _refused(channel.stream_unary(SERVICE + "UpsertStream"), iter([data]), message)
+        # a filter nested past protobuf's recursion limit
+        await _refused(
+            channel.unary_unary(SERVICE + "Search"), _field(4, _deep_filter(200)), "nested more than"
+        )
+    assert not (await stub.ListCollections(pb.ListCollectionsRequest())).collections  # still serving
