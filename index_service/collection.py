@@ -42,7 +42,7 @@ from index_service.config import (
     MAX_TRAIN_MIN,
     MIN_HNSW_M,
 )
-from index_service.errors import InvalidArgument
+from index_service.errors import InvalidArgument, quoted
 from index_service.gpu import GpuMirror
 from vitrine.index.v2 import index_pb2 as pb
 
@@ -101,7 +101,7 @@ def check_collection_name(name: str, what: str = "collection") -> None:
 def check_space_name(name: str) -> None:
     if not _valid_name(name, MAX_SPACE_NAME_CHARS):
         raise InvalidArgument(
-            f"vector space name {name!r} must be 1-{MAX_SPACE_NAME_CHARS} characters of {NAME_HELP}"
+            f"vector space name {quoted(name)} must be 1-{MAX_SPACE_NAME_CHARS} characters of {NAME_HELP}"
         )
 
 
@@ -129,7 +129,7 @@ def normalize_spec(spec: pb.CollectionSpec) -> pb.CollectionSpec:
         check_space_name(name)
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise InvalidArgument(f"vector space {dup!r} is declared twice")
+        raise InvalidArgument(f"vector space {quoted(dup)} is declared twice")
     for vec in out.vectors:
         _normalize_vector_spec(vec)
     numbers, keywords = list(spec.schema.number_fields), list(spec.schema.keyword_fields)
@@ -140,7 +140,7 @@ def normalize_spec(spec: pb.CollectionSpec) -> pb.CollectionSpec:
 
 
 def _normalize_vector_spec(vec: pb.VectorSpec) -> None:
-    where = f"vector space {vec.name!r}"
+    where = f"vector space {quoted(vec.name)}"
     if not 1 <= vec.dim <= MAX_DIM:
         raise InvalidArgument(f"{where}: dim must be between 1 and {MAX_DIM}, got {vec.dim}")
     if vec.metric == pb.METRIC_UNSPECIFIED:
@@ -265,13 +265,14 @@ class Collection:
             if len(self.spaces) == 1:
                 return next(iter(self.spaces.values()))
             raise InvalidArgument(
-                f"collection {self.name!r} has {len(self.spaces)} vector spaces; name one of "
+                f"collection {quoted(self.name)} has {len(self.spaces)} vector spaces; name one of "
                 f"{list(self.spaces)} in SearchRequest.vector"
             )
         space = self.spaces.get(name)
         if space is None:
             raise InvalidArgument(
-                f"collection {self.name!r} has no vector space {name!r}; its spaces: {list(self.spaces)}"
+                f"collection {quoted(self.name)} has no vector space {quoted(name)}; "
+                f"its spaces: {list(self.spaces)}"
             )
         return space
 
@@ -280,13 +281,13 @@ class Collection:
         for name in item.vectors:
             if name not in self.spaces:
                 raise InvalidArgument(
-                    f"item {position} ({item.id!r}): unknown vector space {name!r}; "
-                    f"collection {self.name!r} declares {list(self.spaces)}"
+                    f"item {position} ({quoted(item.id)}): unknown vector space {quoted(name)}; "
+                    f"collection {quoted(self.name)} declares {list(self.spaces)}"
                 )
         for name in self.required:
             if name not in item.vectors:
                 raise InvalidArgument(
-                    f"item {position} ({item.id!r}): no vector for space {name!r}; "
+                    f"item {position} ({quoted(item.id)}): no vector for space {quoted(name)}; "
                     f"every item needs one vector in each of {self.required}"
                 )
 
@@ -294,15 +295,17 @@ class Collection:
         for f, v in item.numbers.items():
             if f not in self.number_fields:
                 raise InvalidArgument(
-                    f"item {position} ({item.id!r}): unknown attribute {f!r}; "
+                    f"item {position} ({quoted(item.id)}): unknown attribute {quoted(f)}; "
                     f"declared number fields: {sorted(self.number_fields)}"
                 )
             if not math.isfinite(v):
-                raise InvalidArgument(f"item {position} ({item.id!r}): number {f!r} is not finite")
+                raise InvalidArgument(
+                    f"item {position} ({quoted(item.id)}): number {quoted(f)} is not finite"
+                )
         for f in item.keywords:
             if f not in self.keyword_fields:
                 raise InvalidArgument(
-                    f"item {position} ({item.id!r}): unknown attribute {f!r}; "
+                    f"item {position} ({quoted(item.id)}): unknown attribute {quoted(f)}; "
                     f"declared keyword fields: {sorted(self.keyword_fields)}"
                 )
 
@@ -461,7 +464,8 @@ class Space:
             dims = sorted({len(r) for r in rows})
             if dims != [self.dim]:
                 raise InvalidArgument(
-                    f"{what}: wrong dimension, space {self.name!r} of collection {self.owner.name!r} "
+                    f"{what}: wrong dimension, space {quoted(self.name)} of collection "
+                    f"{quoted(self.owner.name)} "
                     f"has dim={self.dim}, got {dims}"
                 )
             flat = np.concatenate([np.fromiter(r, dtype=np.float32, count=self.dim) for r in rows])

@@ -41,7 +41,7 @@ from index_service.config import (
     MAX_QUERIES,
     MAX_SPACES,
 )
-from index_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from index_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, quoted
 from index_service.storage import Snapshot, Storage
 from vitrine.index.v2 import index_pb2 as pb
 
@@ -208,14 +208,14 @@ class Engine:
     def _handle(self, name: str) -> _Handle:
         handle = self._handles.get(self._aliases.get(name, name))
         if handle is None:
-            raise NotFound(f"collection {name!r} does not exist")
+            raise NotFound(f"collection {quoted(name)} does not exist")
         return handle
 
     def create(self, spec: pb.CollectionSpec) -> pb.CollectionStats:
         spec = normalize_spec(spec)
         with self._registry_lock:
             if spec.name in self._aliases:
-                raise AlreadyExists(f"{spec.name!r} is an alias; a collection cannot take its name")
+                raise AlreadyExists(f"{quoted(spec.name)} is an alias; a collection cannot take its name")
             self.storage.create_collection(spec)
             handle = self._handles[spec.name] = _Handle(Collection(spec, self.brute_force_max), self.device)
         return self._stats(handle)
@@ -227,7 +227,7 @@ class Engine:
             pointing = sorted(a for a, target in self._aliases.items() if target == name)
             if pointing:
                 raise FailedPrecondition(
-                    f"collection {name!r} is the target of alias {pointing[0]!r}"
+                    f"collection {quoted(name)} is the target of alias {quoted(pointing[0])}"
                     + (f" and {len(pointing) - 1} more" if len(pointing) > 1 else "")
                     + "; re-point or delete its aliases first"
                 )
@@ -241,11 +241,11 @@ class Engine:
         check_collection_name(alias, "alias")
         with self._registry_lock:
             if alias in self._handles:
-                raise AlreadyExists(f"{alias!r} is a collection; an alias cannot take its name")
+                raise AlreadyExists(f"{quoted(alias)} is a collection; an alias cannot take its name")
             if collection in self._aliases:
-                raise InvalidArgument(f"{collection!r} is an alias; an alias points to a collection")
+                raise InvalidArgument(f"{quoted(collection)} is an alias; an alias points to a collection")
             if collection not in self._handles:
-                raise NotFound(f"collection {collection!r} does not exist")
+                raise NotFound(f"collection {quoted(collection)} does not exist")
             previous = self._aliases.get(alias, "")
             if previous != collection:
                 self.storage.set_alias(alias, collection)
@@ -255,7 +255,7 @@ class Engine:
     def delete_alias(self, alias: str) -> None:
         with self._registry_lock:
             if alias not in self._aliases:
-                raise NotFound(f"alias {alias!r} does not exist")
+                raise NotFound(f"alias {quoted(alias)} does not exist")
             self.storage.delete_alias(alias)
             self._aliases = {a: c for a, c in self._aliases.items() if a != alias}
 
@@ -271,11 +271,15 @@ class Engine:
         c = handle.c
         with handle.write_mutex:
             if handle.dropped:
-                raise NotFound(f"collection {name!r} does not exist")
+                raise NotFound(f"collection {quoted(name)} does not exist")
             if vector.name in c.spaces:
-                raise AlreadyExists(f"collection {c.name!r} already has a vector space {vector.name!r}")
+                raise AlreadyExists(
+                    f"collection {quoted(c.name)} already has a vector space {quoted(vector.name)}"
+                )
             if len(c.spaces) >= MAX_SPACES:
-                raise InvalidArgument(f"collection {c.name!r} already has the most spaces, {MAX_SPACES}")
+                raise InvalidArgument(
+                    f"collection {quoted(c.name)} already has the most spaces, {MAX_SPACES}"
+                )
             space = c.new_space(vector)
             handle.attach(space)
             spec = pb.CollectionSpec()
@@ -291,14 +295,14 @@ class Engine:
         c = handle.c
         with handle.write_mutex:
             if handle.dropped:
-                raise NotFound(f"collection {name!r} does not exist")
+                raise NotFound(f"collection {quoted(name)} does not exist")
             space = c.spaces.get(space_name)
             if space is None:
-                raise NotFound(f"collection {c.name!r} has no vector space {space_name!r}")
+                raise NotFound(f"collection {quoted(c.name)} has no vector space {quoted(space_name)}")
             if not space.spec.optional:
                 raise FailedPrecondition(
-                    f"vector space {space_name!r} of {c.name!r} is not optional: every item has a vector "
-                    "in it; only optional spaces can be dropped"
+                    f"vector space {quoted(space_name)} of {quoted(c.name)} is not optional: every item has "
+                    "a vector in it; only optional spaces can be dropped"
                 )
             spec = pb.CollectionSpec()
             spec.CopyFrom(c.spec)
@@ -362,14 +366,14 @@ class Engine:
         for i, item in enumerate(items):
             _check_id(item.id, f"item {i}")
             if item.id in seen:
-                raise InvalidArgument(f"duplicate id {item.id!r} in one batch (item {i})")
+                raise InvalidArgument(f"duplicate id {quoted(item.id)} in one batch (item {i})")
             seen.add(item.id)
             c.check_attributes(item, i)
             body = pb.Item(numbers=item.numbers, keywords=item.keywords, tags=item.tags, payload=item.payload)
             raw = body.SerializeToString(deterministic=True)
             if len(raw) > MAX_PAYLOAD_BYTES:
                 raise InvalidArgument(
-                    f"item {i} ({item.id!r}): attributes and payload take {len(raw)} bytes, "
+                    f"item {i} ({quoted(item.id)}): attributes and payload take {len(raw)} bytes, "
                     f"more than the limit of {MAX_PAYLOAD_BYTES}"
                 )
             bodies.append(raw)
@@ -377,7 +381,7 @@ class Engine:
         ids = [item.id for item in items]
         with handle.write_mutex:
             if handle.dropped:
-                raise NotFound(f"collection {name!r} does not exist")
+                raise NotFound(f"collection {quoted(name)} does not exist")
             if c.spaces is not spaces:  # a space was added or dropped meanwhile: check against the new set
                 vectors = self._upsert_vectors(c, items)
             first = c.next_slot
@@ -409,7 +413,7 @@ class Engine:
                     np.array(positions, dtype=np.int64),
                     space.prepare_vectors(
                         [items[i].vectors[space.name].values for i in positions],
-                        f"upsert, vector {space.name!r}",
+                        f"upsert, vector {quoted(space.name)}",
                     ),
                 )
         return out
@@ -430,17 +434,17 @@ class Engine:
         for i, item in enumerate(items):
             _check_id(item.id, f"item {i}")
             if item.id in seen:
-                raise InvalidArgument(f"duplicate id {item.id!r} in one batch (item {i})")
+                raise InvalidArgument(f"duplicate id {quoted(item.id)} in one batch (item {i})")
             seen.add(item.id)
         rows_in = [item.vector.values for item in items]
         space = c.space(space_name)
-        arr = space.prepare_vectors(rows_in, f"upsert vectors, space {space.name!r}")
+        arr = space.prepare_vectors(rows_in, f"upsert vectors, space {quoted(space.name)}")
         with handle.write_mutex:
             if handle.dropped:
-                raise NotFound(f"collection {name!r} does not exist")
+                raise NotFound(f"collection {quoted(name)} does not exist")
             if c.spaces.get(space.name) is not space:  # dropped (or dropped and re-added) meanwhile
                 space = c.space(space.name)
-                arr = space.prepare_vectors(rows_in, f"upsert vectors, space {space.name!r}")
+                arr = space.prepare_vectors(rows_in, f"upsert vectors, space {quoted(space.name)}")
             missing: list[str] = []
             fresh: list[int] = []
             moved: list[int] = []
@@ -491,7 +495,7 @@ class Engine:
             _check_id(item_id, f"id {i}")
         with handle.write_mutex:
             if handle.dropped:
-                raise NotFound(f"collection {name!r} does not exist")
+                raise NotFound(f"collection {quoted(name)} does not exist")
             self.storage.delete(name, ids)
             with handle.rw.write():
                 deleted = handle.c.apply_delete(ids)
@@ -615,7 +619,7 @@ class Engine:
                 for h in row:
                     item_id, body = c.slot_ids[h.slot], c.bodies[h.slot]
                     if item_id is None or body is None:  # an index answer for a dead slot: never expected
-                        raise FailedPrecondition(f"index of {name!r} returned a deleted item")
+                        raise FailedPrecondition(f"index of {quoted(name)} returned a deleted item")
                     found.append(Found(item_id, h.score, body))
                 out.append(found)
         return out, exact

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from index_service.config import MAX_FILTER_NODES
-from index_service.errors import InvalidArgument
+from index_service.errors import InvalidArgument, quoted
 from vitrine.index.v2 import index_pb2 as pb
 
 MAX_DEPTH = 32
@@ -45,11 +45,11 @@ def validate(flt: pb.Filter, number_fields: frozenset[str], keyword_fields: froz
             kw = node.keyword
             if kw.field not in keyword_fields:
                 raise InvalidArgument(
-                    f"unknown attribute {kw.field!r} in keyword filter at {path}; "
+                    f"unknown attribute {quoted(kw.field)} in keyword filter at {path}; "
                     f"declared keyword fields: {sorted(keyword_fields)}"
                 )
             if not kw.values:
-                raise InvalidArgument(f"malformed filter: keyword filter on {kw.field!r} has no values")
+                raise InvalidArgument(f"malformed filter: keyword filter on {quoted(kw.field)} has no values")
         elif kind == "tags":
             if not node.tags.any and not node.tags.all:
                 raise InvalidArgument(f"malformed filter: tag filter at {path} names no tags")
@@ -57,17 +57,17 @@ def validate(flt: pb.Filter, number_fields: frozenset[str], keyword_fields: froz
             rng = node.range
             if rng.field not in number_fields:
                 raise InvalidArgument(
-                    f"unknown attribute {rng.field!r} in range filter at {path}; "
+                    f"unknown attribute {quoted(rng.field)} in range filter at {path}; "
                     f"declared number fields: {sorted(number_fields)}"
                 )
             bounds = [b for b in ("gte", "gt", "lte", "lt") if rng.HasField(b)]
             if not bounds:
-                raise InvalidArgument(f"malformed filter: range on {rng.field!r} has no bounds")
+                raise InvalidArgument(f"malformed filter: range on {quoted(rng.field)} has no bounds")
             if (rng.HasField("gte") and rng.HasField("gt")) or (rng.HasField("lte") and rng.HasField("lt")):
-                raise InvalidArgument(f"malformed filter: range on {rng.field!r} repeats a bound")
+                raise InvalidArgument(f"malformed filter: range on {quoted(rng.field)} repeats a bound")
             for b in bounds:
                 if math.isnan(getattr(rng, b)):
-                    raise InvalidArgument(f"malformed filter: range bound {b} on {rng.field!r} is NaN")
+                    raise InvalidArgument(f"malformed filter: range bound {b} on {quoted(rng.field)} is NaN")
 
     visit(flt, "filter", 0)
 

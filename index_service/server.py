@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from index_service.config import MAX_MESSAGE_BYTES, Device, IndexServiceConfig
 from index_service.engine import Engine
 from index_service.servicer import IndexServicer, Metrics
-from vitrine.index.v2 import index_pb2, index_pb2_grpc
 from vitrine.grpc_decode import DecodeErrors
+from vitrine.index.v2 import index_pb2, index_pb2_grpc
 from vitrine.metrics import service_registry
 
 log = logging.getLogger(__name__)

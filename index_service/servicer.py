@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from index_service.engine import Engine, Found
-from index_service.errors import IndexServiceError
+from index_service.errors import IndexServiceError, capped
 from vitrine.index.v2 import index_pb2 as pb
 from vitrine.index.v2 import index_pb2_grpc as pb_grpc
 
@@ -81,7 +81,7 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             return await method(self, request, context)
         except IndexServiceError as exc:
             code = exc.code
-            await context.abort(code, str(exc))
+            await context.abort(code, capped(str(exc)))
             raise  # unreachable: abort raises
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import faiss
 
-from index_service.errors import AlreadyExists, NotFound
+from index_service.errors import AlreadyExists, NotFound, quoted
 from vitrine.index.v2 import index_pb2 as pb
 
 SCHEMA_VERSION = 3
@@ -162,12 +162,12 @@ class Storage:
                     (spec.name, spec.SerializeToString(deterministic=True)),
                 )
         except sqlite3.IntegrityError as exc:
-            raise AlreadyExists(f"collection {spec.name!r} already exists") from exc
+            raise AlreadyExists(f"collection {quoted(spec.name)} already exists") from exc
 
     def drop_collection(self, name: str) -> None:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone() is None:
-                raise NotFound(f"collection {name!r} does not exist")
+                raise NotFound(f"collection {quoted(name)} does not exist")
             files = [r[0] for r in db.execute("SELECT file FROM snapshots WHERE collection = ?", (name,))]
             db.execute("DELETE FROM items WHERE collection = ?", (name,))
             db.execute("DELETE FROM item_vectors WHERE collection = ?", (name,))

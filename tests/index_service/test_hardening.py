@@ -135,3 +135,36 @@ async def test_undecodable_requests_are_invalid_argument_saying_why(index_factor
             channel.unary_unary(SERVICE + "Search"), _field(4, _deep_filter(200)), "nested more than"
         )
     assert not (await stub.ListCollections(pb.ListCollectionsRequest())).collections  # still serving
+
+
+# ---- messages repeat a bounded amount of what the caller sent ----
+
+
+async def test_long_ids_and_names_come_back_truncated_in_bounded_messages(index_stub) -> None:
+    await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("c", DIM)))
+    long = "x" * 10_000
+    cases = [
+        index_stub.Upsert(pb.UpsertRequest(collection="c", items=[pb.Item(id=long)])),
+        index_stub.Upsert(pb.UpsertRequest(collection=long, items=[pb.Item(id="a")])),
+        index_stub.Get(pb.GetRequest(collection=long, ids=["a"])),
+        index_stub.Search(
+            pb.SearchRequest(collection="c", vector=long, queries=[pb.Query(vector=[0.0] * DIM)], k=1)
+        ),
+        index_stub.Upsert(
+            pb.UpsertRequest(
+                collection="c",
+                items=[
+                    pb.Item(id=long[:500], vectors={"v": pb.Vector(values=[1.0] * DIM)}, numbers={long: 1.0})
+                ],
+            )
+        ),
+    ]
+    echoed = []
+    for call in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        details = err.value.details() or ""
+        assert err.value.code() in (Code.INVALID_ARGUMENT, Code.NOT_FOUND), details
+        assert len(details) < 1024 and "x" * 81 not in details, details
+        echoed.append(details)
+    assert sum("(10000 characters)" in d for d in echoed) == 4, echoed
