@@ -541,9 +541,14 @@ class Space:
         self.dead_in_index = 0
         self.version += 1
 
-    def restore(self, index: faiss.Index, snapshot_slot: int, late: np.ndarray) -> None:
+    def restore(self, index: faiss.Index, snapshot_slot: int, late: np.ndarray, trained_on: int = 0) -> None:
         """Adopt a snapshot covering the slots below ``snapshot_slot`` and add the live ones above it,
-        plus ``late``: slots below it whose first vector in this space was written after it."""
+        plus ``late``: slots below it whose first vector in this space was written after it.
+
+        ``trained_on`` is the size the snapshot's IVF index was trained on, recorded with it: the index's
+        own vector count (tombstones and growth since training included) would push the next retraining
+        (at ``RETRAIN_GROWTH`` times that size) far out. Snapshots from before it was recorded (0) fall
+        back to that count."""
         c = self.owner
         self.index = index
         self.snapshot_slot = snapshot_slot
@@ -552,7 +557,7 @@ class Space:
         self.dead_in_index = int(index.ntotal) - (live_below - len(late))
         if isinstance(index, faiss.IndexIVF):
             self.nlist = int(index.nlist)
-            self.trained_on = int(index.ntotal)
+            self.trained_on = trained_on or int(index.ntotal)
         tail = self.live_slots()
         tail = np.concatenate([late, tail[tail >= snapshot_slot]]).astype(np.int64)
         if len(tail):

@@ -194,7 +194,7 @@ class Engine:
 
     def _restore_index(self, space: Space, snapshot: Snapshot | None, late: np.ndarray) -> None:
         if snapshot is not None and snapshot.path.exists():
-            space.restore(faiss.read_index(str(snapshot.path)), snapshot.slot, late)
+            space.restore(faiss.read_index(str(snapshot.path)), snapshot.slot, late, snapshot.trained_on)
             return
         if space.index is not None or space.count >= space.spec.index.train_min:
             space.rebuild_index()

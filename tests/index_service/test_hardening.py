@@ -168,3 +168,38 @@ async def test_long_ids_and_names_come_back_truncated_in_bounded_messages(index_
         assert len(details) < 1024 and "x" * 81 not in details, details
         echoed.append(details)
     assert sum("(10000 characters)" in d for d in echoed) == 4, echoed
+
+
+# ---- restarts keep the IVF retraining rule ----
+
+
+async def test_ivf_keeps_retraining_at_8x_growth_across_a_restart_from_a_snapshot(
+    index_factory, tmp_path
+) -> None:
+    """Trained at 1,000 items (25 lists), grown to 1,500 and snapshotted, restarted, grown to 8,000: the
+    index retrains (205 lists) because the restart restored the size it was trained on, not 1,500."""
+    data_dir = tmp_path / "ivf"
+    vectors = np.random.default_rng(7).standard_normal((8000, DIM)).astype(np.float32)
+    server, stub = await index_factory(data_dir=data_dir, snapshot_every=0)
+    await stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("ivf", DIM, kind=IVF)))
+
+    async def grow(stub: object, start: int, stop: int) -> pb.VectorStats:
+        for at in range(start, stop, 1000):
+            batch = items(vectors[at : min(stop, at + 1000)], start=at)
+            await stub.Upsert(pb.UpsertRequest(collection="ivf", items=batch))  # type: ignore[attr-defined]
+        return (await stub.GetStats(pb.GetStatsRequest(name="ivf"))).vectors[0]  # type: ignore[attr-defined]
+
+    assert (await grow(stub, 0, 1000)).nlist == 25
+    assert (await grow(stub, 1000, 1500)).nlist == 25
+    await stub.Snapshot(pb.SnapshotRequest(name="ivf"))
+    await server.stop(None)
+    server, stub = await index_factory(data_dir=data_dir, snapshot_every=0)
+    assert (await grow(stub, 1500, 7999)).nlist == 25  # 7,999 < 8 x 1,000
+    assert (await grow(stub, 7999, 8000)).nlist == 205  # retrained at 8 x 1,000
+    await stub.Snapshot(pb.SnapshotRequest(name="ivf"))
+    await server.stop(None)
+    _, stub = await index_factory(data_dir=data_dir, snapshot_every=0)
+    stats = await stub.GetStats(pb.GetStatsRequest(name="ivf"))
+    assert (stats.count, stats.vectors[0].nlist) == (8000, 205)
+    query = pb.SearchRequest(collection="ivf", queries=[pb.Query(vector=vectors[4321].tolist())], k=1)
+    assert (await stub.Search(query)).results[0].hits[0].id == "p4321"
