@@ -74,7 +74,11 @@ class IndexServiceConfig:
     metrics_port: int = field(default=-1, metadata={"help": "Prometheus port; 0 = a free one, -1 = off"})
     snapshot_every: int = field(
         default=100_000,
-        metadata={"help": "snapshot a collection after this many writes since the last one; 0 = never"},
+        metadata={
+            "help": "minimum writes between a collection's snapshots: one is taken once the writes since "
+            "the last reach this many AND half the collection's size (so a bulk load spends a constant "
+            "share of its time on snapshots); 0 = never"
+        },
     )
     brute_force_max: int = field(
         default=20_000,
