@@ -452,6 +452,13 @@ class Space:
     def trained(self) -> bool:
         return self.index is not None
 
+    def check_buildable(self) -> None:
+        """Construct this space's FAISS index once, untrained, so a spec FAISS refuses fails its create
+        rather than a later write or restart (Flat and HNSW already built theirs in ``__init__``)."""
+        if self.index is None:
+            self._new_index(self.spec.index.train_min)
+            self.nlist = 0
+
     def live_slots(self, below: int | None = None) -> np.ndarray:
         end = self.owner.next_slot if below is None else below
         return np.flatnonzero(self.has.data[:end]).astype(np.int64)

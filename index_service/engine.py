@@ -42,7 +42,7 @@ from index_service.config import (
     MAX_SPACES,
 )
 from index_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, quoted
-from index_service.storage import Snapshot, Storage
+from index_service.storage import Snapshot, Storage, StoredCollection
 from vitrine.index.v2 import index_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ class Engine:
         self.device = device
         self._handles: dict[str, _Handle] = {}
         self._aliases: dict[str, str] = {}
+        self._broken: dict[str, str] = {}
+        """Collections that could not be loaded at start: name -> why (an exception's class name)."""
         """alias -> collection; replaced whole under ``_registry_lock``."""
         self._registry_lock = threading.Lock()
         self.load_seconds = 0.0
@@ -135,45 +137,63 @@ class Engine:
     # ---- restart ----
 
     def load(self, progress: bool = False) -> None:
-        """Rebuild memory from the database and the latest snapshots (the restart path)."""
+        """Rebuild memory from the database and the latest snapshots (the restart path).
+
+        A collection that cannot be loaded is logged and skipped, so it cannot keep the others from
+        serving; calls naming it are FAILED_PRECONDITION until it is dropped. An unreadable snapshot is
+        not such a failure: the space's index is rebuilt from the stored vectors instead.
+        """
         start = time.perf_counter()
         for stored in self.storage.collections():
-            c = Collection(stored.spec, self.brute_force_max)
-            c._ensure(stored.next_slot)
-            bar = tqdm(desc=f"loading {c.name}", unit="item", disable=not progress)
-            required = [c.spaces[name] for name in c.required]
-            width = sum(space.dim for space in required)
-            for rows in self.storage.items(c.name):
-                slots = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-                if width:
-                    packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
-                    packed = packed.reshape(-1, width)
-                    offset = 0
-                    for space in required:
-                        space.vectors.data[slots] = packed[:, offset : offset + space.dim]
-                        offset += space.dim
-                for space in required:
-                    space.has.data[slots] = True
-                c.alive.data[slots] = True
-                for item_id, slot, _, body in rows:
-                    c.slot_ids[slot] = item_id
-                    c.bodies[slot] = body
-                    c.slot_of[item_id] = slot
-                    c._index_attributes(slot, body)
-                bar.update(len(rows))
-            bar.close()
-            for space in required:
-                space.count = c.count
-            late = self._load_optional_vectors(c, stored.snapshots)
-            c.next_slot = stored.next_slot
-            for space in c.spaces.values():
-                self._restore_index(space, stored.snapshots.get(space.name), late[space.name])
-            self._handles[c.name] = _Handle(c, self.device)
+            try:
+                self._load_collection(stored, progress)
+            except Exception as exc:
+                name = stored.spec.name
+                self._broken[name] = str(exc)[:200] if isinstance(exc, ValueError) else type(exc).__name__
+                log.error(
+                    "collection could not be loaded; skipped",
+                    extra={"collection": name, "error": repr(exc)[:500]},
+                )
         self._aliases = self.storage.aliases()
         self.load_seconds = time.perf_counter() - start
         log.info(
             "index loaded", extra={"seconds": round(self.load_seconds, 3), "collections": len(self._handles)}
         )
+
+    def _load_collection(self, stored: StoredCollection, progress: bool) -> None:
+        if stored.error:
+            raise ValueError(stored.error)
+        c = Collection(stored.spec, self.brute_force_max)
+        c._ensure(stored.next_slot)
+        bar = tqdm(desc=f"loading {c.name}", unit="item", disable=not progress)
+        required = [c.spaces[name] for name in c.required]
+        width = sum(space.dim for space in required)
+        for rows in self.storage.items(c.name):
+            slots = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+            if width:
+                packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
+                packed = packed.reshape(-1, width)
+                offset = 0
+                for space in required:
+                    space.vectors.data[slots] = packed[:, offset : offset + space.dim]
+                    offset += space.dim
+            for space in required:
+                space.has.data[slots] = True
+            c.alive.data[slots] = True
+            for item_id, slot, _, body in rows:
+                c.slot_ids[slot] = item_id
+                c.bodies[slot] = body
+                c.slot_of[item_id] = slot
+                c._index_attributes(slot, body)
+            bar.update(len(rows))
+        bar.close()
+        for space in required:
+            space.count = c.count
+        late = self._load_optional_vectors(c, stored.snapshots)
+        c.next_slot = stored.next_slot
+        for space in c.spaces.values():
+            self._restore_index(space, stored.snapshots.get(space.name), late[space.name])
+        self._handles[c.name] = _Handle(c, self.device)
 
     def _load_optional_vectors(self, c: Collection, snapshots: dict[str, Snapshot]) -> dict[str, np.ndarray]:
         """Optional-space vectors into memory; returns, per space, the slots below its snapshot's
@@ -194,8 +214,16 @@ class Engine:
 
     def _restore_index(self, space: Space, snapshot: Snapshot | None, late: np.ndarray) -> None:
         if snapshot is not None and snapshot.path.exists():
-            space.restore(faiss.read_index(str(snapshot.path)), snapshot.slot, late, snapshot.trained_on)
-            return
+            try:
+                index = faiss.read_index(str(snapshot.path))
+            except RuntimeError as exc:
+                log.warning(
+                    "snapshot unreadable; rebuilding the index from stored vectors",
+                    extra={"collection": space.owner.name, "space": space.name, "error": str(exc)[:300]},
+                )
+            else:
+                space.restore(index, snapshot.slot, late, snapshot.trained_on)
+                return
         if space.index is not None or space.count >= space.spec.index.train_min:
             space.rebuild_index()
 
@@ -206,22 +234,37 @@ class Engine:
         return self._aliases.get(name, name)
 
     def _handle(self, name: str) -> _Handle:
-        handle = self._handles.get(self._aliases.get(name, name))
+        target = self._aliases.get(name, name)
+        handle = self._handles.get(target)
         if handle is None:
+            if target in self._broken:
+                raise FailedPrecondition(
+                    f"collection {quoted(target)} could not be loaded at start ({self._broken[target]}); "
+                    "drop it and create it again"
+                )
             raise NotFound(f"collection {quoted(name)} does not exist")
         return handle
 
     def create(self, spec: pb.CollectionSpec) -> pb.CollectionStats:
+        """Validate, build in memory (every space's FAISS index), and only then persist: a stored spec
+        is one this service has already built, so a restart can always load it."""
         spec = normalize_spec(spec)
+        collection = Collection(spec, self.brute_force_max)
+        for space in collection.spaces.values():
+            space.check_buildable()
         with self._registry_lock:
             if spec.name in self._aliases:
                 raise AlreadyExists(f"{quoted(spec.name)} is an alias; a collection cannot take its name")
             self.storage.create_collection(spec)
-            handle = self._handles[spec.name] = _Handle(Collection(spec, self.brute_force_max), self.device)
+            handle = self._handles[spec.name] = _Handle(collection, self.device)
         return self._stats(handle)
 
     def drop(self, name: str) -> None:
         with self._registry_lock:
+            if name in self._broken and not any(t == name for t in self._aliases.values()):
+                self.storage.drop_collection(name)
+                del self._broken[name]
+                return
             handle = self._handle(name)
             name = handle.c.name
             pointing = sorted(a for a, target in self._aliases.items() if target == name)
@@ -281,6 +324,7 @@ class Engine:
                     f"collection {quoted(c.name)} already has the most spaces, {MAX_SPACES}"
                 )
             space = c.new_space(vector)
+            space.check_buildable()
             handle.attach(space)
             spec = pb.CollectionSpec()
             spec.CopyFrom(c.spec)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
+from google.protobuf.message import DecodeError
 
 from index_service.errors import AlreadyExists, NotFound, quoted
 from vitrine.index.v2 import index_pb2 as pb
@@ -92,6 +93,8 @@ class StoredCollection:
     next_slot: int
     snapshots: dict[str, Snapshot]
     """By space name; a space without an entry has never been snapshotted."""
+    error: str = ""
+    """Why the stored spec cannot be read (then ``spec`` holds only the name)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -187,10 +190,14 @@ class Storage:
             by_collection.setdefault(collection, {})[space] = Snapshot(
                 slot, self.snapshots / filename, trained_on
             )
-        return [
-            StoredCollection(pb.CollectionSpec.FromString(spec), next_slot, by_collection.get(name, {}))
-            for name, spec, next_slot in rows
-        ]
+        out = []
+        for name, raw, next_slot in rows:
+            try:
+                spec, error = pb.CollectionSpec.FromString(raw), ""
+            except DecodeError:
+                spec, error = pb.CollectionSpec(name=name), "its stored spec cannot be decoded"
+            out.append(StoredCollection(spec, next_slot, by_collection.get(name, {}), error))
+        return out
 
     def items(self, name: str, chunk: int = 8192) -> Iterator[list[tuple[str, int, bytes, bytes]]]:
         """Every stored item of a collection in slot order, in chunks (a restart streams these):

@@ -5,6 +5,8 @@ Every numeric parameter has bounds and nothing beyond them is stored or reaches 
 
 from __future__ import annotations
 
+import sqlite3
+
 import grpc
 import numpy as np
 import pytest
@@ -203,3 +205,45 @@ async def test_ivf_keeps_retraining_at_8x_growth_across_a_restart_from_a_snapsho
     assert (stats.count, stats.vectors[0].nlist) == (8000, 205)
     query = pb.SearchRequest(collection="ivf", queries=[pb.Query(vector=vectors[4321].tolist())], k=1)
     assert (await stub.Search(query)).results[0].hits[0].id == "p4321"
+
+
+# ---- a restart always succeeds on the service's own data ----
+
+
+async def test_a_refused_create_persists_nothing_and_a_broken_collection_does_not_stop_the_others(
+    index_factory, tmp_path
+) -> None:
+    data_dir = tmp_path / "restart"
+    vectors = np.random.default_rng(9).standard_normal((300, DIM)).astype(np.float32)
+    server, stub = await index_factory(data_dir=data_dir, snapshot_every=0)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.CreateCollection(
+            pb.CreateCollectionRequest(spec=spec("h", DIM, kind=HNSW, ef_construction=2**31))
+        )
+    assert err.value.code() == Code.INVALID_ARGUMENT
+    for name in ("good", "bad"):
+        await stub.CreateCollection(pb.CreateCollectionRequest(spec=spec(name, DIM, kind=HNSW, hnsw_m=8)))
+        await stub.Upsert(pb.UpsertRequest(collection=name, items=items(vectors)))
+    await stub.Snapshot(pb.SnapshotRequest())
+    await server.stop(None)
+    # damage what a crash or a bad disk could: one collection's spec, the other's snapshot file
+    with sqlite3.connect(data_dir / "index.db") as db:
+        db.execute("UPDATE collections SET spec = ? WHERE name = 'bad'", (b"\xff\xff\xff",))
+    (good_snapshot,) = (data_dir / "snapshots").glob("good~*")
+    good_snapshot.write_bytes(b"not a faiss index")
+
+    server, stub = await index_factory(data_dir=data_dir, snapshot_every=0)
+    listed = await stub.ListCollections(pb.ListCollectionsRequest())
+    assert [c.spec.name for c in listed.collections] == ["good"]  # "h" was never stored
+    query = pb.SearchRequest(collection="good", queries=[pb.Query(vector=vectors[42].tolist())], k=1)
+    assert (await stub.Search(query)).results[0].hits[0].id == "p42"  # index rebuilt from the items
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetStats(pb.GetStatsRequest(name="bad"))
+    assert err.value.code() == Code.FAILED_PRECONDITION
+    assert "could not be loaded at start" in (err.value.details() or "")
+    await stub.DropCollection(pb.DropCollectionRequest(name="bad"))
+    await stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("bad", DIM)))
+    await server.stop(None)
+    _, stub = await index_factory(data_dir=data_dir, snapshot_every=0)
+    listed = await stub.ListCollections(pb.ListCollectionsRequest())
+    assert [(c.spec.name, c.count) for c in listed.collections] == [("bad", 0), ("good", 300)]
