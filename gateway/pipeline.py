@@ -209,6 +209,13 @@ class PipelineSettings:
         default=("color", "material", "pattern"),
         metadata={"help": "extra product attributes indexed for filtering (comma-separated)"},
     )
+    passage_words: int = field(
+        default=32,
+        metadata={
+            "help": "description words after the title that the re-ranker reads (0: all); "
+            "re-rank cost grows with pair length (docs/BENCHMARKS.md, re-ranking at the floor)"
+        },
+    )
 
 
 class Timer:
@@ -362,7 +369,7 @@ class Pipeline:
         pool = fused[:depth]
         with timer.stage("rerank"):
             scores = await self.reranker.rerank(
-                q.text, [c.product.passage() for c in pool], deadline.remaining()
+                q.text, [c.product.passage(self.settings.passage_words) for c in pool], deadline.remaining()
             )
         order = sorted(range(len(pool)), key=lambda i: (-float(scores[i]), i))[: q.top_k]
         hits = [Hit(pool[i].product, pool[i].score, float(scores[i])) for i in order]

@@ -54,15 +54,63 @@ def _batch_size(feed: Mapping[str, np.ndarray]) -> int | str:
     return next(iter(sizes.values()))
 
 
+@dataclass(frozen=True)
+class LengthSorting:
+    """Run a batch's rows sorted by their real length, ``rows`` at a time, each sub-batch cut to its own
+    padded width (a multiple of ``multiple``) instead of the longest row's.
+
+    One re-rank request is already a batch of pairs padded to its longest pair; a transformer's cost grows
+    with every padded position, so short pairs padded to a long neighbour pay for tokens that are masked
+    out. Trailing padding is masked, so cutting it changes no real token's result. Only for models whose
+    outputs have no sequence axis (the cross-encoder's one score per pair).
+    """
+
+    mask: str
+    """The attention-mask input: its last non-zero column is a row's real length."""
+    rows: int = 16
+    multiple: int = 8
+
+
+def _run_length_sorted(
+    session: ort.InferenceSession,
+    outputs: Sequence[str],
+    batch: dict[str, np.ndarray],
+    sorting: LengthSorting,
+) -> list[np.ndarray]:
+    mask = batch[sorting.mask]
+    n, width = mask.shape
+    if n <= 1:
+        return list(session.run(list(outputs), batch))
+    # Real length = one past the last non-zero mask column (a row with no zero keeps the full width).
+    lengths = width - np.argmax(mask[:, ::-1] != 0, axis=1)
+    order = np.argsort(lengths, kind="stable")
+    merged: list[np.ndarray] = []
+    for start in range(0, n, sorting.rows):
+        rows = order[start : start + sorting.rows]
+        cut = min(width, -(-int(lengths[rows].max()) // sorting.multiple) * sorting.multiple)
+        sub = {
+            name: (arr[rows, :cut] if arr.ndim == 2 and arr.shape[1] == width else arr[rows])
+            for name, arr in batch.items()
+        }
+        values = session.run(list(outputs), sub)
+        if not merged:
+            merged = [np.empty((n, *v.shape[1:]), dtype=v.dtype) for v in values]
+        for whole, part in zip(merged, values, strict=True):
+            whole[rows] = part
+    return merged
+
+
 def run_batched(
     session: ort.InferenceSession,
     feeds: Sequence[Mapping[str, np.ndarray]],
     outputs: Sequence[str],
+    sorting: LengthSorting | None = None,
 ) -> list[Result]:
     """Run every request's feed, concatenating requests of equal shapes into one session call.
 
     Triton's dynamic batcher hands over requests of equal shapes already; grouping here keeps the model
-    correct when it does not (batching off, or shapes that differ inside one request set).
+    correct when it does not (batching off, or shapes that differ inside one request set). With
+    ``sorting`` the merged rows run in length-sorted sub-batches (:class:`LengthSorting`).
     """
     results: list[Result | None] = [None] * len(feeds)
     groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
@@ -81,7 +129,10 @@ def run_batched(
         else:
             batch = {n: np.concatenate([feeds[i][n] for i in members]) for n in names}
         try:
-            values = session.run(list(outputs), batch)
+            if sorting is not None and sorting.mask in batch and batch[sorting.mask].ndim == 2:
+                values = _run_length_sorted(session, outputs, batch, sorting)
+            else:
+                values = session.run(list(outputs), batch)
         except Exception as exc:  # onnxruntime raises its own untyped errors for shape/type faults
             for i in members:
                 results[i] = Result(error=f"the model could not run this input: {exc}")

@@ -228,6 +228,9 @@ SPECS: tuple[ModelSpec, ...] = (
             preferred=(64, 128, 256), max_queue_delay_us=0, max_queue_size=64, gpu_queue_delay_us=1_000
         ),
         artifact="cross_encoder",
+        # Pairs run length-sorted, 16 at a time, each sub-batch padded to its own bucket: short pairs stop
+        # paying for a long neighbour's padding (docs/BENCHMARKS.md, "Re-ranking at the floor").
+        parameters={"length_sorted_rows": "16"},
     ),
     ModelSpec(
         # The head emits [n, 1]; the ensemble's reshape hands clients SCORES [n] (verified on 2.51).

@@ -32,10 +32,17 @@ class Product:
     def category_path(self) -> str:
         return CATEGORY_SEPARATOR.join(self.category)
 
-    def passage(self) -> str:
+    def passage(self, description_words: int = 0) -> str:
         """What the cross-encoder reads for this product: ``title. description``, title first because the
-        passage side of a pair is what truncation cuts."""
-        return f"{self.title}. {self.description}".strip()
+        passage side of a pair is what truncation cuts. ``description_words`` > 0 keeps only the first that
+        many words of the description: a pair's cost grows with its tokens, and the opening of a
+        description says most of what a query can match (0: the whole description)."""
+        description = self.description
+        if description_words > 0:
+            words = description.split()
+            if len(words) > description_words:
+                description = " ".join(words[:description_words])
+        return f"{self.title}. {description}".strip()
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from model_repository.runtime import make_session, run_batched
+from model_repository.runtime import LengthSorting, make_session, run_batched
+from vitrine.contracts import Tensor
 
 
 class TritonPythonModel:
@@ -25,6 +26,9 @@ class TritonPythonModel:
         self.outputs = [o["name"] for o in config["output"]]
         path = os.path.join(args["model_repository"], args["model_version"], params["onnx_file"])
         self.session = make_session(path, threads=int(params.get("intra_op_threads", "0")))
+        rows = int(params.get("length_sorted_rows", "0"))
+        # Set on the cross-encoder: its pairs run in length-sorted sub-batches of this many rows.
+        self.sorting = LengthSorting(Tensor.ATTENTION_MASK.value, rows) if rows > 0 else None
 
     def execute(self, requests: list[Any]) -> list[Any]:
         feeds = [
@@ -32,7 +36,7 @@ class TritonPythonModel:
             for r in requests
         ]
         responses = []
-        for result in run_batched(self.session, feeds, self.outputs):
+        for result in run_batched(self.session, feeds, self.outputs, self.sorting):
             if result.outputs is None:
                 error = pb_utils.TritonError(result.error, pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
