@@ -1,0 +1,230 @@
+"""``vitrine adapt train`` / ``eval``: every method on every data set by one command, one manifest.
+
+Per data set: zero-shot (the served encoders alone), naive MLP heads (seed 004's baseline) and residual
+adapters over a grid of mixing ratios, the ratio chosen by validation score (never by the test split).
+``train`` writes the heads and ``manifest.json`` (data, parameters, validation metrics, durations);
+``eval`` scores them on the test split with bootstrap intervals and writes ``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adapt import data, features, metrics
+from adapt.features import Encoders, Features
+from adapt.heads import AdapterPair, HeadKind
+from adapt.train import TrainSpec, apply, class_prompt_vectors, train
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CATALOG = "catalog"
+FASHION_MNIST = "fashion-mnist"
+ZERO_SHOT = "zero-shot"
+NAIVE = "naive heads"
+RESIDUAL = "residual adapter"
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    artifacts: Path = field(
+        default=Path("var/artifacts"), metadata={"help": "export artifacts (ONNX, tokenizers)"}
+    )
+    out: Path = field(default=Path("var/adapt"), metadata={"help": "heads, feature cache, manifest, report"})
+    datasets: tuple[str, ...] = field(
+        default=(CATALOG, FASHION_MNIST), metadata={"help": "catalog and/or fashion-mnist (comma-separated)"}
+    )
+    catalog_size: int = field(default=2000, metadata={"help": "demo catalog products (split by product)"})
+    fmnist_train: int = field(default=6000, metadata={"help": "Fashion-MNIST training images (subset)"})
+    fmnist_test: int = field(default=5000, metadata={"help": "Fashion-MNIST test images (subset)"})
+    alphas: tuple[float, ...] = field(
+        default=(0.1, 0.2, 0.35, 0.5), metadata={"help": "residual mixing ratios tried; validation picks one"}
+    )
+    train: TrainSpec = field(default_factory=TrainSpec)
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+
+def load_dataset(cfg: AdaptConfig, name: str) -> data.Dataset:
+    if name == CATALOG:
+        return data.catalog_pairs(cfg.catalog_size, seed=cfg.train.seed)
+    if name == FASHION_MNIST:
+        return data.fashion_mnist(cfg.fmnist_train, cfg.fmnist_test, seed=cfg.train.seed)
+    raise ValueError(f"unknown data set {name!r}; choose {CATALOG} or {FASHION_MNIST}")
+
+
+def split_features(cfg: AdaptConfig, enc: Encoders, ds: data.Dataset, name: str) -> dict[str, Features]:
+    seed = cfg.train.seed
+    return {
+        part: features.cached(
+            enc,
+            f"{name}-{seed}-{part}",
+            getattr(ds, part).images,
+            getattr(ds, part).texts,
+            getattr(ds, part).groups,
+            cfg.out / "cache",
+            progress=cfg.progress,
+        )
+        for part in ("train", "val", "test")
+    }
+
+
+def save_heads(model: AdapterPair, spec: TrainSpec, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"spec": spec.to_dict(), "state": model.state_dict()}, path)
+
+
+def load_heads(path: Path) -> tuple[AdapterPair, TrainSpec]:
+    saved = torch.load(path, weights_only=True)
+    raw = dict(saved["spec"])
+    raw["head"] = HeadKind(raw["head"])
+    spec = TrainSpec(**raw)
+    dim = int(saved["state"]["image.mlp.0.weight"].shape[1])
+    model = AdapterPair(dim, spec.hidden, spec.head, spec.alpha, spec.temperature)
+    model.load_state_dict(saved["state"])
+    return model.eval(), spec
+
+
+def train_all(cfg: AdaptConfig) -> dict[str, Any]:
+    """Train every method on every data set; write heads and the manifest; return the manifest."""
+    started = time.perf_counter()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    enc = Encoders(cfg.artifacts)
+    manifest: dict[str, Any] = {
+        "artifacts": str(cfg.artifacts),
+        "encoders_sha": enc.digest,
+        "weights": enc.weights,
+        "parameters": {**_plain(cfg), "train": cfg.train.to_dict()},
+        "datasets": {},
+    }
+    for name in cfg.datasets:
+        t0 = time.perf_counter()
+        ds = load_dataset(cfg, name)
+        feats = split_features(cfg, enc, ds, name)
+        t_features = time.perf_counter() - t0
+        runs: dict[str, Any] = {}
+        naive = train(
+            dataclasses.replace(cfg.train, head=HeadKind.NAIVE),
+            feats["train"],
+            feats["val"],
+            ds.level,
+            cfg.progress,
+        )
+        save_heads(naive.model, naive.spec, cfg.out / name / "naive.pt")
+        runs[NAIVE] = _run_entry(naive)
+        grid = {}
+        best = None
+        for alpha in cfg.alphas:
+            result = train(
+                dataclasses.replace(cfg.train, head=HeadKind.RESIDUAL, alpha=alpha),
+                feats["train"],
+                feats["val"],
+                ds.level,
+                cfg.progress,
+            )
+            grid[str(alpha)] = _run_entry(result)
+            if best is None or result.val_metric > best.val_metric:
+                best = result
+        assert best is not None
+        save_heads(best.model, best.spec, cfg.out / name / "residual.pt")
+        runs[RESIDUAL] = {**_run_entry(best), "alpha_grid": grid, "chosen_alpha": best.spec.alpha}
+        from adapt.train import validation_score
+
+        runs[ZERO_SHOT] = {"val": validation_score(None, feats["val"], ds.level)}
+        manifest["datasets"][name] = {
+            "description": ds.description,
+            "level": ds.level,
+            "sizes": {p: len(getattr(ds, p)) for p in ("train", "val", "test")},
+            "validation_metric": "R@10" if ds.level == "instance" else "P@10",
+            "feature_seconds": round(t_features, 1),
+            "runs": runs,
+        }
+    manifest["seconds"] = round(time.perf_counter() - started, 1)
+    (cfg.out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _run_entry(result: Any) -> dict[str, Any]:
+    return {
+        "spec": result.spec.to_dict(),
+        "best_epoch": result.best_epoch,
+        "val": round(result.val_metric, 4),
+        "train_seconds": round(result.seconds, 2),
+        "logit_scale": round(float(result.model.scale()), 3),
+        "history": result.history,
+    }
+
+
+def _plain(cfg: AdaptConfig) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(value):
+            out[f.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+# ---- evaluation -----------------------------------------------------------------------------------
+
+
+def test_metrics(model: AdapterPair | None, feats: Features, level: str) -> dict[str, np.ndarray]:
+    image, text = apply(model, feats)
+    if level == "instance":
+        return metrics.instance_metrics(text, image)
+    prompts, labels = class_prompt_vectors(text, feats.groups)
+    return metrics.class_metrics(image, labels, prompts, min(metrics.GALLERY, len(image)))
+
+
+def evaluate_all(cfg: AdaptConfig) -> dict[str, Any]:
+    """Test-split tables for every data set the manifest trained; writes ``report.md`` and returns the
+    figures (bootstrap intervals per method and metric)."""
+    manifest = json.loads((cfg.out / MANIFEST).read_text())
+    enc = Encoders(cfg.artifacts)
+    results: dict[str, Any] = {"weights": manifest["weights"], "datasets": {}}
+    for name, entry in manifest["datasets"].items():
+        ds = load_dataset(cfg, name)
+        feats = split_features(cfg, enc, ds, name)["test"]
+        rows: dict[str, dict[str, metrics.Estimate]] = {}
+        for method, path in ((ZERO_SHOT, None), (NAIVE, "naive.pt"), (RESIDUAL, "residual.pt")):
+            model = load_heads(cfg.out / name / path)[0] if path else None
+            label = method
+            if method == RESIDUAL:
+                label = f"{method} (a={entry['runs'][RESIDUAL]['chosen_alpha']})"
+            per_query = test_metrics(model, feats, entry["level"])
+            rows[label] = {k: metrics.bootstrap(v, seed=1) for k, v in per_query.items()}
+        results["datasets"][name] = {
+            "description": entry["description"],
+            "level": entry["level"],
+            "rows": {m: {k: e.to_dict() for k, e in r.items()} for m, r in rows.items()},
+            "table": table(rows),
+        }
+    (cfg.out / "report.md").write_text(render_report(results, manifest))
+    (cfg.out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def table(rows: dict[str, dict[str, metrics.Estimate]]) -> str:
+    names = list(next(iter(rows.values())))
+    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for method, est in rows.items():
+        lines.append(f"| {method} | " + " | ".join(str(est[n]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def render_report(results: dict[str, Any], manifest: dict[str, Any]) -> str:
+    parts = []
+    for name, r in results["datasets"].items():
+        parts.append(
+            f"### {name}: test split, {r['level']} level\n\n"
+            f"Data: {r['description']}. Encoder weights: {results['weights']} (adapters trained here). "
+            "Mean [95% bootstrap interval over queries].\n\n" + r["table"] + "\n"
+        )
+    return "\n".join(parts)

@@ -1,0 +1,175 @@
+"""Roll an adapted encoder version out to a live stack, and back.
+
+``deploy``: the adapted towers are already Triton versions of the encoders (``adapt.serving``, rendered
+by ``model_repository``); the catalog is re-embedded by that version's pinned ensembles into optional
+index spaces of its own (``gateway.items.encoder_space``: ``image.2``, ``title.2``) with
+``UpsertVectors``, beside the live ``image``/``title`` spaces, while the gateway keeps answering from
+the old version. Only when every product has its new vectors is the serving file replaced (atomically,
+by rename); each gateway re-reads it within a health interval and switches its query encoder and its
+spaces in one assignment, so no search ever compares a query vector of one version with product vectors
+of another. The old spaces stay, so ``rollback`` is the same file write pointing back.
+
+Why new spaces in the live collection rather than a new collection behind an alias: the re-index writes
+only vectors (no payload copy), product updates made during the re-index keep their new vectors (an
+upsert that omits an optional space keeps it), and both versions share one set of attributes, so
+filters select the same products before and after the switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from gateway.clients import TritonModels
+from gateway.errors import GatewayError
+from gateway.index_client import IndexRetriever
+from gateway.items import IMAGE, TITLE, encoder_space
+from vitrine.catalog import Product, read_catalog, resolve_image
+from vitrine.contracts import BASE_VERSION, EMBED_DIM, EMBED_IMAGE_IO, EMBED_TEXT_IO, ensemble_name
+
+log = logging.getLogger(__name__)
+
+
+class RolloutError(RuntimeError):
+    """A deploy or rollback cannot proceed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RolloutTarget:
+    """The live stack a rollout acts on."""
+
+    triton_url: str
+    index_address: str
+    collection: str
+    serving_file: Path
+    index_kind: str = "flat"
+
+
+def read_serving(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"encoder_version": BASE_VERSION, "history": []}
+    return dict(json.loads(path.read_text()))
+
+
+def write_serving(path: Path, state: dict[str, Any]) -> None:
+    """Replace the serving file atomically: a gateway reads the old state or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def catalog_products(catalog: Path) -> list[tuple[Product, Path]]:
+    out = []
+    for row in read_catalog(catalog):
+        if isinstance(row, Product):
+            image = resolve_image(row, catalog.parent)
+            if image is not None and image.is_file():
+                out.append((row, image))
+    return out
+
+
+async def _ready(models: TritonModels, version: int) -> bool:
+    for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO):
+        if not await models.client.is_model_ready(ensemble_name(io.model, version)):
+            return False
+    return True
+
+
+async def _load(models: TritonModels, version: int) -> None:
+    """Ask Triton to load the version's ensembles (explicit model control); a server started over the
+    rendered repository already serves them."""
+    if await _ready(models, version):
+        return
+    try:
+        for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO):
+            await models.client.load_model(ensemble_name(io.model, version))
+    except Exception as exc:
+        raise RolloutError(
+            f"Triton does not serve encoder version {version} ({str(exc)[:200]}): render the model "
+            "repository from the artifacts (python -m model_repository render) and restart Triton, or run "
+            "it with --model-control-mode=explicit"
+        ) from None
+
+
+async def reembed(
+    target: RolloutTarget,
+    version: int,
+    products: Sequence[tuple[Product, Path]],
+    batch: int = 16,
+    timeout: float = 120.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``version``'s vectors of every product into its own spaces; the live spaces are untouched."""
+    models = TritonModels(target.triton_url)
+    index = IndexRetriever(target.index_address, target.collection, (), target.index_kind)
+    started = time.perf_counter()
+    try:
+        await _load(models, version)
+        for base in (IMAGE, TITLE):
+            try:
+                await index.add_space(encoder_space(base, version), EMBED_DIM, target.index_kind)
+            except GatewayError as exc:
+                if "exist" not in str(exc).lower():  # a resumed deploy finds its spaces already there
+                    raise
+        missing: list[str] = []
+        bar = tqdm(total=len(products), desc=f"re-embed v{version}", unit="product", disable=not progress)
+        for start in range(0, len(products), batch):
+            chunk = products[start : start + batch]
+            vecs = await asyncio.gather(
+                *(models.embed_image(path.read_bytes(), timeout, version) for _, path in chunk),
+                *(models.embed_text(p.title, timeout, version) for p, _ in chunk),
+            )
+            n = len(chunk)
+            image = {p.id: vecs[i] for i, (p, _) in enumerate(chunk)}
+            title = {p.id: vecs[n + i][0] for i, (p, _) in enumerate(chunk)}  # type: ignore[index]
+            missing += await index.upsert_vectors(encoder_space(IMAGE, version), image, timeout)  # type: ignore[arg-type]
+            missing += await index.upsert_vectors(encoder_space(TITLE, version), title, timeout)  # type: ignore[arg-type]
+            bar.update(n)
+        bar.close()
+    finally:
+        await models.close()
+        await index.close()
+    return {
+        "version": version,
+        "products": len(products),
+        "missing_ids": sorted(set(missing)),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+async def deploy(
+    target: RolloutTarget, version: int, catalog: Path, batch: int = 16, progress: bool = True
+) -> dict[str, Any]:
+    """Re-embed the catalog with ``version``, then switch every gateway following the serving file."""
+    state = read_serving(target.serving_file)
+    current = int(state.get("encoder_version", BASE_VERSION))
+    if current == version:
+        raise RolloutError(f"encoder version {version} already serves")
+    report = await reembed(target, version, catalog_products(catalog), batch, progress=progress)
+    history = [*state.get("history", []), current]
+    write_serving(
+        target.serving_file,
+        {"encoder_version": version, "history": history, "switched_at": time.time(), "reindex": report},
+    )
+    return report
+
+
+def rollback(serving_file: Path) -> int:
+    """Serve the previous version again (its spaces were never touched); returns it."""
+    state = read_serving(serving_file)
+    history = list(state.get("history", []))
+    if not history:
+        raise RolloutError(f"nothing to roll back to: {serving_file} records no previous version")
+    previous = int(history.pop())
+    write_serving(serving_file, {"encoder_version": previous, "history": history, "switched_at": time.time()})
+    return previous
