@@ -136,6 +136,8 @@ def normalize_spec(spec: pb.CollectionSpec) -> pb.CollectionSpec:
     every = numbers + keywords
     if len(set(every)) != len(every) or any(not f for f in every):
         raise InvalidArgument("schema fields must be non-empty and unique across number and keyword fields")
+    if not set(spec.schema.non_negative_fields) <= set(numbers):
+        raise InvalidArgument("schema non_negative_fields must each be one of its number_fields")
     return out
 
 
@@ -191,6 +193,7 @@ class Collection:
         self.brute_force_max = brute_force_max
         self.name = spec.name
         self.number_fields = frozenset(spec.schema.number_fields)
+        self.non_negative = frozenset(spec.schema.non_negative_fields)
         self.keyword_fields = frozenset(spec.schema.keyword_fields)
         self.next_slot = 0
         self.alive = _Grow(np.bool_, False)
@@ -302,6 +305,8 @@ class Collection:
                 raise InvalidArgument(
                     f"item {position} ({quoted(item.id)}): number {quoted(f)} is not finite"
                 )
+            if v < 0 and f in self.non_negative:
+                raise InvalidArgument(f"item {position} ({quoted(item.id)}): number {quoted(f)} is negative")
         for f in item.keywords:
             if f not in self.keyword_fields:
                 raise InvalidArgument(

@@ -444,6 +444,46 @@ class Engine:
             self._maybe_snapshot(handle)
             return len(ids), c.count
 
+    def upsert_each(
+        self, name: str, items: list[pb.Item], offset: int
+    ) -> tuple[int, int, list[tuple[int, str, str]]]:
+        """One UpsertStream message: each item checked on its own, the valid ones written in one
+        transaction, the others returned as (stream position, id, why). Of one id's valid items the
+        last wins, as it would had they come in separate messages."""
+        c = self._handle(name).c
+        if len(items) > MAX_BATCH:
+            raise InvalidArgument(f"message of {len(items)} items exceeds the limit of {MAX_BATCH}")
+        errors = []
+        last: dict[str, int] = {}
+        for i, item in enumerate(items):
+            try:
+                self._check_item(c, item, offset + i)
+            except InvalidArgument as exc:
+                errors.append((offset + i, item.id, str(exc)))
+                continue
+            last.pop(item.id, None)
+            last[item.id] = i
+        if not last:
+            return 0, c.count, errors
+        upserted, count = self.upsert(name, [items[i] for i in sorted(last.values())])
+        return upserted, count, errors
+
+    @staticmethod
+    def _check_item(c: Collection, item: pb.Item, position: int) -> None:
+        where = f"item {position} ({quoted(item.id)})"
+        _check_id(item.id, f"item {position}")
+        c.check_attributes(item, position)
+        c.check_vectors(item, position)
+        body = pb.Item(numbers=item.numbers, keywords=item.keywords, tags=item.tags, payload=item.payload)
+        size = body.ByteSize()
+        if size > MAX_PAYLOAD_BYTES:
+            raise InvalidArgument(
+                f"{where}: attributes and payload take {size} bytes, "
+                f"more than the limit of {MAX_PAYLOAD_BYTES}"
+            )
+        for space_name, vector in item.vectors.items():
+            c.spaces[space_name].prepare_vectors([vector.values], f"{where}, space {quoted(space_name)}")
+
     @staticmethod
     def _upsert_vectors(c: Collection, items: list[pb.Item]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per space: (positions of the items carrying a vector in it, those vectors prepared)."""

@@ -89,7 +89,8 @@ async def create_server(config: IndexServiceConfig) -> tuple[IndexServer, int]:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
     # A request grpcio cannot decode is INVALID_ARGUMENT saying why, never UNKNOWN naming a class.
-    interceptors = [DecodeErrors()]
+    # UpsertStream reports an undecodable message like a bad item and goes on.
+    interceptors = [DecodeErrors(per_item=[f"/{SERVICE_NAME}/UpsertStream"])]
     server = grpc.aio.server(
         options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs, interceptors=interceptors
     )

@@ -17,12 +17,16 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from index_service.engine import Engine, Found
-from index_service.errors import IndexServiceError, capped
+from index_service.errors import MAX_ECHO_CHARS, IndexServiceError, capped
+from vitrine.grpc_decode import Undecodable
 from vitrine.index.v2 import index_pb2 as pb
 from vitrine.index.v2 import index_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+MAX_STREAM_ERRORS = 1000
+"""Most per-item errors one UpsertStream reply lists (``refused`` counts them all)."""
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -182,11 +186,37 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     async def UpsertStream(
         self, request_iterator: AsyncIterator[pb.UpsertRequest], context: grpc.aio.ServicerContext
     ) -> pb.UpsertResponse:
-        total, count = 0, 0
-        async for request in request_iterator:
-            upserted, count = await self._call(self.engine.upsert, request.collection, list(request.items))
-            total += upserted
-        return pb.UpsertResponse(upserted=total, count=count)
+        total, count, position, message, refused = 0, 0, 0, 0, 0
+        errors: list[pb.ItemError] = []
+
+        def refuse(at: int, item_id: str, why: str) -> None:
+            nonlocal refused
+            refused += 1
+            if len(errors) < MAX_STREAM_ERRORS:
+                errors.append(pb.ItemError(position=at, id=item_id[:MAX_ECHO_CHARS], message=capped(why)))
+
+        try:
+            async for request in request_iterator:
+                if isinstance(request, Undecodable):  # its items cannot be counted: it takes no position
+                    refuse(position, "", f"stream message {message}: {request.reason}")
+                elif request.items:
+                    upserted, count, bad = await self._call(
+                        self.engine.upsert_each, request.collection, list(request.items), position
+                    )
+                    total += upserted
+                    for at, item_id, why in bad:
+                        refuse(at, item_id, why)
+                    position += len(request.items)
+                message += 1
+        except IndexServiceError as exc:
+            context.set_trailing_metadata(
+                (("vitrine-upserted", str(total)), ("vitrine-stream-position", str(position)))
+            )
+            raise type(exc)(
+                f"stream message {message}: {capped(str(exc), 600)} ({total} items committed; every item "
+                f"before stream position {position} was committed or refused, none after)"
+            ) from exc
+        return pb.UpsertResponse(upserted=total, count=count, errors=errors, refused=refused)
 
     @_rpc
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:

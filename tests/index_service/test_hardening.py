@@ -131,7 +131,13 @@ async def test_undecodable_requests_are_invalid_argument_saying_why(index_factor
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         for method in ("Search", "Upsert", "Get", "CreateCollection", "SetAlias", "UpsertVectors"):
             await _refused(channel.unary_unary(SERVICE + method), data, message)  # raw bytes on the wire
-        await _refused(channel.stream_unary(SERVICE + "UpsertStream"), iter([data]), message)
+        # UpsertStream reports an undecodable message as it reports a bad item, and goes on
+        stream = channel.stream_unary(
+            SERVICE + "UpsertStream", response_deserializer=pb.UpsertResponse.FromString
+        )
+        reply = await stream(iter([data]), timeout=5)
+        assert (reply.upserted, reply.refused, reply.errors[0].position) == (0, 1, 0)
+        assert message in reply.errors[0].message and "stream message 0" in reply.errors[0].message
         # a filter nested past protobuf's recursion limit
         await _refused(
             channel.unary_unary(SERVICE + "Search"), _field(4, _deep_filter(200)), "nested more than"
@@ -247,3 +253,92 @@ async def test_a_refused_create_persists_nothing_and_a_broken_collection_does_no
     _, stub = await index_factory(data_dir=data_dir, snapshot_every=0)
     listed = await stub.ListCollections(pb.ListCollectionsRequest())
     assert [(c.spec.name, c.count) for c in listed.collections] == [("bad", 0), ("good", 300)]
+
+
+# ---- the streaming upsert contract ----
+
+
+def _priced(item_id: str, price: float, value: float = 1.0, dim: int = DIM) -> pb.Item:
+    return pb.Item(id=item_id, vectors={"v": pb.Vector(values=[value] * dim)}, numbers={"price": price})
+
+
+@pytest.fixture
+async def priced(index_factory):
+    server, stub = await index_factory()
+    collection = spec("s", DIM)
+    collection.schema.non_negative_fields.append("price")
+    await stub.CreateCollection(pb.CreateCollectionRequest(spec=collection))
+    return server, stub
+
+
+async def test_a_stream_reports_bad_items_by_stream_position_and_stores_the_rest(priced) -> None:
+    server, stub = priced
+    messages = [
+        pb.UpsertRequest(
+            collection="s",
+            items=[
+                _priced("p0", 1),
+                _priced("p1", float("nan")),
+                _priced("p2", 2, 0.1),
+                _priced("p2", 3, 0.2),
+            ],
+        ).SerializeToString(),
+        pb.UpsertRequest(
+            collection="s", items=[_priced("p3", -1), _priced("p2", 4, 0.3), _priced("p4", 1, dim=DIM + 1)]
+        ).SerializeToString(),
+        b"\xff\xff\xff\xff\x0f",  # undecodable: reported, counted as no items
+        pb.UpsertRequest(collection="s", items=[_priced("p5", 0, value=-1.0)]).SerializeToString(),
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stream = channel.stream_unary(
+            SERVICE + "UpsertStream", response_deserializer=pb.UpsertResponse.FromString
+        )
+        reply = await stream(iter(messages), timeout=10)
+    assert (reply.upserted, reply.count, reply.refused) == (4, 3, 4)
+    assert [(e.position, e.id) for e in reply.errors] == [(1, "p1"), (4, "p3"), (6, "p4"), (7, "")]
+    messages_by_position = {e.position: e.message for e in reply.errors}
+    assert "item 1 ('p1'): number 'price' is not finite" in messages_by_position[1]
+    assert "item 4 ('p3'): number 'price' is negative" in messages_by_position[4]
+    assert "item 6 ('p4')" in messages_by_position[6] and "wrong dimension" in messages_by_position[6]
+    assert "stream message 2: request is not a valid" in messages_by_position[7]
+    got = await stub.Get(
+        pb.GetRequest(collection="s", ids=["p0", "p1", "p2", "p3", "p4", "p5"], include_vectors=True)
+    )
+    assert [it.id for it in got.items] == ["p0", "p2", "p5"]
+    assert got.items[1].numbers["price"] == 4 and got.items[1].vectors["v"].values[0] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-message", "two-messages"])
+async def test_the_later_of_two_items_with_one_id_wins_however_the_stream_is_split(priced, split) -> None:
+    _, stub = priced
+    first, second = _priced("d", 1, 0.1), _priced("d", 2, 0.2)
+    messages = (
+        [pb.UpsertRequest(collection="s", items=[first]), pb.UpsertRequest(collection="s", items=[second])]
+        if split
+        else [pb.UpsertRequest(collection="s", items=[first, second])]
+    )
+    reply = await stub.UpsertStream(iter(messages))
+    assert reply.count == 1 and not reply.errors
+    got = await stub.Get(pb.GetRequest(collection="s", ids=["d"]))
+    assert got.items[0].numbers["price"] == 2
+
+
+async def test_a_stream_that_fails_says_in_its_trailing_metadata_what_was_stored(priced) -> None:
+    _, stub = priced
+    messages = [
+        pb.UpsertRequest(collection="s", items=[_priced("a", 1), _priced("b", -5)]),
+        pb.UpsertRequest(collection="s", items=[_priced("c", 1)]),
+        pb.UpsertRequest(collection="nope", items=[_priced("d", 1)]),
+        pb.UpsertRequest(collection="s", items=[_priced("e", 1)]),
+    ]
+    call = stub.UpsertStream(iter(messages))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == Code.NOT_FOUND
+    assert "stream message 2" in (err.value.details() or "") and "2 items committed" in (
+        err.value.details() or ""
+    )
+    trailing = dict(err.value.trailing_metadata() or ())
+    assert (trailing["vitrine-upserted"], trailing["vitrine-stream-position"]) == ("2", "3")
+    got = await stub.Get(pb.GetRequest(collection="s", ids=["a", "b", "c", "d", "e"]))
+    assert [it.id for it in got.items] == ["a", "c"]
