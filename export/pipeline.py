@@ -73,6 +73,12 @@ class ExportConfig:
     int8: bool = field(default=False, metadata={"help": "also write dynamically quantised int8 graphs"})
     fp16: bool = field(default=False, metadata={"help": "also write fp16 graphs (fp32 inputs/outputs)"})
     tensorrt: bool = field(default=False, metadata={"help": "also build TensorRT fp16 engines (GPU host)"})
+    optimize: bool = field(
+        default=False,
+        metadata={
+            "help": "also write graphs fused by onnxruntime's transformer optimizer, validated as fp32"
+        },
+    )
     opset: int = field(default=OPSET, metadata={"help": "ONNX opset (>= 17)"})
 
     def source_for(self, family: Family) -> str:
@@ -95,6 +101,7 @@ class ModelEntry:
     int8: dict[str, Any] | None = None
     fp16: dict[str, Any] | None = None
     tensorrt: dict[str, Any] | None = None
+    optimized: dict[str, Any] | None = None
 
 
 @dataclass
@@ -111,11 +118,11 @@ class Manifest:
         return self.models[model.value]
 
     def path(self, model: Model, variant: str = "fp32") -> Path:
-        """Absolute path of a model's graph; ``variant`` is fp32, int8 or fp16."""
+        """Absolute path of a model's graph; ``variant`` is fp32, int8, fp16 or optimized."""
         entry = self.entry(model)
         if variant == "fp32":
             return self.root / entry.path
-        extra = entry.int8 if variant == "int8" else entry.fp16 if variant == "fp16" else None
+        extra = {"int8": entry.int8, "fp16": entry.fp16, "optimized": entry.optimized}.get(variant)
         if not extra or "path" not in extra:
             raise KeyError(f"{model.value} has no {variant} graph in {self.root / MANIFEST}")
         return self.root / Path(entry.path).parent / extra["path"]
@@ -260,7 +267,7 @@ def export_all(cfg: ExportConfig) -> Manifest:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a half-written export must not look finished
-    steps = 2 + len(TOWERS) * (2 + cfg.int8 + cfg.fp16 + cfg.tensorrt)
+    steps = 2 + len(TOWERS) * (2 + cfg.int8 + cfg.fp16 + cfg.tensorrt + cfg.optimize)
     durations: dict[str, float] = {}
     started = time.perf_counter()
     bar = tqdm(total=steps, desc="export", unit="step", disable=None)
@@ -386,6 +393,36 @@ def _export_tower(
             return {"path": h.name, "sha256": sha256(h), "status": status, "validation": result}
 
         entry.fp16 = step(f"fp16 {name}", half)
+    if cfg.optimize:
+        o = path.with_name(OPTIMIZED_FILE)
+
+        def fuse() -> dict[str, Any]:
+            """Fused graph, held to the fp32 rules (tolerance against PyTorch) and to top-10 agreement
+            with the fp32 graph; served only where both hold."""
+            config = _transformer_config(module)
+            fused = variants.transformer_optimized(
+                path, o, variants.TRANSFORMER_MODEL_TYPE[name], config.num_attention_heads, config.hidden_size
+            )
+            try:
+                result, status = validate.validate(spec, o, run_torch, probe), "validated"
+            except ExportError as exc:
+                result, status = {"reason": str(exc)[:300]}, "failed"
+            agreement = validate.agreement_vs(o, path, probe)
+            servable = status == "validated" and agreement["agreement_top10"] >= INT8_MIN_AGREEMENT
+            return {
+                "path": o.name,
+                "sha256": sha256(o),
+                **fused,
+                "status": status,
+                "validation": result,
+                **agreement,
+                "servable": servable,
+                "rule": f"fp32 tolerances and top-10 agreement with fp32 >= {INT8_MIN_AGREEMENT}",
+            }
+
+        entry.optimized = step(f"optimize {name}", fuse)
+        if not entry.optimized["servable"]:
+            log.warning("fused %s not servable: %s", name, entry.optimized["status"])
     if cfg.tensorrt:
         reason = variants.tensorrt_unavailable()
         if reason:
@@ -400,6 +437,18 @@ def _export_tower(
                 ),
             )
     return entry
+
+
+OPTIMIZED_FILE = "model.optimized.onnx"
+
+
+def _transformer_config(module: torch.nn.Module) -> Any:
+    """The transformers config (heads, hidden size) of a tower's encoder, whichever tower it is."""
+    for attribute in ("model", "text_model", "vision_model"):
+        inner = getattr(module, attribute, None)
+        if inner is not None:
+            return inner.config
+    raise ExportError(f"{type(module).__name__} has no transformer encoder to optimise")
 
 
 def probe_description(spec: TowerSpec) -> str:

@@ -38,6 +38,7 @@ INT8_FILE = "model.int8.onnx"
 class Precision(str, Enum):
     FP32 = "fp32"
     INT8 = "int8"  # dynamic int8 graphs, only where the export measured agreement and marked them servable
+    OPTIMIZED = "optimized"  # fp32 graphs with onnxruntime's transformer fusions, where validated (--optimize)
 
 
 class RenderError(RuntimeError):
@@ -91,6 +92,14 @@ def _onnx_source(artifacts: Path, spec: ModelSpec, options: RenderOptions, manif
         log.warning(
             "int8 not servable for this model; serving fp32",
             extra={"model": spec.model.value, "reason": "manifest does not mark int8 servable"},
+        )
+    if options.precision is Precision.OPTIMIZED:
+        fused = entry.get("optimized")
+        if isinstance(fused, dict) and fused.get("servable"):
+            return fp32.parent / str(fused["path"])
+        log.warning(
+            "no validated fused graph for this model; serving fp32",
+            extra={"model": spec.model.value, "reason": "export without --optimize, or its validation failed"},
         )
     return fp32
 
