@@ -87,5 +87,17 @@ class IndexServiceConfig:
     max_concurrent_rpcs: int = field(
         default=512, metadata={"help": "calls beyond this are refused with RESOURCE_EXHAUSTED, not queued"}
     )
+    api_keys: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "API keys, SCOPES:KEY comma-separated (SCOPES read, write or read+write; reads are "
+            "Search, Get, GetStats, List*); empty with no api_keys_file = open. Prefer the environment "
+            "or api_keys_file: a flag shows in the process list",
+            "secret": True,
+        },
+    )
+    api_keys_file: str = field(
+        default="", metadata={"help": "file of SCOPES:KEY lines (# comments; keep it mode 0600)"}
+    )
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error"})

@@ -14,9 +14,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from index_service.auth import RequireApiKey
 from index_service.config import MAX_MESSAGE_BYTES, Device, IndexServiceConfig
 from index_service.engine import Engine
 from index_service.servicer import IndexServicer, Metrics
+from vitrine.api_keys import ApiKeys
 from vitrine.grpc_decode import DecodeErrors
 from vitrine.index.v2 import index_pb2, index_pb2_grpc
 from vitrine.metrics import service_registry
@@ -89,8 +91,13 @@ async def create_server(config: IndexServiceConfig) -> tuple[IndexServer, int]:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
     # A request grpcio cannot decode is INVALID_ARGUMENT saying why, never UNKNOWN naming a class.
-    # UpsertStream reports an undecodable message like a bad item and goes on.
-    interceptors = [DecodeErrors(per_item=[f"/{SERVICE_NAME}/UpsertStream"])]
+    # Keys first: a caller without one learns nothing about how its bytes decode. UpsertStream reports
+    # an undecodable message like a bad item and goes on.
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    keys = ApiKeys.from_config(config.api_keys, config.api_keys_file)
+    if keys.enabled:
+        interceptors.append(RequireApiKey(keys))
+    interceptors.append(DecodeErrors(per_item=[f"/{SERVICE_NAME}/UpsertStream"]))
     server = grpc.aio.server(
         options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs, interceptors=interceptors
     )

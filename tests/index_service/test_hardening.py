@@ -6,10 +6,12 @@ Every numeric parameter has bounds and nothing beyond them is stored or reaches 
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from index_service.config import (
     MAX_DIM,
@@ -23,6 +25,7 @@ from index_service.config import (
 )
 from tests.index_service.builders import items, spec
 from vitrine.index.v2 import index_pb2 as pb
+from vitrine.index.v2 import index_pb2_grpc
 
 DIM = 8
 Code = grpc.StatusCode
@@ -342,3 +345,60 @@ async def test_a_stream_that_fails_says_in_its_trailing_metadata_what_was_stored
     assert (trailing["vitrine-upserted"], trailing["vitrine-stream-position"]) == ("2", "3")
     got = await stub.Get(pb.GetRequest(collection="s", ids=["a", "b", "c", "d", "e"]))
     assert [it.id for it in got.items] == ["a", "c"]
+
+
+# ---- API keys with read and write scopes ----
+
+
+async def test_api_keys_with_read_and_write_scopes(index_factory, tmp_path) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text("# operators\nread+write:admin-key\n")
+    server, _ = await index_factory(
+        api_keys=("read:reader-key", "write:writer-key"), api_keys_file=str(key_file)
+    )
+
+    def stub_with(key: str | None) -> tuple[grpc.aio.Channel, Any, list[tuple[str, str]]]:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        return (
+            channel,
+            index_pb2_grpc.IndexServiceStub(channel),
+            [("authorization", f"Bearer {key}")] if key else [],
+        )
+
+    create = pb.CreateCollectionRequest(spec=spec("k", DIM))
+    upsert = pb.UpsertRequest(collection="k", items=[_priced("a", 1)])
+    search = pb.SearchRequest(collection="k", queries=[pb.Query(vector=[1.0] * DIM)], k=1)
+    expected = {
+        None: (Code.UNAUTHENTICATED, Code.UNAUTHENTICATED),
+        "wrong-key": (Code.UNAUTHENTICATED, Code.UNAUTHENTICATED),
+        "reader-key": (Code.OK, Code.PERMISSION_DENIED),
+        "writer-key": (Code.PERMISSION_DENIED, Code.OK),
+        "admin-key": (Code.OK, Code.OK),
+    }
+    channel, stub, md = stub_with("admin-key")
+    await stub.CreateCollection(create, metadata=md)  # type: ignore[attr-defined]
+    await channel.close()
+    for key, (read_code, write_code) in expected.items():
+        channel, stub, md = stub_with(key)
+        for call, request, code in (
+            (stub.Search, search, read_code),  # type: ignore[attr-defined]
+            (stub.Upsert, upsert, write_code),  # type: ignore[attr-defined]
+            (stub.UpsertStream, iter([upsert]), write_code),  # type: ignore[attr-defined]
+        ):
+            try:
+                await call(request, metadata=md)
+                got = Code.OK
+            except grpc.aio.AioRpcError as exc:
+                got = exc.code()
+                assert "key" in (exc.details() or "") and (key is None or key not in (exc.details() or ""))
+            assert got == code, (key, call, got)
+        # an undecodable request without a key is refused for the key, not decoded
+        if key is None:
+            raw = channel.unary_unary(SERVICE + "Search")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"\xff\xff", timeout=5)
+            assert err.value.code() == Code.UNAUTHENTICATED
+        await channel.close()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:  # health stays open
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
