@@ -154,7 +154,7 @@ def _train(
     groups = torch.from_numpy(train_feats.groups)
     best = validation_score(model, val_feats, level)
     best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), 0, 0
-    history = [{"epoch": 0, "loss": float("nan"), "val": best}]
+    history = [{"epoch": 0, "val": best}]
     bar = tqdm(range(1, spec.epochs + 1), desc=f"adapt {spec.head.value}", unit="epoch", disable=not progress)
     for epoch in bar:
         hard = None

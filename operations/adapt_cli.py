@@ -1,0 +1,119 @@
+"""``vitrine adapt``: train and evaluate adapters, export one as an encoder version, deploy, roll back."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from vitrine import config as vconfig
+
+ENV_PREFIX = "VITRINE_ADAPT"
+DEFAULT_SERVING_FILE = "var/serving.json"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from adapt.run import AdaptConfig, train_all
+
+    manifest = train_all(vconfig.from_namespace(AdaptConfig, args))
+    summary = {
+        name: {run: entry.get("val") for run, entry in d["runs"].items() if "val" in entry}
+        for name, d in manifest["datasets"].items()
+    }
+    print(json.dumps({"validation": summary, "seconds": manifest["seconds"]}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from adapt.run import AdaptConfig, evaluate_all
+
+    cfg = vconfig.from_namespace(AdaptConfig, args)
+    evaluate_all(cfg)
+    print((cfg.out / "report.md").read_text())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from adapt.run import load_heads
+    from adapt.serving import export_version
+
+    heads = Path(args.adapt) / args.data / "residual.pt"
+    pair, spec = load_heads(heads)
+    manifest = export_version(
+        pair, Path(args.artifacts), str(args.version), {"heads": str(heads), "spec": spec.to_dict()}
+    )
+    print(json.dumps(manifest, indent=2))
+    print(
+        f"render the model repository again (python -m model_repository render --artifacts {args.artifacts}"
+        " ...) so Triton serves it, then `vitrine adapt deploy`"
+    )
+    return 0
+
+
+def _target(args: argparse.Namespace) -> object:
+    from operations.rollout import RolloutTarget
+
+    return RolloutTarget(args.triton, args.index, args.collection, Path(args.serving_file), args.index_kind)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from operations.rollout import RolloutError, deploy
+
+    try:
+        report = asyncio.run(deploy(_target(args), args.version, Path(args.catalog), args.batch))  # type: ignore[arg-type]
+    except RolloutError as exc:
+        print(f"deploy refused: {exc}")
+        return 1
+    print(json.dumps(report, indent=2))
+    print(f"gateways following {args.serving_file} now serve encoder version {args.version}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from operations.rollout import RolloutError, rollback
+
+    try:
+        version = rollback(Path(args.serving_file))
+    except RolloutError as exc:
+        print(f"rollback refused: {exc}")
+        return 1
+    print(f"gateways following {args.serving_file} now serve encoder version {version}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from adapt.run import AdaptConfig
+
+    adapt = sub.add_parser("adapt", help="domain adaptation: train, eval, export, deploy, rollback")
+    cmds = adapt.add_subparsers(dest="adapt_command", required=True)
+    for name, func, text in (
+        ("train", cmd_train, "train naive heads and residual adapters (ratio chosen on validation)"),
+        ("eval", cmd_eval, "test-split tables with bootstrap intervals (writes OUT/report.md)"),
+    ):
+        p = cmds.add_parser(name, help=text)
+        vconfig.add_arguments(p, AdaptConfig, ENV_PREFIX)
+        p.set_defaults(func=func)
+
+    ex = cmds.add_parser("export", help="fuse the trained adapter into the towers as encoder VERSION")
+    ex.add_argument("--artifacts", default="var/artifacts")
+    ex.add_argument("--adapt", default="var/adapt", help="where `vitrine adapt train` wrote the heads")
+    ex.add_argument("--data", default="catalog", help="which data set's adapter to serve")
+    ex.add_argument("--version", type=int, default=2)
+    ex.set_defaults(func=cmd_export)
+
+    for name, func, text in (
+        ("deploy", cmd_deploy, "re-embed the catalog with VERSION in new spaces, then switch gateways"),
+        ("rollback", cmd_rollback, "serve the previous encoder version again"),
+    ):
+        p = cmds.add_parser(name, help=text)
+        p.add_argument("--serving-file", default=DEFAULT_SERVING_FILE, help="the gateways' --serving-file")
+        if name == "deploy":
+            p.add_argument("--catalog", required=True, help="the catalog that was ingested (JSONL or CSV)")
+            p.add_argument("--version", type=int, default=2)
+            p.add_argument("--triton", default="127.0.0.1:8001", help="Triton gRPC endpoint")
+            p.add_argument("--index", default="127.0.0.1:50051", help="index service address")
+            p.add_argument("--collection", default="products")
+            p.add_argument("--index-kind", default="flat")
+            p.add_argument("--batch", type=int, default=16, help="products embedded per batch")
+        p.set_defaults(func=func)
