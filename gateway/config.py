@@ -29,7 +29,21 @@ class GatewayConfig:
         default=30.0, metadata={"help": "deadline applied when the caller sets none"}
     )
     upsert_batch: int = field(default=32, metadata={"help": "products embedded and written per batch"})
-    api_key: str = field(default="", metadata={"help": "require 'authorization: Bearer <key>'; empty = off"})
+    api_key: str = field(
+        default="",
+        metadata={"help": "one read+write key: 'authorization: Bearer <key>'; empty = off", "secret": True},
+    )
+    api_keys: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "keys with scopes, SCOPES:KEY comma-separated (SCOPES read, write or read+write); "
+            "prefer the environment or api_keys_file",
+            "secret": True,
+        },
+    )
+    api_keys_file: str = field(
+        default="", metadata={"help": "file of SCOPES:KEY lines (# comments); see gateway/auth.py"}
+    )
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain; with tls_key enables TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key"})
     health_interval_s: float = field(
@@ -42,6 +56,13 @@ class GatewayConfig:
     image_roots: tuple[str, ...] = field(
         default=(),
         metadata={"help": "directories product images are served from over HTTP (comma-separated)"},
+    )
+    ingest_roots: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "directories UpsertProducts' image_path may read from (comma-separated); "
+            "empty = image_path refused, callers send image bytes"
+        },
     )
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error"})

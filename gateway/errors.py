@@ -45,6 +45,10 @@ class Unauthenticated(GatewayError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDenied(GatewayError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 API_KEY_MESSAGE = "missing or wrong API key (authorization: Bearer)"
 
 

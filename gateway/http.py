@@ -20,7 +20,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
 import logging
 import mimetypes
 import socket
@@ -39,8 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.auth import ApiKeys
+from gateway.auth import Scope as KeyScope
 from gateway.config import GatewayConfig
-from gateway.errors import API_KEY_MESSAGE, HTTP_STATUS, InvalidInput, NotFound, bounded
+from gateway.errors import HTTP_STATUS, InvalidInput, NotFound, bounded
 from gateway.messages import product_from_pb
 from gateway.pipeline import FieldFilter, Hit, Pipeline, SearchQuery
 from gateway.requests import (
@@ -365,19 +366,28 @@ def create_app(
         redoc_url=None,
     )
 
-    async def require_key(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-    ) -> None:
-        given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode(), config.api_key.encode()):
-            raise Failure(grpc.StatusCode.UNAUTHENTICATED, API_KEY_MESSAGE)
+    keys = ApiKeys.from_config(config.api_key, config.api_keys, config.api_keys_file)
+
+    def require(scope: KeyScope) -> list[Any]:
+        """The key check of ``gateway.auth`` for every route of a router; none when no key is set."""
+
+        async def require_key(
+            request: Request,
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+        ) -> None:
+            given = credentials.credentials if credentials is not None else ""
+            refusal = keys.check_scope(given, scope, f"{request.method} {request.url.path}")
+            if refusal is not None:
+                raise Failure(refusal.code, str(refusal))
+
+        return [Depends(require_key)] if keys.enabled else []
 
     errors_doc: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorOut} for status in (400, 401, 404, 413, 429, 503, 504)
+        status: {"model": ErrorOut} for status in (400, 401, 403, 404, 413, 429, 503, 504)
     }
-    api = APIRouter(
-        prefix="/v1", dependencies=[Depends(require_key)] if config.api_key else [], responses=errors_doc
-    )
+    # Reads and writes are two routers so each route's scope is where it is declared.
+    api = APIRouter(prefix="/v1", dependencies=require(KeyScope.READ), responses=errors_doc)
+    writes = APIRouter(prefix="/v1", dependencies=require(KeyScope.WRITE), responses=errors_doc)
 
     async def run_search(build: Callable[[], SearchQuery]) -> SearchOut:
         """``build`` runs inside the gate, so a refused query is counted and reported like any failure."""
@@ -465,7 +475,7 @@ def create_app(
             return ProductsOut(products=[product_out(p) for p in products])
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @api.put("/products", response_model=UpsertOut, summary="Insert or replace products by id")
+    @writes.put("/products", response_model=UpsertOut, summary="Insert or replace products by id")
     async def upsert(body: UpsertIn) -> UpsertOut:
         async with gate.call("UpsertProducts"):
             items = []
@@ -490,11 +500,11 @@ def create_app(
             return DeleteOut(deleted=deleted, not_found=missing)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @api.delete("/products/{product_id}", response_model=DeleteOut, summary="Delete one product")
+    @writes.delete("/products/{product_id}", response_model=DeleteOut, summary="Delete one product")
     async def delete_product(product_id: str) -> DeleteOut:
         return await run_delete([product_id])
 
-    @api.delete(
+    @writes.delete(
         "/products", response_model=DeleteOut, summary="Delete products by id (unknown ids are listed)"
     )
     async def delete_products(ids: Annotated[list[str], Query(alias="id")]) -> DeleteOut:
@@ -517,6 +527,7 @@ def create_app(
         raise AssertionError("unreachable")  # pragma: no cover
 
     app.include_router(api)
+    app.include_router(writes)
 
     @app.get("/healthz", response_model=HealthOut, summary="SERVING when Triton and the index both serve")
     async def healthz() -> JSONResponse:

@@ -52,6 +52,24 @@ MAX_TOP_K = 100
 MAX_RERANK_DEPTH = 200
 DEFAULT_TOP_K = 10
 DEFAULT_RERANK_DEPTH = 50
+MAX_ID_CHARS = 512
+"""Longest product id accepted; longer ones are refused before they reach the index."""
+MAX_IDS = 1000
+"""Most ids one get or delete may name."""
+
+
+def check_ids(ids: Sequence[str]) -> None:
+    """Ids a call names: at least one, none empty, each of bounded length. Messages say which position
+    failed and never repeat an id, so a hostile id cannot inflate a status."""
+    if not ids:
+        raise InvalidInput("give at least one non-empty product id")
+    if len(ids) > MAX_IDS:
+        raise InvalidInput(f"{len(ids)} ids; at most {MAX_IDS} per call")
+    for i, pid in enumerate(ids):
+        if not pid:
+            raise InvalidInput(f"id {i} is empty")
+        if len(pid) > MAX_ID_CHARS:
+            raise InvalidInput(f"id {i} is {len(pid)} characters; the limit is {MAX_ID_CHARS}")
 
 
 @dataclass(frozen=True)
@@ -382,6 +400,7 @@ class Pipeline:
     ) -> SimilarResult:
         if not product_id:
             raise InvalidInput("product id is empty")
+        check_ids([product_id])
         if not 1 <= top_k <= MAX_TOP_K:
             raise InvalidInput(f"top_k must be in 1..{MAX_TOP_K}, got {top_k}")
         self.validate_filters(filters)
@@ -395,7 +414,7 @@ class Pipeline:
         with timer.stage("lookup"):
             stored = await self.retriever.get([pid], deadline.remaining())
         if pid not in stored:
-            raise NotFound(f"unknown product id {pid!r}")
+            raise NotFound(f"unknown product id {pid[:64]!r}")
         vectors = stored[pid][1]
         with timer.stage("retrieve"):
             budget = deadline.remaining()
@@ -413,12 +432,12 @@ class Pipeline:
     # ---- catalog maintenance ----------------------------------------------------------------------
 
     async def get(self, ids: Sequence[str], timeout: float | None = None) -> list[Product]:
-        if not ids or any(not i for i in ids):
-            raise InvalidInput("give at least one non-empty product id")
+        check_ids(ids)
         found = await self.retriever.get(ids, timeout)
         missing = [i for i in ids if i not in found]
         if missing:
-            raise NotFound(f"unknown product ids: {', '.join(missing[:10])}")
+            # Ids are bounded (``check_ids``); a message still repeats no more than the start of ten.
+            raise NotFound(f"unknown product ids: {', '.join(i[:64] for i in missing[:10])}")
         return [found[i][0] for i in ids]
 
     async def upsert(
@@ -444,7 +463,7 @@ class Pipeline:
             return_exceptions=True,
         )
         image_vecs, title_vecs = embedded[: len(todo)], embedded[len(todo) :]
-        records = []
+        records: list[tuple[int, Record]] = []
         for i, iv, tv in zip(todo, image_vecs, title_vecs, strict=True):
             for res in (iv, tv):
                 if isinstance(res, BaseException) and not isinstance(res, InvalidInput):
@@ -455,14 +474,30 @@ class Pipeline:
             if isinstance(tv, BaseException):
                 errors[i] = InvalidInput(f"product {items[i][0].id!r}: {tv}")
                 continue
-            records.append(Record(items[i][0], {IMAGE: iv, TITLE: tv[0]}))
-        if records:
-            await self.retriever.upsert(records, deadline.remaining())
+            records.append((i, Record(items[i][0], {IMAGE: iv, TITLE: tv[0]})))
+        # Upsert is by id: of several items with one id, the last embedded one is what a stream of
+        # separate writes would leave, so only it is written (the index refuses a batch repeating an id).
+        last = {rec.product.id: (i, rec) for i, rec in records}
+        batch = sorted(last.values(), key=lambda pair: pair[0])
+        if not batch:
+            return errors
+        try:
+            await self.retriever.upsert([rec for _, rec in batch], deadline.remaining())
+        except InvalidInput as exc:
+            if len(batch) == 1:
+                errors[batch[0][0]] = exc
+                return errors
+            # The index refused the batch for a reason the checks above cannot see; write one product
+            # at a time so only the offending one is reported and its neighbours are stored.
+            for i, rec in batch:
+                try:
+                    await self.retriever.upsert([rec], deadline.remaining())
+                except InvalidInput as one:
+                    errors[i] = one
         return errors
 
     async def delete(self, ids: Sequence[str], timeout: float | None = None) -> tuple[int, list[str]]:
-        if not ids or any(not i for i in ids):
-            raise InvalidInput("give at least one non-empty product id")
+        check_ids(ids)
         found = await self.retriever.get(ids, timeout)
         missing = [i for i in ids if i not in found]
         deleted = await self.retriever.delete(ids, timeout)

@@ -10,22 +10,23 @@ aborts with them, HTTP answers ``errors.HTTP_STATUS[code]`` with the same messag
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import grpc
 
 from gateway.clients import check_image_header
-from gateway.errors import DependencyError, GatewayError, InvalidInput, Overloaded, status_of
+from gateway.errors import DependencyError, GatewayError, InvalidInput, Overloaded, bounded, status_of
+from gateway.ingest import IngestRoots
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import (
     DEFAULT_RERANK_DEPTH,
     DEFAULT_TOP_K,
+    MAX_ID_CHARS,
     FieldFilter,
     Pipeline,
     SearchQuery,
@@ -109,8 +110,9 @@ def search_query(
 
 @dataclass(frozen=True)
 class UpsertItem:
-    """One product to store. ``image_path`` is read by the gateway (local ingestion over gRPC);
-    ``error`` is set when the transport could not decode the item (it is reported, not stored)."""
+    """One product to store. ``image_path`` is read by the gateway from its ingest roots
+    (``gateway.ingest``); ``error`` is set when the transport could not decode the item (it is
+    reported, not stored)."""
 
     product: Product
     image: bytes = b""
@@ -126,18 +128,60 @@ class ItemError:
     message: str
 
 
+@dataclass
+class UpsertProgress:
+    """How far a stream got, kept current while it runs, so a stream that fails part-way can still
+    tell its caller what was stored: every item at a position below ``settled`` was either stored
+    (``upserted`` counts them) or refused (``errors``); nothing at or after ``settled`` was stored,
+    except that a batch whose index write ran out of time may have been."""
+
+    upserted: int = 0
+    settled: int = 0
+    errors: list[ItemError] = field(default_factory=list)
+
+
+UPSERTED_KEY = "vitrine-upserted"
+SETTLED_KEY = "vitrine-settled"
+REFUSED_KEY = "vitrine-refused"
+MAX_REFUSED_LISTED = 200
+
+
+def upsert_trailers(progress: UpsertProgress) -> list[tuple[str, str]]:
+    """A stream's progress as trailing metadata, sent on success and failure alike (documented in
+    gateway.proto): items stored, the settled prefix of the stream, the refused positions within it
+    (the first ``MAX_REFUSED_LISTED``, then ``...``), so the metadata stays far below gRPC's limits."""
+    refused = [str(e.index) for e in sorted(progress.errors, key=lambda e: e.index)]
+    listed = ",".join(refused[:MAX_REFUSED_LISTED]) + (",..." if len(refused) > MAX_REFUSED_LISTED else "")
+    return [
+        (UPSERTED_KEY, str(progress.upserted)),
+        (SETTLED_KEY, str(progress.settled)),
+        (REFUSED_KEY, listed),
+    ]
+
+
 def item_error(index: int, pid: str, exc: BaseException) -> ItemError:
     code, message = status_of(exc)
-    return ItemError(index, pid, code, message)
+    return ItemError(index, bounded(pid, 200), code, message)
 
 
-async def _load_image(item: UpsertItem) -> bytes:
+def check_product(product: Product) -> None:
+    """Everything about a product that can be decided before it costs an embedding or an index write."""
+    if not product.id:
+        raise InvalidInput("missing product id")
+    if len(product.id) > MAX_ID_CHARS:
+        raise InvalidInput(f"product id is {len(product.id)} characters; the limit is {MAX_ID_CHARS}")
+    if not product.title.strip():
+        raise InvalidInput(f"product {product.id!r}: missing title")
+    if not math.isfinite(product.price) or product.price < 0:
+        raise InvalidInput(
+            f"product {product.id!r}: price must be a finite non-negative number, got {product.price!r}"
+        )
+
+
+async def _load_image(item: UpsertItem, ingest: IngestRoots) -> bytes:
     if item.image or not item.image_path:
         return item.image
-    try:
-        return await asyncio.to_thread(Path(item.image_path).read_bytes)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read image {item.image_path!r}: {exc.strerror}") from None
+    return await ingest.read(item.image_path)
 
 
 async def _aiter(items: AsyncIterable[UpsertItem] | Iterable[UpsertItem]) -> AsyncIterator[UpsertItem]:
@@ -154,42 +198,50 @@ async def upsert_products(
     items: AsyncIterable[UpsertItem] | Iterable[UpsertItem],
     batch_size: int,
     timeout: Callable[[], float],
+    ingest: IngestRoots | None = None,
+    progress: UpsertProgress | None = None,
 ) -> tuple[int, list[ItemError]]:
-    """Stores items in batches of ``batch_size``; a bad item is reported by its position and does not
-    stop the others. Returns how many were stored and the errors. ``timeout`` is read per batch."""
-    upserted = 0
-    errors: list[ItemError] = []
+    """Stores items in batches of ``batch_size``; a bad item is reported by its position in the stream
+    and does not stop the others. Returns how many were stored and the errors. ``timeout`` is read per
+    batch; ``progress`` is kept current for a caller that must report a failure part-way. Items with
+    the same id in one stream: the last stored one wins, whatever the batching (the pipeline keeps the
+    last of a batch, and batches are written in stream order)."""
+    ingest = ingest or IngestRoots(())
+    progress = progress if progress is not None else UpsertProgress()
     batch: list[tuple[int, Product, bytes]] = []
 
-    async def flush() -> int:
-        if not batch:
-            return 0
-        results = await pipeline.upsert([(p, img) for _, p, img in batch], timeout())
-        ok = 0
-        for (index, product, _), err in zip(batch, results, strict=True):
-            if err is None:
-                ok += 1
-            else:
-                errors.append(item_error(index, product.id, err))
-        batch.clear()
-        return ok
+    async def flush(settled: int) -> None:
+        if batch:
+            results = await pipeline.upsert([(p, img) for _, p, img in batch], timeout())
+            for (index, product, _), err in zip(batch, results, strict=True):
+                if err is None:
+                    progress.upserted += 1
+                else:
+                    progress.errors.append(item_error(index, product.id, err))
+            batch.clear()
+        progress.settled = settled
 
     index = 0
     async for item in _aiter(items):
         try:
             if item.error is not None:
                 raise item.error
-            image = await _load_image(item)
-            if image:
-                check_image(image)
+            check_product(item.product)
+            image = await _load_image(item, ingest)
+            if not image:
+                raise InvalidInput(f"product {item.product.id!r}: missing image")
+            check_image(image)
             batch.append((index, item.product, image))
         except InvalidInput as exc:
-            errors.append(item_error(index, item.product.id, exc))
+            progress.errors.append(item_error(index, item.product.id, exc))
         index += 1
         if len(batch) >= batch_size:
-            upserted += await flush()
-    upserted += await flush()
-    return upserted, errors
+            await flush(index)
+        elif not batch:
+            progress.settled = index
+    await flush(index)
+    progress.errors.sort(key=lambda e: e.index)
+    return progress.upserted, progress.errors
 
 
 # ---- admission, metrics, status ------------------------------------------------------------------

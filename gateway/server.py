@@ -20,14 +20,17 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.auth import ApiKeys, bearer
 from gateway.clients import TritonModels
 from gateway.config import GatewayConfig
-from gateway.errors import API_KEY_MESSAGE, Dependency, DependencyError
+from gateway.errors import Dependency, DependencyError, GatewayError
 from gateway.index_client import IndexRetriever
+from gateway.ingest import IngestRoots
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.servicer import ProductSearchServicer
 from vitrine.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from vitrine.grpc_decode import DecodeErrors
 
 if TYPE_CHECKING:
     from gateway.http import HttpServer
@@ -35,14 +38,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["ProductSearch"].full_name
+UPSERT_METHOD = f"/{SERVICE_NAME}/UpsertProducts"
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Bearer-token check on every API method; health and reflection stay open for probes and tools."""
+    """API keys and their scopes (``gateway.auth``) on every API method; health and reflection stay open
+    for probes and tools."""
 
-    def __init__(self, api_key: str) -> None:
-        self._expected = f"bearer {api_key}"
+    def __init__(self, keys: ApiKeys) -> None:
+        self.keys = keys
 
     async def intercept_service(
         self,
@@ -53,16 +58,18 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(_OPEN_PREFIXES):
             return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        token = str(metadata.get("authorization", ""))
-        if token.lower().startswith("bearer ") and token[7:] == self._expected[7:]:
-            return await continuation(handler_call_details)
+        refusal = self.keys.check(bearer(str(metadata.get("authorization", ""))), method.rsplit("/", 1)[-1])
         handler = await continuation(handler_call_details)
-        return _denying(handler)
+        if refusal is None or handler is None:
+            return handler
+        return _denying(handler, refusal)
 
 
-def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _denying(handler: grpc.RpcMethodHandler, refusal: GatewayError) -> grpc.RpcMethodHandler:
+    """A handler of the same kind that answers ``refusal`` without reading the request."""
+
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, API_KEY_MESSAGE)
+        await context.abort(refusal.code, str(refusal))
 
     if handler.request_streaming and not handler.response_streaming:
         return grpc.stream_unary_rpc_method_handler(deny)
@@ -70,11 +77,7 @@ def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return grpc.stream_stream_rpc_method_handler(deny)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(deny)
-    return grpc.unary_unary_rpc_method_handler(
-        deny,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return grpc.unary_unary_rpc_method_handler(deny)
 
 
 class Gateway:
@@ -99,8 +102,14 @@ class Gateway:
             config.default_timeout_s,
             config.upsert_batch,
             self._on_unavailable,
+            ingest=IngestRoots(config.ingest_roots),
         )
-        interceptors = [ApiKeyInterceptor(config.api_key)] if config.api_key else []
+        self.keys = ApiKeys.from_config(config.api_key, config.api_keys, config.api_keys_file)
+        # Keys first: a caller without one learns nothing, not even how its bytes decode. An
+        # undecodable upsert item is reported at its stream position like any other bad item.
+        interceptors: list[grpc.aio.ServerInterceptor] = [DecodeErrors(per_item=(UPSERT_METHOD,))]
+        if self.keys.enabled:
+            interceptors.insert(0, ApiKeyInterceptor(self.keys))
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[

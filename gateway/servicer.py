@@ -10,13 +10,25 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
-from gateway.errors import DependencyError
+from gateway.errors import DependencyError, InvalidInput
+from gateway.ingest import IngestRoots
 from gateway.messages import product_from_pb, product_to_pb
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import FieldFilter, Hit, Pipeline
-from gateway.requests import CallGate, Failure, UpsertItem, search_query, top_k_or_default, upsert_products
+from gateway.requests import (
+    CallGate,
+    Failure,
+    UpsertItem,
+    UpsertProgress,
+    search_query,
+    top_k_or_default,
+    upsert_products,
+    upsert_trailers,
+)
+from vitrine.catalog import Product
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from vitrine.grpc_decode import Undecodable
 
 _TEXT_MATCH = {
     pb.TEXT_MATCH_UNSPECIFIED: "",
@@ -61,6 +73,7 @@ class ProductSearchServicer(pb_grpc.ProductSearchServicer):
         default_timeout_s: float,
         upsert_batch: int,
         on_unavailable: Callable[[DependencyError], None],
+        ingest: IngestRoots | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.metrics = metrics
@@ -69,18 +82,27 @@ class ProductSearchServicer(pb_grpc.ProductSearchServicer):
         self.upsert_batch = upsert_batch
         self.on_unavailable = on_unavailable
         self.gate = CallGate(metrics, max_in_flight, on_unavailable)
+        self.ingest = ingest or IngestRoots(())
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
         return self.default_timeout_s if remaining is None else min(remaining, self.default_timeout_s)
 
     @contextlib.asynccontextmanager
-    async def _rpc(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        """The shared call gate; its failure becomes this call's status."""
+    async def _rpc(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        trailers: Callable[[], Sequence[tuple[str, str]]] | None = None,
+    ) -> AsyncIterator[None]:
+        """The shared call gate; its failure becomes this call's status, with ``trailers()`` as
+        trailing metadata when given (what a failed call still wants its caller to know)."""
         try:
             async with self.gate.call(method):
                 yield
         except Failure as exc:
+            if trailers is not None:
+                context.set_trailing_metadata(tuple(trailers()))
             await context.abort(exc.code, exc.message)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
@@ -142,10 +164,14 @@ class ProductSearchServicer(pb_grpc.ProductSearchServicer):
     async def UpsertProducts(
         self, request_iterator: AsyncIterator[pb.UpsertProductsRequest], context: grpc.aio.ServicerContext
     ) -> pb.UpsertProductsResponse:
-        async with self._rpc("UpsertProducts", context):
+        progress = UpsertProgress()
+        async with self._rpc("UpsertProducts", context, lambda: upsert_trailers(progress)):
 
             async def items() -> AsyncIterator[UpsertItem]:
                 async for msg in request_iterator:
+                    if isinstance(msg, Undecodable):  # reported at its position like any bad item
+                        yield UpsertItem(Product(id="", title=""), error=InvalidInput(msg.reason))
+                        continue
                     kind = msg.WhichOneof("image")
                     yield UpsertItem(
                         product_from_pb(msg.product, msg.image_path),
@@ -154,8 +180,14 @@ class ProductSearchServicer(pb_grpc.ProductSearchServicer):
                     )
 
             upserted, errors = await upsert_products(
-                self.pipeline, items(), self.upsert_batch, lambda: self._timeout(context)
+                self.pipeline,
+                items(),
+                self.upsert_batch,
+                lambda: self._timeout(context),
+                self.ingest,
+                progress,
             )
+            context.set_trailing_metadata(tuple(upsert_trailers(progress)))
             return pb.UpsertProductsResponse(
                 upserted=upserted,
                 errors=[

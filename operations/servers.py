@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.config import ENV_PREFIX as GATEWAY_ENV_PREFIX
 from gateway.config import GatewayConfig
 from index_service.config import IndexServiceConfig
 from loadtest.observability.prometheus import find_binary
@@ -26,7 +27,7 @@ from model_repository.server import (
     triton_environment,
 )
 from operations.launcher import ChildServer, LaunchError, grpc_serving, http_ready
-from vitrine.config import to_argv
+from vitrine.config import secret_env, to_argv
 from vitrine.net import free_port
 
 C = TypeVar("C")
@@ -76,9 +77,11 @@ class GatewayServer(ChildServer):
         self.config = with_ports(config)
         self.address = f"{self.config.host}:{self.config.port}"
         self.metrics_port = self.config.metrics_port if self.config.metrics_port >= 0 else None
+        secrets = secret_env(self.config, GATEWAY_ENV_PREFIX)
         super().__init__(
             "gateway", _python_module("gateway", self.config), grpc_serving(self.address),
-            log_file=log_file, hint=" (are Triton and the index up?)", **kw,
+            log_file=log_file, hint=" (are Triton and the index up?)",
+            env={**os.environ, **secrets} if secrets else None, **kw,
         )  # fmt: skip
 
 

@@ -5,7 +5,8 @@ options whose defaults come from ``<PREFIX>_FIELD_NAME`` environment variables (
 at import), so flags, environment and defaults cannot drift apart. A field whose type is itself a config
 dataclass (the gateway's pipeline settings) is composed, not repeated: its fields become flags of the
 outer config under their own names. ``to_argv`` renders a config back into those flags, which is how a
-launcher hands a typed config to a child process.
+launcher hands a typed config to a child process; fields marked ``metadata={"secret": True}`` (keys) are
+left out of it and of ``--help``'s defaults, and travel in the environment instead (``secret_env``).
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def to_argv(config: Any) -> list[str]:
                 walk(value)
                 continue
             flag = "--" + field.name.replace("_", "-")
+            if field.metadata.get("secret"):
+                continue  # secrets travel in the environment (``secret_env``), never on a command line
             if isinstance(value, bool):
                 argv.append(flag if value else "--no-" + field.name.replace("_", "-"))
             elif value is not None:
@@ -99,6 +102,23 @@ def to_argv(config: Any) -> list[str]:
 
     walk(config)
     return argv
+
+
+def secret_env(config: Any, prefix: str) -> dict[str, str]:
+    """The fields marked ``metadata={"secret": True}`` that are set, as ``PREFIX_FIELD`` variables:
+    how a launcher hands a child its keys without putting them where ``ps`` shows them."""
+    env: dict[str, str] = {}
+
+    def walk(obj: Any) -> None:
+        for field in dataclasses.fields(obj):
+            value = getattr(obj, field.name)
+            if dataclasses.is_dataclass(value):
+                walk(value)
+            elif field.metadata.get("secret") and value:
+                env[env_name(prefix, field.name)] = _format(value)
+
+    walk(config)
+    return env
 
 
 def env_name(prefix: str, field_name: str) -> str:
@@ -114,7 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str) -> No
         if env in os.environ:
             default = _parse(tp, os.environ[env])
         flag = "--" + field.name.replace("_", "-")
-        help_text = f"{field.metadata.get('help', '')} (env {env}; default: %(default)s)"
+        shown = "set" if field.metadata.get("secret") and default else "%(default)s"
+        help_text = f"{field.metadata.get('help', '')} (env {env}; default: {shown})"
         if tp is bool:
             parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_text)
         elif isinstance(tp, type) and issubclass(tp, enum.Enum):
