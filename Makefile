@@ -126,8 +126,9 @@ GATEWAY_ARGS ?=
 BENCH_GATEWAY_ARGS ?=
 
 .PHONY: up
-up: venv protos ## THE MAIN JOB: export models, start Triton + index + gateway, ingest a demo catalog, search, serve
-	$(VENV)/bin/vitrine up --var $(VAR) $(ARGS)
+DEVICE ?= cpu
+up: venv protos ## THE MAIN JOB: export models, start Triton + index + gateway, ingest a demo catalog, search, serve (DEVICE=gpu: encoders on the GPU, no container)
+	$(VENV)/bin/vitrine up --var $(VAR) --device $(DEVICE) $(ARGS)
 
 .PHONY: down
 down: ## stop a running `make up` (gateway, index service and Triton)
@@ -203,5 +204,5 @@ loadtest-compare: venv protos ## Locust and the open-loop generator side by side
 	  $(PY) -m loadtest compare $(LOADTEST_STACK) --out $(LOADTEST_OUT)/compare $(ARGS)
 
 .PHONY: loadtest-gpu
-loadtest-gpu: ## on a GPU host: bring the stack up on the GPU and run the same objective measurement
+loadtest-gpu: ## on a GPU host, no container or registry: text/image/re-rank throughput, gateway p95 at a few rates
 	loadtest/gpu/run.sh

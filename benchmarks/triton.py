@@ -22,11 +22,13 @@ import asyncio
 import contextlib
 import io
 import json
+import os
+import resource
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ from model_repository.render import RenderOptions, load_manifest
 from operations.stack import Stack
 from vitrine import logs
 from vitrine import triton as triton_request
-from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Model, Tensor
+from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Model, Target, Tensor
 
 RERANK_PASSAGES = 50
 
@@ -284,6 +286,12 @@ def triton_table(points: list[Point]) -> str:
     return "\n".join(lines)
 
 
+def _own_cpu_s() -> float:
+    """CPU seconds of this process alone (its client threads), not of the servers it started."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.triton", description=__doc__)
     parser.add_argument("--artifacts", type=Path, default=Path("var/artifacts"))
@@ -302,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-engines", action="store_true", help="only the served part")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--target", default=Target.CPU.value, choices=[Target.CPU.value, Target.GPU_EMBEDDED.value],
+        help="repository rendering: the CPU default, or gpu-embedded on a GPU host (onnxruntime-gpu)",
+    )  # fmt: skip
     ns = parser.parse_args(argv)
     logs.setup()
 
@@ -311,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Hardware: {describe_hardware()}. "
         f"Weights: {weights}; size {manifest['size']}. "
         "Triton: embedded tritonserver 2.51 (nvidia-pytriton 0.7.0), Python backend + onnxruntime fp32, "
-        "one instance per encoder."
+        f"{ns.target} rendering (instances and batching as model_repository/spec.py declares them)."
     )
     concurrencies = [int(c) for c in ns.concurrency.split(",")]
     started = time.perf_counter()
@@ -322,14 +334,21 @@ def main(argv: list[str] | None = None) -> int:
         work = ns.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vitrine-bench-")))
         work.mkdir(parents=True, exist_ok=True)
         names = [v.strip() for v in ns.variants.split(",")]
-        variants = {n: VARIANTS[n] for n in VARIANTS if n in names}
+        variants = {n: replace(VARIANTS[n], target=Target(ns.target)) for n in VARIANTS if n in names}
         wanted = {w.strip() for w in ns.workloads.split(",")}
         workloads = [w for w in WORKLOADS if w.key in wanted]
         total_runs = len(variants) * len(workloads) * len(concurrencies) * ns.rounds
+        own_before, wall_before, load_before = _own_cpu_s(), time.monotonic(), os.getloadavg()
         with tqdm(total=total_runs, desc="triton runs", disable=None) as progress:
             points = run_triton(
                 ns.artifacts, work, inputs, workloads, concurrencies, variants, ns.rounds, progress
             )
+        share = (_own_cpu_s() - own_before) / ((time.monotonic() - wall_before) * (os.cpu_count() or 1))
+        header += (
+            f" Load generator (this process's gRPC clients, Triton excluded): {100 * share:.0f}% of the "
+            f"machine's CPU over the served runs; 1-min load {load_before[0]:.2f} -> "
+            f"{os.getloadavg()[0]:.2f}."
+        )
 
     report = [header, "", "Served through Triton (closed loop; requests per point in the table):", ""]
     report.append(triton_table(points))

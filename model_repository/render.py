@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ INT8_FILE = "model.int8.onnx"
 class Precision(str, Enum):
     FP32 = "fp32"
     INT8 = "int8"  # dynamic int8 graphs, only where the export measured agreement and marked them servable
-    OPTIMIZED = "optimized"  # fp32 graphs with onnxruntime's transformer fusions, where validated (--optimize)
+    OPTIMIZED = "optimized"  # fp32 graphs fused by onnxruntime's transformer optimizer, where validated
 
 
 class RenderError(RuntimeError):
@@ -99,7 +99,7 @@ def _onnx_source(artifacts: Path, spec: ModelSpec, options: RenderOptions, manif
             return fp32.parent / str(fused["path"])
         log.warning(
             "no validated fused graph for this model; serving fp32",
-            extra={"model": spec.model.value, "reason": "export without --optimize, or its validation failed"},
+            extra={"model": spec.model.value, "reason": "export without --optimize, or validation failed"},
         )
     return fp32
 
@@ -107,6 +107,12 @@ def _onnx_source(artifacts: Path, spec: ModelSpec, options: RenderOptions, manif
 def render_repository(artifacts: Path, out: Path, options: RenderOptions | None = None) -> Path:
     """Render every model of the spec into ``out`` (created or refreshed in place) and return it."""
     options = options or RenderOptions()
+    if options.target is Target.GPU_EMBEDDED:
+        from model_repository.gpu_embedded import move_encoders_to_gpu
+
+        repository = render_repository(artifacts, out, replace(options, target=Target.CPU))
+        move_encoders_to_gpu(repository)
+        return repository
     artifacts = artifacts.resolve()
     manifest = load_manifest(artifacts)
     if options.precision is Precision.INT8 and not any(

@@ -38,6 +38,27 @@ def make_session(path: str | os.PathLike[str], threads: int = 0) -> ort.Inferenc
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+class DeviceUnavailable(RuntimeError):
+    """A GPU session where onnxruntime has no CUDA provider; the message says what to install."""
+
+
+def make_gpu_session(path: str | os.PathLike[str], device_id: int = 0) -> ort.InferenceSession:
+    """A CUDA session on one GPU (the Python-backend instance's device), for the GPU-embedded target.
+
+    Only ``onnxruntime-gpu`` has the CUDA provider; refusing plainly beats a silent CPU fallback that
+    would serve GPU traffic from two cores."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise DeviceUnavailable(
+            f"onnxruntime {ort.__version__} has no CUDA provider (available: "
+            f"{', '.join(ort.get_available_providers())}); "
+            "install onnxruntime-gpu for the gpu-embedded target"
+        )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
 @dataclass(frozen=True)
 class Result:
     """One request's outputs, or the message that explains why it could not run."""

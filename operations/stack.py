@@ -27,6 +27,7 @@ from model_repository.render import RenderOptions, render_repository
 from model_repository.server import Endpoints
 from operations.launcher import LaunchError
 from operations.servers import GatewayServer, IndexServer, TritonServer
+from vitrine.contracts import Target
 
 ENV_PREFIX = "VITRINE_STACK"
 
@@ -51,6 +52,13 @@ class StackConfig:
     triton_metrics_port: int = field(default=8002, metadata={"help": "Triton Prometheus port"})
     ingest_batch: int = field(default=32, metadata={"help": "products per upsert stream"})
     serve: bool = field(default=True, metadata={"help": "keep serving after the demo searches"})
+    device: str = field(
+        default="cpu",
+        metadata={
+            "help": "cpu, or gpu: encoders on the GPU through the wheel's tritonserver (gpu-embedded target, "
+            "needs onnxruntime-gpu); the index uses faiss-gpu wherever it is installed"
+        },
+    )
 
 
 def _say(message: str) -> None:
@@ -223,6 +231,7 @@ def main_stack(cfg: StackConfig) -> Stack:
         var,
         var / "artifacts",
         endpoints=Endpoints(cfg.triton_grpc_port, cfg.triton_http_port, cfg.triton_metrics_port),
+        render=RenderOptions(target=Target.GPU_EMBEDDED if cfg.device == "gpu" else Target.CPU),
         index=IndexServiceConfig(
             port=cfg.index_port, metrics_port=cfg.index_metrics_port, data_dir=str(var / "index")
         ),

@@ -94,6 +94,8 @@ class Target(str, Enum):
 
     CPU = "cpu"  # embedded tritonserver (nvidia-pytriton wheel), Python backend + onnxruntime
     GPU = "gpu"  # NVIDIA Triton container: onnxruntime backend with TensorRT fp16, KIND_GPU
+    GPU_EMBEDDED = "gpu-embedded"  # the wheel's tritonserver on a GPU host, no container: the CPU rendering
+    # with Python-backend encoders on KIND_GPU running onnxruntime-gpu (model_repository.gpu_embedded)
 
 
 class Weights(str, Enum):

@@ -1,118 +1,115 @@
 #!/usr/bin/env bash
-# The latency objective on a GPU host, one command: the stack comes up with the encoders on the GPU and the
-# index on the GPU where FAISS can, then the same load as the CPU figures runs against it.
+# GPU figures without a container or a registry, in one command that ends within ~10 minutes:
 #
 #   loadtest/gpu/run.sh            # or: make loadtest-gpu
 #
-# What it does:
-#   1. records the hardware (nvidia-smi, CPU) beside the results;
-#   2. installs the project (make venv protos) and, when pip has it, faiss-gpu in place of faiss-cpu;
-#   3. exports full-size models (real checkpoints when the hub is reachable, else architecture-identical
-#      random weights: the report says which), renders the model repository for the GPU target (native
-#      onnxruntime backend with the TensorRT fp16 accelerator, KIND_GPU) and serves it with NVIDIA's
-#      Triton container;
-#   4. starts the index service (device auto: GPU when FAISS reports one) and the gateway, generates and
-#      ingests the demo catalog;
-#   5. runs `python -m loadtest objective` (max text-search rate meeting p95 < 100 ms, re-rank 10 and 50 at
-#      fixed rates, per-stage means), and stops everything it started.
+# The embedded tritonserver of the nvidia-pytriton wheel is a CUDA build; the `gpu-embedded` rendering
+# keeps every model of the CPU default and moves the encoders to KIND_GPU, where they run their ONNX
+# graphs through onnxruntime-gpu. What it does:
+#   1. names the hardware (nvidia-smi, CPU) beside the results;
+#   2. installs onnxruntime-gpu and faiss-gpu from wheels carried in $WHEELS, if that folder exists
+#      (pip --no-index: nothing is downloaded), into the Python environment $PY;
+#   3. exports full-size towers (architecture-identical seeded random weights unless $SOURCE names a
+#      checkpoint directory: the report says which), unless $VAR/artifacts already holds an export;
+#   4. benchmarks.triton on the gpu-embedded repository: text, image and re-rank-50 throughput, p50, p95
+#      at a few concurrencies;
+#   5. `vitrine up --device gpu` (index on the GPU where faiss-gpu is installed) over a demo catalog, then
+#      the light open-loop generator at a few rates: gateway text search p50/p95/p99, the gateway's own
+#      histograms, the generator's CPU;
+#   6. stops everything it started. Results: $OUT/gpu.md (and the raw JSON beside it).
 #
-# Needs: an NVIDIA driver, docker with the NVIDIA container toolkit, Python 3.10-3.12, make.
-# Settings (environment): VAR (work directory, default var-gpu), TRITON_IMAGE, SOURCE (export source),
-# PRODUCTS, RERANK_RATES, STEP_S, START_RATE, MAX_RATE.
+# Settings (environment): VAR (default var-gpu), PY (default .venv/bin/python, else python3), WHEELS,
+# SOURCE (default random), PRODUCTS (default 500), RATES (default 50,100,200,400), STEP_S (default 20).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 VAR=${VAR:-var-gpu}
-# Triton 2.51, the server version the embedded CPU default ships, as NVIDIA's container.
-TRITON_IMAGE=${TRITON_IMAGE:-nvcr.io/nvidia/tritonserver:24.10-py3}
-SOURCE=${SOURCE:-auto}
-PRODUCTS=${PRODUCTS:-2000}
-RERANK_RATES=${RERANK_RATES:-5,10,20}
-STEP_S=${STEP_S:-60}
-START_RATE=${START_RATE:-5}
-MAX_RATE=${MAX_RATE:-2000}
-PY=.venv/bin/python
-OUT="$VAR/loadtest/objective"
-CONTAINER=vitrine-triton-gpu
-PIDS=()
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+WHEELS=${WHEELS:-loadtest/gpu/wheels}
+SOURCE=${SOURCE:-random}
+PRODUCTS=${PRODUCTS:-500}
+RATES=${RATES:-50,100,200,400}
+STEP_S=${STEP_S:-20}
+OUT=${OUT:-$VAR/gpu}
+export PIP_NO_INDEX=1 PYTHONUNBUFFERED=1  # never reach a registry from here
+UP_PID=""
 
 die() { echo "loadtest/gpu/run.sh: $*" >&2; exit 2; }
-say() { echo "[gpu] $*" >&2; }
+say() { echo "[gpu $(date +%T)] $*" >&2; }
 
 command -v nvidia-smi >/dev/null || die "nvidia-smi not found: this script is for a GPU host"
 nvidia-smi -L >/dev/null || die "nvidia-smi cannot see a GPU"
-command -v docker >/dev/null || die "docker not found: Triton's GPU build runs from NVIDIA's container"
-docker info >/dev/null 2>&1 || die "docker is not usable by this user"
+"$PY" -c "import tritonclient, onnxruntime, faiss" 2>/dev/null \
+  || die "$PY lacks the project's packages: run it with PY=<a Python where \`pip install -e .[loadtest]\` was done>"
 
 mkdir -p "$OUT" "$VAR/logs"
-{
-  nvidia-smi
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  lscpu
-} >"$OUT/hardware.txt" 2>&1
+{ nvidia-smi; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; lscpu; } >"$OUT/hardware.txt" 2>&1
 
 cleanup() {
   set +e
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-  docker rm -f "$CONTAINER" >/dev/null 2>&1
+  if [ -n "$UP_PID" ]; then kill -TERM "$UP_PID" 2>/dev/null; wait "$UP_PID" 2>/dev/null; fi
 }
 trap cleanup EXIT INT TERM
 
-wait_for() {  # wait_for <what> <seconds> <command...>: poll a readiness probe until it passes or time runs out
-  local what=$1 limit=$2; shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "$what not ready within ${limit}s (logs: $VAR/logs)"
-    sleep 1
-  done
-}
-
-say "installing the project"
-make venv protos
-if "$PY" -m pip install -q faiss-gpu-cu12 2>"$VAR/logs/faiss-gpu.txt"; then
-  "$PY" -m pip uninstall -q -y faiss-cpu || true
-  "$PY" -m pip install -q --force-reinstall --no-deps faiss-gpu-cu12
+if [ -d "$WHEELS" ]; then
+  say "installing carried wheels from $WHEELS (no index)"
+  "$PY" -m pip install -q --no-index --find-links "$WHEELS" "$WHEELS"/*.whl >"$VAR/logs/wheels.txt" 2>&1 \
+    || say "some carried wheels did not install: see $VAR/logs/wheels.txt"
 fi
-say "FAISS GPUs: $("$PY" -c 'import faiss; print(faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0)')"
+"$PY" - <<'EOF' | tee "$OUT/providers.txt" >&2
+import faiss, onnxruntime as ort
+print("onnxruntime", ort.__version__, "providers:", ", ".join(ort.get_available_providers()))
+print("faiss GPUs:", faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0)
+if "CUDAExecutionProvider" not in ort.get_available_providers():
+    raise SystemExit("no CUDA provider: put an onnxruntime-gpu wheel in $WHEELS (see this script's header)")
+EOF
 
-say "exporting full-size models (source: $SOURCE) and rendering the GPU model repository"
-[ -f "$VAR/artifacts/manifest.json" ] || "$PY" -m export --out "$VAR/artifacts" --source "$SOURCE" --size full
-rm -rf "$VAR/model_repository"
-"$PY" -m model_repository render --artifacts "$VAR/artifacts" --out "$VAR/model_repository" --target gpu
+if [ ! -f "$VAR/artifacts/manifest.json" ]; then
+  say "exporting full-size towers (source: $SOURCE)"
+  timeout 300 "$PY" -m export --out "$VAR/artifacts" --source "$SOURCE" --size full
+fi
 
-say "starting Triton ($TRITON_IMAGE) on the GPU"
-# The Python-backend pre-processing models import this project's code and its tokenizer/image packages.
-docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
-docker run -d --name "$CONTAINER" --gpus all --shm-size 1g --network host \
-  -v "$PWD/$VAR/model_repository:/models:ro" -v "$PWD:/src:ro" -e PYTHONPATH=/src "$TRITON_IMAGE" \
-  bash -c "pip install -q 'numpy<2' pillow tokenizers && exec tritonserver --model-repository=/models \
-    --grpc-port=8001 --http-port=8000 --metrics-port=8002 --metrics-config=summary_latencies=true \
-    --allow-gpu-metrics=true --allow-cpu-metrics=true" >/dev/null
-wait_for "Triton" 900 curl -sf http://127.0.0.1:8000/v2/health/ready
-docker logs "$CONTAINER" >"$VAR/logs/tritonserver.log" 2>&1 || true
+say "text, image and re-rank throughput through Triton (gpu-embedded)"
+timeout 240 "$PY" -m benchmarks.triton --artifacts "$VAR/artifacts" --target gpu-embedded --skip-engines \
+  --variants on --concurrency 1,8,32 --rounds 1 --json "$OUT/triton.json" | tee "$OUT/triton.md"
 
-say "starting the index service and the gateway"
-"$PY" -m index_service --port 50051 --metrics-port 9102 --data-dir "$VAR/index" --device auto \
-  >"$VAR/logs/index.log" 2>&1 &
-PIDS+=($!)
-"$PY" -m gateway --port 50050 --metrics-port 9101 --triton-url 127.0.0.1:8001 --index-address 127.0.0.1:50051 \
-  >"$VAR/logs/gateway.log" 2>&1 &
-PIDS+=($!)
-wait_for "gateway" 300 "$PY" -c "
+say "the stack on the GPU (vitrine up --device gpu, $PRODUCTS products)"
+"$PY" -m operations.cli up --var "$VAR" --device gpu --products "$PRODUCTS" >"$VAR/logs/up.log" 2>&1 &
+UP_PID=$!
+deadline=$((SECONDS + 240))
+until grep -q "serving" "$VAR/logs/up.log" 2>/dev/null && "$PY" -c "
 import grpc, sys
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 with grpc.insecure_channel('127.0.0.1:50050') as ch:
     r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
-sys.exit(0 if r.status == health_pb2.HealthCheckResponse.SERVING else 1)"
+sys.exit(0 if r.status == health_pb2.HealthCheckResponse.SERVING else 1)" 2>/dev/null; do
+  kill -0 "$UP_PID" 2>/dev/null || die "vitrine up exited; see $VAR/logs/up.log"
+  ((SECONDS < deadline)) || die "the stack was not serving within 240 s; see $VAR/logs/up.log"
+  sleep 2
+done
 
-say "generating and ingesting the demo catalog ($PRODUCTS products)"
-[ -f "$VAR/catalog/catalog.jsonl" ] || .venv/bin/vitrine catalog generate --n "$PRODUCTS" --out "$VAR/catalog"
-.venv/bin/vitrine ingest "$VAR/catalog/catalog.jsonl" --quiet
+say "gateway text search at $RATES req/s (open loop, ${STEP_S}s each)"
+for rate in ${RATES//,/ }; do
+  timeout $((STEP_S + 60)) "$PY" -m loadtest openloop --gateway 127.0.0.1:50050 --rate "$rate" \
+    --duration-s "$STEP_S" --mix text=1 --catalog "$VAR/catalog/catalog.jsonl" --artifacts "$VAR/artifacts" \
+    --gateway-metrics http://127.0.0.1:9101/metrics --out "$OUT/openloop-$rate" | tee -a "$OUT/openloop.txt" || true
+done
 
-say "running the objective measurement (${STEP_S}s per step)"
-"$PY" -m loadtest objective --gateway 127.0.0.1:50050 --catalog "$VAR/catalog/catalog.jsonl" \
-  --artifacts "$VAR/artifacts" --duration-s "$STEP_S" --rerank-duration-s "$STEP_S" \
-  --start-rate "$START_RATE" --max-rate "$MAX_RATE" --max-steps 12 --rerank-rates "$RERANK_RATES" \
-  --rerank-interval-s 1 --out "$OUT" | tee "$OUT/console.txt"
-say "done: $OUT/objective.md (hardware in $OUT/hardware.txt)"
+"$PY" - "$OUT" <<'EOF' | tee "$OUT/gpu.md"
+import json, sys
+from pathlib import Path
+from benchmarks.report import describe_hardware, table
+out = Path(sys.argv[1])
+print(f"Hardware: {describe_hardware()}; target gpu-embedded (wheel tritonserver, onnxruntime-gpu).\n")
+print((out / "triton.md").read_text())
+rows = []
+for summary in sorted(out.glob("openloop-*/summary.json"), key=lambda p: float(p.parent.name.split("-")[1])):
+    r = json.loads(summary.read_text())
+    s, server = r["verdict"]["stats"], r.get("server", {}).get("method:Search", {})
+    rows.append([f"{r['rate']:g}", f"{s['rps']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}",
+                 f"{s['p99_ms']:.1f}", f"{100 * s['error_rate']:.2f}%", f"{server.get('p95_ms', float('nan')):.1f}",
+                 f"{100 * r['cpu']['generator_share']:.0f}%"])
+print("\n".join(table(["offered req/s", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors",
+                       "gateway-side p95 ms", "generator CPU"], rows, "rrrrrrrr")))
+EOF
+say "done: $OUT/gpu.md"

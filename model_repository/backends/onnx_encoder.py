@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from model_repository.runtime import LengthSorting, make_session, run_batched
+from model_repository.runtime import LengthSorting, make_gpu_session, make_session, run_batched
 from vitrine.contracts import Tensor
 
 
@@ -25,7 +25,10 @@ class TritonPythonModel:
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         path = os.path.join(args["model_repository"], args["model_version"], params["onnx_file"])
-        self.session = make_session(path, threads=int(params.get("intra_op_threads", "0")))
+        if params.get("device") == "cuda":  # the gpu-embedded target (model_repository.gpu_embedded)
+            self.session = make_gpu_session(path, int(args.get("model_instance_device_id", "0")))
+        else:
+            self.session = make_session(path, threads=int(params.get("intra_op_threads", "0")))
         rows = int(params.get("length_sorted_rows", "0"))
         # Set on the cross-encoder: its pairs run in length-sorted sub-batches of this many rows.
         self.sorting = LengthSorting(Tensor.ATTENTION_MASK.value, rows) if rows > 0 else None

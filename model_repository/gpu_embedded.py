@@ -1,0 +1,44 @@
+"""The GPU target without a container: the embedded tritonserver's CPU rendering, encoders moved to the GPU.
+
+The ``tritonserver`` inside the ``nvidia-pytriton`` wheel is a CUDA build, but it carries no onnxruntime
+or TensorRT backend, so on a GPU host without Docker the encoders stay Python-backend models (the same
+``onnx_encoder.py``) and run their graphs through onnxruntime's CUDA provider (``onnxruntime-gpu``).
+Everything else (tokenizers, image pre-processing, ensembles, versions) is exactly the CPU rendering;
+this module only rewrites each encoder's instance group, batching delay and device parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from model_repository.spec import SPEC_BY_MODEL, Role
+from vitrine.contracts import Target
+
+DEVICE_PARAMETER = "device"
+"""Encoder parameter: ``cuda`` makes ``onnx_encoder.py`` open a CUDA session on its instance's GPU."""
+
+
+def move_encoders_to_gpu(repository: Path) -> list[str]:
+    """Rewrite every encoder's ``config.pbtxt`` under ``repository`` for the GPU; returns their names."""
+    moved = []
+    for config_path in sorted(repository.glob("*/config.pbtxt")):
+        config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
+        spec = next((s for m, s in SPEC_BY_MODEL.items() if m.value == config.name), None)
+        if spec is None or spec.role is not Role.ENCODER or config.backend != "python":
+            continue
+        del config.instance_group[:]
+        config.instance_group.add(
+            kind=mc.ModelInstanceGroup.KIND_GPU, count=spec.instances.get(Target.GPU, 1)
+        )
+        if spec.batching is not None and config.HasField("dynamic_batching"):
+            config.dynamic_batching.max_queue_delay_microseconds = spec.batching.delay_us(Target.GPU)
+        # Thread counts size CPU sessions; a CUDA session's work is on the device.
+        if "intra_op_threads" in config.parameters:
+            del config.parameters["intra_op_threads"]
+        config.parameters[DEVICE_PARAMETER].string_value = "cuda"
+        config_path.write_text(str(text_format.MessageToString(config)))
+        moved.append(config.name)
+    return moved
