@@ -176,7 +176,7 @@ def _run_entry(result: Any) -> dict[str, Any]:
         "best_epoch": result.best_epoch,
         "val": round(result.val_metric, 4),
         "train_seconds": round(result.seconds, 2),
-        "logit_scale": round(float(result.model.scale()), 3),
+        "logit_scale": round(float(result.model.scale().detach()), 3),
         "history": result.history,
     }
 
