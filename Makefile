@@ -60,7 +60,7 @@ browser: ## install Debian's chromium and chromium-driver for the page test (nee
 lint: venv protos ## ruff (format check + lint) and mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy vitrine export model_repository index_service gateway loadtest demo operations benchmarks
+	$(VENV)/bin/mypy vitrine export model_repository index_service gateway loadtest recommend demo operations benchmarks
 
 .PHONY: fmt
 fmt: venv ## format and autofix

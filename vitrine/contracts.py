@@ -65,6 +65,9 @@ class Model(str, Enum):
     CROSS_ENCODER = "cross_encoder"
     RERANK = "rerank"
 
+    # recommendations: rendered only when a recommender was trained (its artifacts are their own directory)
+    USER_TOWER = "user_tower"
+
 
 class Tensor(str, Enum):
     """Tensor names, shared by ONNX graphs, configs and clients."""
@@ -87,6 +90,21 @@ class Tensor(str, Enum):
     PASSAGES = "PASSAGES"  # BYTES [n]
     SCORES = "SCORES"  # FP32 [n]: cross-encoder logits, higher is more relevant
     LOGITS = "logits"  # FP32 [1] per pair, the cross-encoder head's raw output
+
+    # user_tower: a shopper's last MAX_HISTORY events -> one vector in the index's rec space
+    HISTORY = "HISTORY"  # FP32 [MAX_HISTORY, REC_DIM]: rec-space vectors of the items, newest first, 0-padded
+    EVENT_TYPES = "EVENT_TYPES"  # INT64 [MAX_HISTORY]: vitrine.events.EVENT_CODE, 0 = padding
+    AGE_HOURS = "AGE_HOURS"  # FP32 [MAX_HISTORY]: hours between each event and the request
+    USER_EMBEDDING = "USER_EMBEDDING"  # FP32 [REC_DIM], L2-normalised
+
+    # item_tower (offline): content and attributes -> rec-space vector
+    CONTENT = "content"  # FP32 [2 * EMBED_DIM]: the product's image and title vectors
+    CATEGORY = "category"  # INT64 [1] vocabulary ids (the trained model's manifest holds the vocabularies)
+    BRAND = "brand"
+    COLOR = "color"
+    PRICE_BUCKET = "price_bucket"
+    ITEM_INDEX = "item_index"  # INT64 [1]: the id embedding's row
+    ITEM_EMBEDDING = "ITEM_EMBEDDING"  # FP32 [REC_DIM], L2-normalised
 
 
 class Target(str, Enum):
@@ -167,3 +185,25 @@ RERANK_IO = EnsembleIO(
     max_batch_size=0,
 )
 ENSEMBLES = (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO)
+
+REC_DIM = 64
+"""Width of the recommendation space (user and item tower outputs; the index's ``rec.<version>`` spaces)."""
+
+ITEM_TOWER = "item_tower"
+"""Artifact name of the item tower's ONNX graph; it runs offline (its vectors live in the index), not on
+Triton, so it is not a ``Model``."""
+
+REC_HISTORY = 20
+"""Events the user tower reads (``vitrine.events.MAX_HISTORY`` is the same number)."""
+
+USER_TOWER_IO = EnsembleIO(
+    Model.USER_TOWER,
+    (
+        TensorSpec(Tensor.HISTORY, "FP32", (REC_HISTORY, REC_DIM)),
+        TensorSpec(Tensor.EVENT_TYPES, "INT64", (REC_HISTORY,)),
+        TensorSpec(Tensor.AGE_HOURS, "FP32", (REC_HISTORY,)),
+    ),
+    (TensorSpec(Tensor.USER_EMBEDDING, "FP32", (REC_DIM,)),),
+    max_batch_size=64,
+)
+"""Served directly (no ensemble around it): the gateway sends padded histories, Triton batches them."""

@@ -1,0 +1,219 @@
+"""``vitrine recommend eval``: the two-tower against three baselines on the same held-out sessions.
+
+Every method ranks the whole catalog for each test case (the user's last session; see
+``recommend.data``), items the user had already touched removed, as Recommend removes them. Metrics at 10:
+HitRate (a target in the list), NDCG (binary gain, ideal = min(targets, 10)), MRR (first target's
+reciprocal rank within the top 100, else 0), coverage (share of the catalog recommended to anyone),
+intra-list diversity (share of pairs in a list from different leaf categories) and novelty (mean
+``-log2`` of an item's share of training users; higher = less mainstream). 95% intervals: percentile
+bootstrap over users (1,000 resamples, seeded); coverage is a property of the whole set and has none.
+
+Baselines, all learning from the same training events:
+- popularity: training events weighted by type, same list for everyone;
+- co-visitation item-kNN: items sharing sessions with the user's history (type-weighted, recency-decayed);
+- content-only: cosine to the mean of the history's CLIP image and title vectors (no behaviour at all).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from recommend.data import Case, Split
+from recommend.items import ItemTable
+from vitrine.events import EVENT_WEIGHT, Event
+
+K = 10
+MRR_DEPTH = 100
+
+
+def rank_lists(scores: np.ndarray, cases: Sequence[Case], k: int = MRR_DEPTH) -> np.ndarray:
+    """Top ``k`` item rows per case, seen items excluded."""
+    scores = scores.astype(np.float64, copy=True)
+    for i, c in enumerate(cases):
+        if c.seen:
+            scores[i, list(c.seen)] = -np.inf
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(scores, part, axis=1).argsort(axis=1)[:, ::-1]
+    return np.take_along_axis(part, order, axis=1)
+
+
+def ranking_metrics(lists: np.ndarray, cases: Sequence[Case], k: int = K) -> dict[str, np.ndarray]:
+    hit, ndcg, mrr = [], [], []
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    for row, c in zip(lists, cases, strict=True):
+        rel = np.asarray([1.0 if int(i) in c.targets else 0.0 for i in row])
+        hit.append(float(rel[:k].any()))
+        ideal = discounts[: min(len(c.targets), k)].sum()
+        ndcg.append(float((rel[:k] * discounts[: len(rel[:k])]).sum() / ideal))
+        first = np.flatnonzero(rel)
+        mrr.append(1.0 / (first[0] + 1) if len(first) else 0.0)
+    return {"hit": np.asarray(hit), "ndcg": np.asarray(ndcg), "mrr": np.asarray(mrr)}
+
+
+def _diversity(top: np.ndarray, table: ItemTable) -> np.ndarray:
+    out = []
+    for row in top:
+        leaves = [table.leaves[int(i)] for i in row]
+        pairs = [(a, b) for i, a in enumerate(leaves) for b in leaves[i + 1 :]]
+        out.append(sum(a != b for a, b in pairs) / len(pairs) if pairs else 0.0)
+    return np.asarray(out)
+
+
+def _novelty(top: np.ndarray, share: np.ndarray) -> np.ndarray:
+    return np.asarray([float(np.mean(-np.log2(share[row]))) for row in top])
+
+
+def bootstrap(values: np.ndarray, seed: int = 0, n: int = 1000) -> tuple[float, float]:
+    if len(values) == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarise(
+    lists: np.ndarray, cases: Sequence[Case], table: ItemTable, share: np.ndarray
+) -> dict[str, Any]:
+    m = ranking_metrics(lists, cases)
+    top = lists[:, :K]
+    per_user = {
+        "hitrate@10": m["hit"],
+        "ndcg@10": m["ndcg"],
+        "mrr": m["mrr"],
+        "diversity": _diversity(top, table),
+        "novelty": _novelty(top, share),
+    }
+    out: dict[str, Any] = {
+        name: {"mean": float(v.mean()), "ci95": bootstrap(v)} for name, v in per_user.items()
+    }
+    out["coverage"] = {"mean": len(np.unique(top)) / len(table), "ci95": None}
+    out["_ndcg_per_user"] = m["ndcg"]
+    return out
+
+
+# ---- methods: each returns [cases, items] scores ---------------------------------------------------------
+
+
+def popularity_scores(train_events: Sequence[Event], table: ItemTable, cases: Sequence[Case]) -> np.ndarray:
+    index = table.index
+    pop = np.zeros(len(table))
+    for e in train_events:
+        if e.item_id in index:
+            pop[index[e.item_id]] += EVENT_WEIGHT[e.type]
+    return np.tile(pop, (len(cases), 1))
+
+
+def covisit_scores(train_events: Sequence[Event], table: ItemTable, cases: Sequence[Case]) -> np.ndarray:
+    index = table.index
+    sessions: dict[str, dict[int, float]] = defaultdict(dict)
+    for e in train_events:
+        if e.item_id in index:
+            s = sessions[e.session_id or e.user_id]
+            row = index[e.item_id]
+            s[row] = max(s.get(row, 0.0), EVENT_WEIGHT[e.type])
+    covis = np.zeros((len(table), len(table)), dtype=np.float32)
+    for items in sessions.values():
+        rows = np.fromiter(items, dtype=np.int64)
+        w = np.fromiter(items.values(), dtype=np.float32)
+        covis[np.ix_(rows, rows)] += np.outer(w, w) / max(1.0, math.log2(1 + len(rows)))
+    np.fill_diagonal(covis, 0.0)
+    pop = popularity_scores(train_events, table, cases[:1])[0] if cases else np.zeros(len(table))
+    out = np.zeros((len(cases), len(table)), dtype=np.float64)
+    for i, c in enumerate(cases):
+        recency = np.exp(-c.history.ages / (24.0 * 7))
+        weight = recency * np.asarray([EVENT_WEIGHT_BY_CODE[int(t)] for t in c.history.types])
+        out[i] = weight @ covis[c.history.items]
+    return out + 1e-6 * pop / max(pop.max(), 1.0)  # popularity breaks ties (and fills empty rows)
+
+
+def content_scores(table: ItemTable, cases: Sequence[Case]) -> np.ndarray:
+    norm = table.content / np.maximum(np.linalg.norm(table.content, axis=1, keepdims=True), 1e-12)
+    users = (
+        np.stack([norm[c.history.items].mean(axis=0) for c in cases])
+        if cases
+        else np.zeros((0, norm.shape[1]))
+    )
+    return users @ norm.T
+
+
+def evaluate_model(model: Any, table: ItemTable, cases: Sequence[Case]) -> dict[str, float]:
+    """The two-tower's headline figures (for the training manifest)."""
+    from recommend.train import score_cases
+
+    if not cases:
+        return {}
+    m = ranking_metrics(rank_lists(score_cases(model, table, list(cases)), cases), cases)
+    return {
+        "hitrate@10": float(m["hit"].mean()),
+        "ndcg@10": float(m["ndcg"].mean()),
+        "mrr": float(m["mrr"].mean()),
+    }
+
+
+def compare(model: Any, table: ItemTable, data: Split) -> dict[str, dict[str, Any]]:
+    """Every method on ``data.test``; keys in table order."""
+    from recommend.train import score_cases
+
+    cases = data.test
+    users_per_item = np.zeros(len(table))
+    index = table.index
+    for item, users in _users_per_item(data.train_events).items():
+        if item in index:
+            users_per_item[index[item]] = users
+    n_users = max(1, len({e.user_id for e in data.train_events}))
+    share = (users_per_item + 1.0) / (n_users + 1.0)
+    methods: dict[str, Callable[[], np.ndarray]] = {
+        "popularity": lambda: popularity_scores(data.train_events, table, cases),
+        "co-visitation item-kNN": lambda: covisit_scores(data.train_events, table, cases),
+        "content-only (mean of history CLIP vectors)": lambda: content_scores(table, cases),
+        "two-tower": lambda: score_cases(model, table, list(cases)),
+    }
+    return {name: summarise(rank_lists(fn(), cases), cases, table, share) for name, fn in methods.items()}
+
+
+def _users_per_item(events: Sequence[Event]) -> dict[str, int]:
+    users: dict[str, set[str]] = defaultdict(set)
+    for e in events:
+        users[e.item_id].add(e.user_id)
+    return {k: len(v) for k, v in users.items()}
+
+
+EVENT_WEIGHT_BY_CODE = {0: 0.0, **{i + 1: w for i, w in enumerate(EVENT_WEIGHT.values())}}
+
+
+def paired_gain(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """Mean per-user difference a - b with its bootstrap interval (same users, paired)."""
+    d = a - b
+    return float(d.mean()), bootstrap(d, seed)
+
+
+def render_table(results: dict[str, dict[str, Any]]) -> str:
+    def cell(m: dict[str, Any]) -> str:
+        if m["ci95"] is None:
+            return f"{m['mean']:.3f}"
+        lo, hi = m["ci95"]
+        return f"{m['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    cols = ["hitrate@10", "ndcg@10", "mrr", "coverage", "diversity", "novelty"]
+    lines = [
+        "| method | HitRate@10 | NDCG@10 | MRR | coverage | intra-list diversity | novelty |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in results.items():
+        lines.append(f"| {name} | " + " | ".join(cell(m[c]) for c in cols) + " |")
+    tower = results.get("two-tower")
+    if tower is not None:
+        for name, m in results.items():
+            if name == "two-tower":
+                continue
+            gain, (lo, hi) = paired_gain(tower["_ndcg_per_user"], m["_ndcg_per_user"])
+            base = m["ndcg@10"]["mean"]
+            ratio = f"{tower['ndcg@10']['mean'] / base:.2f}x" if base > 0 else "n/a"
+            lines.append(f"\ntwo-tower vs {name}: NDCG@10 {gain:+.3f} [{lo:+.3f}, {hi:+.3f}] ({ratio})")
+    return "\n".join(lines)
