@@ -16,7 +16,16 @@ import numpy as np
 from gateway.errors import Dependency, GatewayError, InvalidInput, from_dependency
 from vitrine import images
 from vitrine import triton as triton_request
-from vitrine.contracts import EMBED_DIM, EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, EnsembleIO, Tensor
+from vitrine.contracts import (
+    EMBED_DIM,
+    EMBED_IMAGE_IO,
+    EMBED_TEXT_IO,
+    REC_DIM,
+    RERANK_IO,
+    USER_TOWER_IO,
+    EnsembleIO,
+    Tensor,
+)
 
 # A dependency that restarts should be found again within a couple of seconds, not after gRPC's default
 # reconnect backoff (which grows to two minutes).
@@ -55,13 +64,14 @@ class TritonModels:
         return True
 
     async def _infer(
-        self, io: EnsembleIO, values: dict[Tensor, Sequence[Any]], timeout: float | None
+        self, io: EnsembleIO, values: dict[Tensor, Any], timeout: float | None, version: str = ""
     ) -> dict[Tensor, np.ndarray]:
         """One request built from the ensemble's contract (batch axis and dtypes are declared, not probed)."""
         try:
             result = await self.client.infer(
                 io.model.value,
                 triton_request.inputs(io, values),
+                model_version=version,
                 outputs=triton_request.outputs(io),
                 client_timeout=timeout,
             )
@@ -90,6 +100,44 @@ class TritonModels:
     async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray:
         res = await self._infer(RERANK_IO, {Tensor.QUERY: [query], Tensor.PASSAGES: list(passages)}, timeout)
         return res[Tensor.SCORES].astype(np.float32).reshape(len(passages))
+
+    async def user_tower_version(self, timeout: float | None) -> int:
+        """The newest ``user_tower`` version Triton serves; 0 when no recommender is deployed (a missing
+        model is not an outage: recommendations fall back to trending)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            meta = await self.client.get_model_metadata(USER_TOWER_IO.model.value, client_timeout=timeout)
+        except InferenceServerException:
+            return 0
+        except Exception as exc:
+            raise from_dependency(Dependency.TRITON, exc) from exc
+        return max((int(v) for v in meta.versions if str(v).isdigit()), default=0)
+
+    async def embed_user(
+        self, version: int, history: np.ndarray, types: np.ndarray, ages: np.ndarray, timeout: float | None
+    ) -> np.ndarray:
+        res = await self._infer(
+            USER_TOWER_IO,
+            {Tensor.HISTORY: history, Tensor.EVENT_TYPES: types, Tensor.AGE_HOURS: ages},
+            timeout,
+            version=str(version),
+        )
+        return res[Tensor.USER_EMBEDDING].astype(np.float32).reshape(REC_DIM)
+
+
+class PinnedEmbedder:
+    """The pipeline's ``Embedder`` for one encoder version: Triton's ensembles pinned to it."""
+
+    def __init__(self, models: TritonModels, version: int) -> None:
+        self.models = models
+        self.version = version
+
+    async def embed_text(self, text: str, timeout: float | None) -> tuple[np.ndarray, bool]:
+        return await self.models.embed_text(text, timeout, self.version)
+
+    async def embed_image(self, image: bytes, timeout: float | None) -> np.ndarray:
+        return await self.models.embed_image(image, timeout, self.version)
 
 
 def check_image_header(image: bytes) -> None:

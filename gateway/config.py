@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.pipeline import PipelineSettings
+from gateway.recommend import RecommendSettings
 
 ENV_PREFIX = "VITRINE_GATEWAY"
 DEFAULT_PORT = 50050
@@ -19,6 +20,8 @@ class GatewayConfig:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     """Search settings (collection, text match, fusion, filterable attributes): their flags are the
     gateway's flags, declared once in ``PipelineSettings``."""
+    recommend: RecommendSettings = field(default_factory=RecommendSettings)
+    """Events store and recommendation settings (``gateway.recommend``); their flags are the gateway's."""
     index_kind: str = field(
         default="flat", metadata={"help": "index of new collections: flat, hnsw, ivf_flat"}
     )

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import mimetypes
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -42,8 +42,10 @@ from gateway.auth import ApiKeys
 from gateway.auth import Scope as KeyScope
 from gateway.config import GatewayConfig
 from gateway.errors import HTTP_STATUS, InvalidInput, NotFound, bounded
+from gateway.events import EventIngest, parse_event
 from gateway.messages import product_from_pb
 from gateway.pipeline import FieldFilter, Hit, Pipeline, SearchQuery
+from gateway.recommend import Recommender, recommend_query
 from gateway.requests import (
     DEFAULT_IMAGE_WEIGHT,
     CallGate,
@@ -67,6 +69,10 @@ _PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; s
 
 
 # ---- wire models ---------------------------------------------------------------------------------------
+
+
+MAX_EVENTS = 1000
+"""Events one POST /v1/events may carry (gRPC streams have no limit)."""
 
 
 class _Strict(BaseModel):
@@ -178,6 +184,44 @@ class UpsertOut(BaseModel):
 class DeleteOut(BaseModel):
     deleted: int
     not_found: list[str]
+
+
+class EventIn(_Strict):
+    event_id: str = Field(description="client-chosen, unique: recording it twice stores it once")
+    user_id: str
+    session_id: str = ""
+    item_id: str = Field(description="a stored product's id")
+    type: str = Field(description="view, click, favorite, cart, contact or purchase")
+    ts: float = Field(default=0.0, description="Unix seconds; 0 = when the gateway receives it")
+    device: str = ""
+    query: str = ""
+
+
+class EventsIn(_Strict):
+    events: list[EventIn] = Field(max_length=MAX_EVENTS)
+
+
+class EventErrorOut(BaseModel):
+    index: int
+    event_id: str
+    code: str
+    message: str
+
+
+class EventsOut(BaseModel):
+    recorded: int
+    errors: list[EventErrorOut]
+
+
+class RecommendationOut(HitOut):
+    reason: str = Field(description='why it is recommended, e.g. "because you viewed ..."')
+
+
+class RecommendOut(BaseModel):
+    hits: list[RecommendationOut]
+    strategy: str = Field(description="personal, session (context item neighbours) or trending")
+    model_version: int
+    timings: list[StageTimingOut]
 
 
 class HealthOut(BaseModel):
@@ -350,6 +394,8 @@ def create_app(
     pipeline: Pipeline,
     gate: CallGate,
     health: Callable[[], Mapping[str, bool]],
+    recommender: Recommender | None = None,
+    event_ingest: EventIngest | None = None,
 ) -> FastAPI:
     roots = tuple(Path(r) for r in config.image_roots)
     timeout = config.default_timeout_s
@@ -526,6 +572,61 @@ def create_app(
             return FileResponse(path, media_type=mime, headers={"x-content-type-options": "nosniff"})
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @writes.post("/events", response_model=EventsOut, summary="Record shopper events (idempotent by id)")
+    async def record_events(body: EventsIn) -> EventsOut:
+        async with gate.call("RecordEvents"):
+            if event_ingest is None:
+                raise Failure(grpc.StatusCode.UNIMPLEMENTED, "this gateway records no events")
+
+            async def events() -> AsyncIterator[Any]:
+                for e in body.events:
+                    yield parse_event(**e.model_dump())
+
+            recorded, rejected = await event_ingest.record(events(), lambda: timeout)
+            return EventsOut(
+                recorded=recorded,
+                errors=[
+                    EventErrorOut(index=r.index, event_id=r.event_id, code=r.code, message=r.message)
+                    for r in rejected
+                ],
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @api.get("/recommendations", response_model=RecommendOut, summary="Recommendations for a shopper")
+    async def recommendations(
+        user_id: str = "",
+        top_k: int | None = None,
+        context_item_id: str = "",
+        exclude_seen: bool = True,
+        diversity: float | None = None,
+        filters: Annotated[str, Query(description="JSON array of filters, as in /v1/search")] = "",
+    ) -> RecommendOut:
+        async with gate.call("Recommend"):
+            if recommender is None:
+                raise Failure(grpc.StatusCode.UNIMPLEMENTED, "this gateway serves no recommendations")
+            query = recommend_query(
+                user_id=user_id,
+                top_k=top_k,
+                context_item=context_item_id,
+                filters=_parse_filters(filters),
+                exclude_seen=exclude_seen,
+                diversity=diversity,
+            )
+            result = await recommender.recommend(query, timeout)
+            gate.observe(result.timings)
+            return RecommendOut(
+                hits=[
+                    RecommendationOut(
+                        product=product_out(r.product), retrieval_score=r.score, reason=r.reason
+                    )
+                    for r in result.items
+                ],
+                strategy=result.strategy,
+                model_version=result.model_version,
+                timings=timings_out(result.timings),
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
     app.include_router(api)
     app.include_router(writes)
 
@@ -639,9 +740,11 @@ class HttpServer:
         pipeline: Pipeline,
         gate: CallGate,
         health: Callable[[], Mapping[str, bool]],
+        recommender: Recommender | None = None,
+        event_ingest: EventIngest | None = None,
     ) -> None:
         self.config = config
-        self.app = create_app(config, pipeline, gate, health)
+        self.app = create_app(config, pipeline, gate, health, recommender, event_ingest)
         self.port: int | None = None
         self._server: Any = None
         self._task: asyncio.Task[None] | None = None

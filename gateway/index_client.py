@@ -99,11 +99,11 @@ class IndexRetriever:
         ]
 
     async def get(
-        self, ids: Sequence[str], timeout: float | None
+        self, ids: Sequence[str], timeout: float | None, include_vectors: bool = True
     ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]:
         resp = await self._call(
             self.stub.Get,
-            ipb.GetRequest(collection=self.collection, ids=list(ids), include_vectors=True),
+            ipb.GetRequest(collection=self.collection, ids=list(ids), include_vectors=include_vectors),
             timeout,
         )
         return {it.id: (items.product_of(it), items.vectors_of(it)) for it in resp.items}
@@ -180,3 +180,16 @@ class IndexRetriever:
         """alias -> collection."""
         resp = await self._call(self.stub.ListAliases, ipb.ListAliasesRequest(), timeout)
         return {a.alias: a.collection for a in resp.aliases}
+
+    async def drop_space(self, space: str, timeout: float | None = 30.0) -> None:
+        """Drop an optional space (a retired recommender version's vectors)."""
+        await self._call(
+            self.stub.DropVectorSpace,
+            ipb.DropVectorSpaceRequest(collection=self.collection, vector=space),
+            timeout,
+        )
+
+    async def spaces(self, timeout: float | None = 10.0) -> list[str]:
+        """The collection's space names, in stored order."""
+        stats = await self._call(self.stub.GetStats, ipb.GetStatsRequest(name=self.collection), timeout)
+        return [v.name for v in stats.spec.vectors]

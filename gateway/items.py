@@ -25,8 +25,19 @@ IMAGE = "image"
 TITLE = "title"
 """CLIP text embedding of the product's title."""
 
+REC = "rec"
+"""Prefix of the recommendation spaces: ``rec.<version>`` holds one trained recommender's item vectors
+(optional spaces, added while serving; see ``rec_space``)."""
+
 SPACES: dict[str, int] = {IMAGE: EMBED_DIM, TITLE: EMBED_DIM}
 """Every vector space of a catalog collection and its dimension, in stored order."""
+
+
+def rec_space(version: int) -> str:
+    """The space of recommender version ``version``: each deployment writes a new space and the gateway
+    switches to it with the user tower's matching Triton version, so a redeploy never mixes the two."""
+    return f"{REC}.{version}"
+
 
 ATTR_PREFIX = "attr."
 CATEGORY_TAG = "category:"

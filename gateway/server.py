@@ -24,10 +24,12 @@ from gateway.auth import ApiKeys, bearer
 from gateway.clients import TritonModels
 from gateway.config import GatewayConfig
 from gateway.errors import Dependency, DependencyError, GatewayError
+from gateway.events import EventIngest, EventStore
 from gateway.index_client import IndexRetriever
 from gateway.ingest import IngestRoots
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
+from gateway.recommend import Recommender
 from gateway.servicer import ProductSearchServicer
 from vitrine.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from vitrine.grpc_decode import DecodeErrors
@@ -95,6 +97,14 @@ class Gateway:
         )
         self.pipeline = Pipeline(self.triton, self.index, self.triton, config.pipeline)
         self.health = health_aio.HealthServicer()
+        rec = config.recommend
+        self.event_ingest = EventIngest(
+            lambda: EventStore(rec.events_path, rec.events_retention_days, rec.trending_window_days),
+            self.index,
+        )
+        self.recommender = Recommender(
+            lambda: self.event_ingest.store, self.triton, self.index, rec, self.pipeline.validate_filters
+        )
         self.servicer = ProductSearchServicer(
             self.pipeline,
             self.metrics,
@@ -104,6 +114,8 @@ class Gateway:
             self._on_unavailable,
             ingest=IngestRoots(config.ingest_roots),
         )
+        self.servicer.event_ingest = self.event_ingest
+        self.servicer.recommender = self.recommender
         self.keys = ApiKeys.from_config(config.api_key, config.api_keys, config.api_keys_file)
         # Keys first: a caller without one learns nothing, not even how its bytes decode. An
         # undecodable upsert item is reported at its stream position like any other bad item.
@@ -200,6 +212,8 @@ class Gateway:
                 self.pipeline,
                 self.servicer.gate,
                 lambda: {dep.value: ok for dep, ok in self.up.items()},
+                recommender=self.recommender,
+                event_ingest=self.event_ingest,
             )
             self.http_port = await self.http.start()
         await self.probe_once()

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import grpc
 
 from gateway.errors import DependencyError, InvalidInput
+from gateway.events import EventIngest, Rejected, parse_event
 from gateway.ingest import IngestRoots
 from gateway.messages import product_from_pb, product_to_pb
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import FieldFilter, Hit, Pipeline
+from gateway.recommend import Boost, Recommender, recommend_query
 from gateway.requests import (
     CallGate,
     Failure,
@@ -193,5 +196,72 @@ class ProductSearchServicer(pb_grpc.ProductSearchServicer):
                 errors=[
                     pb.ItemError(index=e.index, id=e.id, code=e.code.name, message=e.message) for e in errors
                 ],
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---- events and recommendations (set by the server: ``gateway.server``) ------------------------------
+
+    event_ingest: EventIngest | None = None
+    recommender: Recommender | None = None
+
+    async def RecordEvents(
+        self, request_iterator: AsyncIterator[pb.RecordEventsRequest], context: grpc.aio.ServicerContext
+    ) -> pb.RecordEventsResponse:
+        async with self._rpc("RecordEvents", context):
+            assert self.event_ingest is not None, "the server sets event_ingest"
+
+            async def events() -> AsyncIterator[Any]:
+                async for msg in request_iterator:
+                    if not hasattr(msg, "events"):  # a message that did not decode: one bad position
+                        yield Rejected(0, "", "INVALID_ARGUMENT", "message does not decode")
+                        continue
+                    for e in msg.events:
+                        yield parse_event(
+                            event_id=e.event_id,
+                            user_id=e.user_id,
+                            session_id=e.session_id,
+                            item_id=e.item_id,
+                            type=e.type,
+                            ts=e.ts,
+                            device=e.device,
+                            query=e.query,
+                        )
+
+            recorded, rejected = await self.event_ingest.record(events(), lambda: self._timeout(context))
+            self.metrics.requests.labels("RecordEvents.events", "OK").inc(recorded)
+            return pb.RecordEventsResponse(
+                recorded=recorded,
+                errors=[
+                    pb.EventError(index=r.index, event_id=r.event_id, code=r.code, message=r.message)
+                    for r in rejected
+                ],
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendResponse:
+        async with self._rpc("Recommend", context):
+            assert self.recommender is not None, "the server sets recommender"
+            query = recommend_query(
+                user_id=request.user_id,
+                top_k=request.top_k,
+                context_item=request.context_item_id,
+                filters=filters_from_pb(request.filters),
+                exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else None,
+                diversity=request.diversity if request.HasField("diversity") else None,
+                boosts=[Boost(b.field, tuple(b.any_of), b.weight) for b in request.boosts],
+            )
+            result = await self.recommender.recommend(query, self._timeout(context))
+            self.gate.observe(result.timings)
+            self.metrics.requests.labels(f"Recommend.{result.strategy}", "OK").inc()
+            return pb.RecommendResponse(
+                items=[
+                    pb.Recommendation(product=product_to_pb(r.product), score=r.score, reason=r.reason)
+                    for r in result.items
+                ],
+                strategy=result.strategy,
+                model_version=result.model_version,
+                timings=timings_to_pb(result.timings),
             )
         raise AssertionError("unreachable")  # pragma: no cover

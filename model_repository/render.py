@@ -152,3 +152,35 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
         (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
     log.info("rendered model repository", extra={"out": str(out), "target": options.target.value})
     return out
+
+
+def render_version(
+    spec: ModelSpec, artifacts: Path, out: Path, version: int, options: RenderOptions | None = None
+) -> Path:
+    """One version of an encoder from artifacts of its own (a trained recommender) into the repository
+    ``out``, beside the versions already there; returns the version directory.
+
+    The version directory is assembled under a temporary name and renamed into place, so a server that
+    loads the model never sees half a version; the config (the same for every version) is rewritten.
+    """
+    options = options or RenderOptions()
+    if spec.role is not Role.ENCODER:
+        raise RenderError(f"{spec.model.value} is not an encoder; only encoders are versioned")
+    artifacts = artifacts.resolve()
+    manifest = load_manifest(artifacts)
+    model_dir = out / spec.model.value
+    final = model_dir / str(version)
+    if final.exists():
+        raise RenderError(f"{final} already exists: versions are never overwritten")
+    staging = model_dir / f".{version}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    _place(_onnx_source(artifacts, spec, options, manifest), staging / ONNX_FILE)
+    params: dict[str, str] = {}
+    if options.target is Target.CPU:
+        shutil.copyfile(BACKENDS / ENCODER_SOURCE, staging / "model.py")
+        params["onnx_file"] = ONNX_FILE
+    config = render_config(spec, options.target, dynamic_batching=options.dynamic_batching, parameters=params)
+    (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
+    staging.rename(final)
+    return final

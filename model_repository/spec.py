@@ -41,6 +41,7 @@ from vitrine.contracts import (
     EMBED_TEXT_IO,
     MAX_PASSAGES,
     RERANK_IO,
+    USER_TOWER_IO,
     EnsembleIO,
     Model,
     Target,
@@ -102,6 +103,9 @@ class ModelSpec:
     files: tuple[str, ...] = ()  # artifact files placed next to model.py (tokenizers)
     parameters: dict[str, str] = field(default_factory=dict)
     steps: tuple[Step, ...] = ()
+    keep_versions: int = 0
+    """> 0: Triton serves the latest N versions, so a new version is deployed while the previous one still
+    answers (``version_policy: latest``); 0: version 1 only."""
 
 
 def _same(*names: Tensor) -> dict[str, str]:
@@ -250,7 +254,24 @@ SPECS: tuple[ModelSpec, ...] = (
     ),
 )
 
-SPEC_BY_MODEL: dict[Model, ModelSpec] = {s.model: s for s in SPECS}
+USER_TOWER_SPEC = ModelSpec(
+    # A shopper's padded history -> user vector. Not in ``SPECS``: it exists only once a recommender was
+    # trained (its artifacts are a directory of their own), and it is deployed while serving as a new
+    # version next to the previous one (``render_version``); Triton batches histories of equal shape.
+    Model.USER_TOWER,
+    Role.ENCODER,
+    inputs=tuple(_io(t) for t in USER_TOWER_IO.input_specs),
+    outputs=tuple(_io(t) for t in USER_TOWER_IO.output_specs),
+    max_batch_size=USER_TOWER_IO.max_batch_size,
+    batching=Batching(preferred=(8, 16, 32, 64), max_queue_delay_us=500, max_queue_size=256),
+    artifact=Model.USER_TOWER.value,
+    cpu_threads=1,
+    keep_versions=2,
+)
+OPTIONAL_SPECS: tuple[ModelSpec, ...] = (USER_TOWER_SPEC,)
+"""Models rendered from artifacts of their own when those exist (``render_version``)."""
+
+SPEC_BY_MODEL: dict[Model, ModelSpec] = {s.model: s for s in (*SPECS, *OPTIONAL_SPECS)}
 
 ENCODER_SOURCE = "onnx_encoder.py"
 """On the CPU target every encoder is this one Python model around an onnxruntime session."""
@@ -305,6 +326,8 @@ def render_config(
     else:
         config.backend = "python"
 
+    if spec.keep_versions:
+        config.version_policy.latest.num_versions = spec.keep_versions
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu_encoder else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(kind=kind, count=spec.instances[target])
 

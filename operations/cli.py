@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,6 +134,62 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events_generate(args: argparse.Namespace) -> int:
+    from operations.recommend import generate_events
+
+    n = generate_events(Path(args.catalog), Path(args.out), args.users, seed=args.seed)
+    print(f"wrote {n} events of {args.users} shoppers to {args.out}")
+    return 0
+
+
+def cmd_events_load(args: argparse.Namespace) -> int:
+    from operations.recommend import load_events
+
+    recorded, errors = load_events(_connection(args), Path(args.events))
+    print(f"recorded {recorded} events; {len(errors)} refused or already recorded")
+    for e in errors[:10]:
+        print(f"  #{e.index} {e.event_id}: {e.code} {e.message}")
+    return 0
+
+
+def cmd_recommend_train(args: argparse.Namespace) -> int:
+    from operations.recommend import train
+
+    manifest = train(
+        Path(args.events),
+        Path(args.catalog),
+        args.index,
+        args.collection,
+        Path(args.out),
+        args.tiny,
+        args.seed,
+    )
+    print(json.dumps({k: manifest[k] for k in ("version", "data", "metrics", "seconds")}, indent=2))
+    return 0
+
+
+def cmd_recommend_eval(args: argparse.Namespace) -> int:
+    from operations.recommend import evaluate
+
+    print(evaluate(Path(args.events), Path(args.catalog), args.index, args.collection, Path(args.artifacts)))
+    return 0
+
+
+def cmd_recommend_deploy(args: argparse.Namespace) -> int:
+    from operations.recommend import deploy
+
+    version = deploy(Path(args.artifacts), Path(args.repo), args.triton, args.index, args.collection)
+    print(f"recommender version {version} deployed")
+    return 0
+
+
+def cmd_recommend_show(args: argparse.Namespace) -> int:
+    from operations.recommend import render_recommendations
+
+    print(render_recommendations(_connection(args), args.user, args.top_k))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from operations.stack import ENV_PREFIX, StackConfig
 
@@ -206,6 +263,55 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ready-timeout", type=float, default=120.0)
     tr.add_argument("--verbose", action="store_true", help="tritonserver verbose logging")
     tr.set_defaults(func=cmd_triton)
+
+    events = sub.add_parser("events", help="shopper events: demo history, loading logs").add_subparsers(
+        dest="events_command", required=True
+    )
+    eg = events.add_parser("generate", help="seeded demo behaviour over a catalog (JSONL import format)")
+    eg.add_argument("--catalog", default="var/catalog/catalog.jsonl")
+    eg.add_argument("--out", default="var/events/demo.jsonl")
+    eg.add_argument("--users", type=int, default=1000)
+    eg.add_argument("--seed", type=int, default=0)
+    eg.set_defaults(func=cmd_events_generate)
+    el = events.add_parser("load", help="record a JSONL event log (vitrine/events.py) through the gateway")
+    el.add_argument(
+        "events", help="JSONL file: event_id, user_id, session_id, item_id, type, ts, device, query"
+    )
+    _connection_args(el)
+    el.set_defaults(func=cmd_events_load)
+
+    rec = sub.add_parser("recommend", help="the recommender: train, eval, deploy, show").add_subparsers(
+        dest="recommend_command", required=True
+    )
+    for name, helptext in (
+        ("train", "train the two-tower model; ONNX towers validated against PyTorch, manifest"),
+        ("eval", "HitRate/NDCG/MRR/coverage/diversity/novelty vs popularity, co-visitation, content"),
+    ):
+        rp = rec.add_parser(name, help=helptext)
+        rp.add_argument("--events", default="var/events/demo.jsonl", help="JSONL or the events store")
+        rp.add_argument("--catalog", default="var/catalog/catalog.jsonl", help="which products exist")
+        rp.add_argument("--index", default="127.0.0.1:50051", help="index service (content vectors)")
+        rp.add_argument("--collection", default="products")
+        if name == "train":
+            rp.add_argument("--out", default="var/recommender")
+            rp.add_argument("--tiny", action="store_true", help="seconds-long run (tests, tiny demos)")
+            rp.add_argument("--seed", type=int, default=0)
+            rp.set_defaults(func=cmd_recommend_train)
+        else:
+            rp.add_argument("--artifacts", default="var/recommender")
+            rp.set_defaults(func=cmd_recommend_eval)
+    rd = rec.add_parser("deploy", help="deploy a trained recommender as the next version, while serving")
+    rd.add_argument("--artifacts", default="var/recommender")
+    rd.add_argument("--repo", default="var/model_repository", help="the running Triton's repository")
+    rd.add_argument("--triton", default="127.0.0.1:8001")
+    rd.add_argument("--index", default="127.0.0.1:50051")
+    rd.add_argument("--collection", default="products")
+    rd.set_defaults(func=cmd_recommend_deploy)
+    rs = rec.add_parser("show", help="print a shopper's recommendations")
+    rs.add_argument("--user", default="u00000")
+    rs.add_argument("--top-k", type=int, default=10)
+    _connection_args(rs)
+    rs.set_defaults(func=cmd_recommend_show)
 
     dn = sub.add_parser("down", help="stop a running `vitrine up`")
     dn.add_argument("--var", default="var")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig
+from gateway.recommend import RecommendSettings
 from index_service.config import IndexServiceConfig
 from model_repository.render import RenderOptions, render_repository
 from model_repository.server import Endpoints
@@ -30,6 +31,10 @@ from operations.servers import GatewayServer, IndexServer, TritonServer
 from vitrine.contracts import Target
 
 ENV_PREFIX = "VITRINE_STACK"
+
+RELOADABLE_MODELS = ("--model-control-mode=explicit", "--load-model=*")
+"""Triton loads every model at start and reloads one when asked, serving its old versions meanwhile:
+how a retrained recommender is deployed while serving (``operations.recommend.deploy``)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class StackConfig:
     triton_metrics_port: int = field(default=8002, metadata={"help": "Triton Prometheus port"})
     ingest_batch: int = field(default=32, metadata={"help": "products per upsert stream"})
     serve: bool = field(default=True, metadata={"help": "keep serving after the demo searches"})
+    users: int = field(default=0, metadata={"help": "demo shoppers with generated history (0: products / 2)"})
     device: str = field(
         default="cpu",
         metadata={
@@ -172,7 +178,11 @@ class Stack:
             raise LaunchError("this stack has no model artifacts to serve")
         repo = render_repository(Path(self.artifacts), self.work / "model_repository", self.render)
         self.triton = TritonServer(
-            repo, self.endpoints, workdir=self.work / "triton", log_file=self.logs / "tritonserver.log"
+            repo,
+            self.endpoints,
+            workdir=self.work / "triton",
+            log_file=self.logs / "tritonserver.log",
+            extra_args=RELOADABLE_MODELS,
         )
         return self.triton.start()
 
@@ -184,10 +194,14 @@ class Stack:
     def start_gateway(self, **overrides: Any) -> GatewayServer:
         """The gateway against this stack's Triton and index (started first), with ``overrides``."""
         assert self.triton is not None and self.index is not None, "start Triton and the index first"
+        rec = self.gateway_config.recommend
+        if rec.events_path == RecommendSettings().events_path:  # not chosen: this stack's own directory
+            rec = dataclasses.replace(rec, events_path=str(self.work / "events" / "events.sqlite3"))
         config = dataclasses.replace(
             self.gateway_config,
             triton_url=self.triton.grpc_url,
             index_address=self.index.address,
+            recommend=rec,
             **overrides,
         )
         self.gateway = GatewayServer(config, log_file=self.logs / "gateway.log")
@@ -292,6 +306,45 @@ def demo_searches(address: str, catalog: Path) -> None:
         print("\n" + render_results(resp, f"image search: {image.name} ({first.title})") + "\n", flush=True)
 
 
+def demo_recommendations(cfg: StackConfig, stack: Stack, var: Path, catalog: Path) -> None:
+    """A demo history loaded, a recommender trained and deployed (each once), one user's recommendations."""
+    from gateway.client import Connection
+    from operations import recommend as rec
+
+    assert stack.triton is not None and stack.index is not None
+    events = var / "events" / "demo.jsonl"
+    users = cfg.users or max(20, cfg.products // 2)
+    stamp = var / "events" / ".loaded"
+    wanted = f"{cfg.products}:{cfg.seed}:{users}"
+    if not (stamp.is_file() and stamp.read_text() == wanted and events.is_file()):
+        _say(f"generating a demo history of {users} shoppers over the catalog")
+        n = rec.generate_events(catalog, events, users, seed=cfg.seed)
+        recorded, errors = rec.load_events(Connection(stack.gateway_address), events)
+        _say(f"recorded {recorded} of {n} events ({len(errors)} refused or already recorded)")
+        stamp.write_text(wanted)
+    else:
+        _say("demo history already recorded")
+    artifacts = var / "recommender"
+    collection = stack.gateway_config.pipeline.collection
+    if not (artifacts / "manifest.json").is_file():
+        t0 = time.monotonic()
+        _say(f"training the recommender ({'tiny' if cfg.size == 'tiny' else 'default'} two-tower, CPU)")
+        manifest = rec.train(
+            events, catalog, stack.index.address, collection, artifacts, tiny=cfg.size == "tiny"
+        )
+        test = manifest["metrics"]["test"]
+        _say(
+            f"recommender trained in {time.monotonic() - t0:.0f} s: held-out NDCG@10 "
+            f"{test.get('ndcg@10', 0):.3f}, HitRate@10 {test.get('hitrate@10', 0):.3f} (trained here)"
+        )
+    if not rec.served_versions(stack.triton.repo):
+        version = rec.deploy(
+            artifacts, stack.triton.repo, stack.triton.grpc_url, stack.index.address, collection
+        )
+        _say(f"recommender version {version} deployed (user tower on Triton, item vectors in the index)")
+    print("\n" + rec.render_recommendations(Connection(stack.gateway_address), "u00000") + "\n", flush=True)
+
+
 def up(cfg: StackConfig) -> int:
     from gateway.client import Connection, ingest
 
@@ -333,6 +386,7 @@ def up(cfg: StackConfig) -> int:
             summary = ingest(Connection(stack.gateway_address), catalog, batch=cfg.ingest_batch)
             _say(summary.render() + f" in {time.monotonic() - t0:.0f} s")
         demo_searches(stack.gateway_address, catalog)
+        demo_recommendations(cfg, stack, var, catalog)
         _say(f"stack up in {time.monotonic() - t_start:.0f} s")
         page = f"http://127.0.0.1:{gateway.config.http_port}/"
         _say(f"page: {page}  (HTTP/JSON API: {page}openapi.json)")

@@ -39,7 +39,8 @@ def rendered(request, tiny_artifacts, tmp_path_factory) -> tuple[Target, Path, d
 
 def test_every_model_is_rendered_once(rendered):
     _, repo, configs = rendered
-    assert set(configs) == {m.value for m in Model}
+    # the user tower is rendered only from a trained recommender's artifacts (tests/recommend)
+    assert set(configs) == {m.value for m in Model} - {Model.USER_TOWER.value}
     for name, config in configs.items():
         assert config.name == name
         if config.platform != "ensemble":

@@ -1,0 +1,422 @@
+"""Recommendations as plain code: live history -> user tower -> candidates -> business re-rank -> hydration.
+
+The clients are passed in (the events store, a user-tower client, the index retriever), so tests and
+benchmarks can drive this directly. One Recommend:
+
+1. the user's last ``MAX_HISTORY`` events from the events store (live: an event recorded a moment ago
+   changes the next answer, no retraining);
+2. the served recommender version ``V`` (the newest ``user_tower`` version Triton reports); the history
+   items' vectors in the index's ``rec.V`` space; the user tower on Triton turns them, their event types
+   and ages into one vector;
+3. the index's top candidates for it in ``rec.V``, filters applied inside the index;
+4. the business layer: drop what the user has already touched (``exclude_seen``), a popularity penalty
+   (trending score, log-scaled), optional boosts, then MMR over categories: each pick maximises
+   ``(1 - diversity) * relevance - diversity * max category similarity to the picks so far``
+   (same leaf 1, same parent 0.5);
+5. hydration from the candidates' payloads, with a reason ("because you viewed <title>": the history item
+   nearest the candidate in the rec space).
+
+Cold start: a user with no history gets session neighbours of the context item when one is given (items
+seen in the same sessions, else its image neighbours), otherwise recency-weighted trending items. With
+no recommender deployed, or none of the history's items in the rec space, the answer is trending too;
+``strategy`` says which path answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from gateway.errors import InvalidInput, NotFound
+from gateway.items import IMAGE, rec_space
+from gateway.pipeline import Candidate, FieldFilter, Timer
+from vitrine.catalog import CATEGORY_SEPARATOR, Product
+from vitrine.contracts import REC_DIM
+from vitrine.events import EVENT_CODE, MAX_HISTORY, Event, EventType
+
+MAX_RECOMMEND = 100
+DEFAULT_RECOMMEND = 10
+MAX_BOOSTS = 16
+
+_VERB = {
+    EventType.VIEW: "viewed",
+    EventType.CLICK: "looked at",
+    EventType.FAVORITE: "saved",
+    EventType.CART: "added to your cart",
+    EventType.CONTACT: "asked about",
+    EventType.PURCHASE: "bought",
+}
+
+
+@dataclass(frozen=True)
+class RecommendSettings:
+    """Recommendation settings, declared once; the gateway's config holds these (its flags come from here)."""
+
+    events_path: str = field(
+        default="var/events/events.sqlite3",
+        metadata={"help": "events store (SQLite); created on first use"},
+    )
+    events_retention_days: float = field(
+        default=180.0, metadata={"help": "events older than this are deleted (0 keeps all)"}
+    )
+    trending_window_days: float = field(default=14.0, metadata={"help": "events trending looks at"})
+    rec_candidates: int = field(default=100, metadata={"help": "candidates the index returns per Recommend"})
+    rec_diversity: float = field(
+        default=0.3, metadata={"help": "default MMR strength over categories in [0, 1] (0 = relevance only)"}
+    )
+    rec_popularity_penalty: float = field(
+        default=0.05, metadata={"help": "score taken from the most trending item (log-scaled below it)"}
+    )
+    rec_version_ttl_s: float = field(
+        default=1.0, metadata={"help": "seconds the served recommender version is cached"}
+    )
+
+
+@dataclass(frozen=True)
+class Boost:
+    field: str
+    any_of: tuple[str, ...]
+    weight: float
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    user_id: str
+    top_k: int = DEFAULT_RECOMMEND
+    context_item: str = ""
+    filters: tuple[FieldFilter, ...] = ()
+    exclude_seen: bool = True
+    diversity: float | None = None
+    boosts: tuple[Boost, ...] = ()
+
+
+@dataclass
+class Recommendation:
+    product: Product
+    score: float
+    reason: str
+
+
+@dataclass
+class RecommendResult:
+    items: list[Recommendation]
+    strategy: str  # "personal", "session" (context item neighbours) or "trending"
+    model_version: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class EventReader(Protocol):
+    def recent(self, user_id: str, limit: int = MAX_HISTORY) -> list[Event]: ...
+    def seen(self, user_id: str, limit: int = ...) -> set[str]: ...
+    def trending(
+        self, limit: int = ..., now: float | None = ..., half_life_days: float = ...
+    ) -> list[tuple[str, float]]: ...
+    def co_visited(self, item_id: str, limit: int = ..., sessions: int = ...) -> list[tuple[str, int]]: ...
+
+
+class UserTower(Protocol):
+    async def user_tower_version(self, timeout: float | None) -> int:
+        """The newest served version, 0 when none."""
+        ...
+
+    async def embed_user(
+        self, version: int, history: np.ndarray, types: np.ndarray, ages: np.ndarray, timeout: float | None
+    ) -> np.ndarray: ...
+
+
+class ItemSource(Protocol):
+    async def search(
+        self,
+        space: str,
+        vectors: Sequence[np.ndarray],
+        k: int,
+        filters: Sequence[FieldFilter],
+        timeout: float | None,
+    ) -> list[list[Candidate]]: ...
+
+    async def get(
+        self, ids: Sequence[str], timeout: float | None
+    ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]: ...
+
+
+def recommend_query(
+    *,
+    user_id: str,
+    top_k: int | None = None,
+    context_item: str = "",
+    filters: Sequence[FieldFilter] = (),
+    exclude_seen: bool | None = None,
+    diversity: float | None = None,
+    boosts: Sequence[Boost] = (),
+) -> RecommendQuery:
+    """The query from a transport's plain values (0 / None mean the defaults), checked."""
+    q = RecommendQuery(
+        user_id=user_id,
+        top_k=top_k or DEFAULT_RECOMMEND,
+        context_item=context_item,
+        filters=tuple(filters),
+        exclude_seen=True if exclude_seen is None else exclude_seen,
+        diversity=diversity,
+        boosts=tuple(boosts),
+    )
+    check_query(q)
+    return q
+
+
+def check_query(q: RecommendQuery) -> None:
+    if not q.user_id and not q.context_item:
+        raise InvalidInput("user_id is required (or a context item for an anonymous shopper)")
+    if len(q.user_id) > 128:
+        raise InvalidInput("user_id must be at most 128 characters")
+    if not 1 <= q.top_k <= MAX_RECOMMEND:
+        raise InvalidInput(f"top_k must be in 1..{MAX_RECOMMEND}, got {q.top_k}")
+    if q.diversity is not None and not (0.0 <= q.diversity <= 1.0 and math.isfinite(q.diversity)):
+        raise InvalidInput(f"diversity must be in [0, 1], got {q.diversity}")
+    if len(q.boosts) > MAX_BOOSTS:
+        raise InvalidInput(f"at most {MAX_BOOSTS} boosts")
+    for b in q.boosts:
+        if not math.isfinite(b.weight) or abs(b.weight) > 1.0:
+            raise InvalidInput(f"boost weight must be in [-1, 1], got {b.weight}")
+
+
+def matches(product: Product, filters: Sequence[FieldFilter]) -> bool:
+    """The index's filter semantics on a hydrated product (trending items are not searched by vector)."""
+    for f in filters:
+        if f.field == "price":
+            if (f.min is not None and product.price < f.min) or (f.max is not None and product.price > f.max):
+                return False
+        elif f.field == "category":
+            path = product.category
+            prefixes = {CATEGORY_SEPARATOR.join(path[: i + 1]) for i in range(len(path))}
+            if not (set(f.any_of) & (prefixes | set(path))):
+                return False
+        else:
+            value = product.brand if f.field == "brand" else product.attributes.get(f.field)
+            if value not in f.any_of:
+                return False
+    return True
+
+
+def _boost(product: Product, boosts: Sequence[Boost]) -> float:
+    total = 0.0
+    for b in boosts:
+        if b.field == "category":
+            hit = bool(set(b.any_of) & set(product.category))
+        elif b.field == "brand":
+            hit = product.brand in b.any_of
+        else:
+            hit = product.attributes.get(b.field) in b.any_of
+        total += b.weight if hit else 0.0
+    return total
+
+
+def _category_similarity(a: Product, b: Product) -> float:
+    if a.category and a.category == b.category:
+        return 1.0
+    if len(a.category) > 1 and a.category[:-1] == b.category[:-1]:
+        return 0.5
+    return 0.0
+
+
+def mmr(items: list[Recommendation], k: int, diversity: float) -> list[Recommendation]:
+    """Greedy maximal marginal relevance over categories; relevance is min-max scaled to [0, 1]."""
+    if diversity <= 0 or len(items) <= 1:
+        return sorted(items, key=lambda r: -r.score)[:k]
+    scores = np.asarray([r.score for r in items])
+    spread = float(scores.max() - scores.min()) or 1.0
+    relevance = (scores - scores.min()) / spread
+    picked: list[int] = []
+    left = list(range(len(items)))
+    while left and len(picked) < k:
+        best, best_value = left[0], -math.inf
+        for i in left:
+            sim = max((_category_similarity(items[i].product, items[j].product) for j in picked), default=0.0)
+            value = (1 - diversity) * relevance[i] - diversity * sim
+            if value > best_value:
+                best, best_value = i, value
+        picked.append(best)
+        left.remove(best)
+    return [items[i] for i in picked]
+
+
+def pad_history(
+    events: Sequence[Event], vectors: dict[str, np.ndarray], now: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Event]]:
+    """The user tower's inputs (newest first, zero-padded) from the events whose item has a rec vector."""
+    used = [e for e in events if e.item_id in vectors][:MAX_HISTORY]
+    hist = np.zeros((MAX_HISTORY, REC_DIM), dtype=np.float32)
+    types = np.zeros(MAX_HISTORY, dtype=np.int64)
+    ages = np.zeros(MAX_HISTORY, dtype=np.float32)
+    for i, e in enumerate(used):
+        hist[i] = vectors[e.item_id]
+        types[i] = EVENT_CODE[e.type]
+        ages[i] = max(0.0, (now - e.ts) / 3600.0)
+    return hist, types, ages, used
+
+
+class Recommender:
+    def __init__(
+        self,
+        events: Callable[[], EventReader],
+        tower: UserTower,
+        index: ItemSource,
+        settings: RecommendSettings,
+        validate_filters: Callable[[Sequence[FieldFilter]], None] | None = None,
+    ) -> None:
+        self._events = events
+        self.validate_filters = validate_filters
+        self.tower = tower
+        self.index = index
+        self.settings = settings
+        self._version = (0, -math.inf)  # (version, monotonic time read)
+        self._trending_cache: tuple[float, list[tuple[str, float]]] = (-math.inf, [])
+
+    @property
+    def events(self) -> EventReader:
+        return self._events()
+
+    async def version(self, timeout: float | None) -> int:
+        version, read_at = self._version
+        if time.monotonic() - read_at > self.settings.rec_version_ttl_s:
+            version = await self.tower.user_tower_version(timeout)
+            self._version = (version, time.monotonic())
+        return version
+
+    async def trending(self) -> list[tuple[str, float]]:
+        read_at, items = self._trending_cache
+        if time.monotonic() - read_at > 5.0:
+            items = await asyncio.to_thread(self.events.trending, 500)
+            self._trending_cache = (time.monotonic(), items)
+        return items
+
+    async def recommend(self, q: RecommendQuery, timeout: float) -> RecommendResult:
+        check_query(q)
+        if self.validate_filters is not None:
+            self.validate_filters(q.filters)
+        deadline = time.monotonic() + timeout
+        timer = Timer()
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            return remaining
+
+        with timer.stage("rec_history"):
+            history, seen = await asyncio.gather(
+                asyncio.to_thread(self.events.recent, q.user_id, MAX_HISTORY) if q.user_id else _none(),
+                asyncio.to_thread(self.events.seen, q.user_id) if q.user_id and q.exclude_seen else _empty(),
+            )
+        exclude = set(seen) | ({q.context_item} if q.context_item else set())
+        trending = dict(await self.trending())
+        top_trend = max(trending.values(), default=0.0)
+        diversity = self.settings.rec_diversity if q.diversity is None else q.diversity
+
+        def penalty(pid: str) -> float:
+            if top_trend <= 0:
+                return 0.0
+            return (
+                self.settings.rec_popularity_penalty
+                * math.log1p(trending.get(pid, 0.0))
+                / math.log1p(top_trend)
+            )
+
+        result: RecommendResult | None = None
+        if history:
+            result = await self._personal(q, history, exclude, penalty, diversity, timer, left)
+        if result is None and q.context_item:
+            result = await self._session(q, exclude, diversity, timer, left)
+        if result is None:
+            result = await self._trending(q, exclude, trending, diversity, timer, left)
+        result.timings = {**timer.timings, "rec_total": sum(timer.timings.values())}
+        return result
+
+    async def _personal(self, q, history, exclude, penalty, diversity, timer, left) -> RecommendResult | None:  # type: ignore[no-untyped-def]
+        with timer.stage("rec_user_tower"):
+            version = await self.version(left())
+            if not version:
+                return None
+            space = rec_space(version)
+            stored = await self.index.get(list(dict.fromkeys(e.item_id for e in history)), left())
+            vectors = {pid: vecs[space] for pid, (_, vecs) in stored.items() if space in vecs}
+            hist, types, ages, used = pad_history(history, vectors, time.time())
+            if not used:
+                return None
+            user = await self.tower.embed_user(version, hist, types, ages, left())
+        with timer.stage("rec_retrieve"):
+            k = min(1000, max(self.settings.rec_candidates, q.top_k * 3) + len(exclude))
+            (candidates,) = await self.index.search(space, [user], k, q.filters, left())
+        with timer.stage("rec_rerank"):
+            pool = []
+            for c in candidates:
+                if c.id in exclude:
+                    continue
+                score = c.score - penalty(c.id) + _boost(c.product, q.boosts)
+                pool.append(Recommendation(c.product, score, ""))
+            picked = mmr(pool, q.top_k, diversity)
+            # reason: the history item nearest each pick in the rec space
+            if picked:
+                found = await self.index.get([r.product.id for r in picked], left())
+                names = {pid: p.title for pid, (p, _) in stored.items()}
+                hist_ids = [e.item_id for e in used]
+                hist_mat = np.stack([vectors[pid] for pid in hist_ids])
+                for r in picked:
+                    vec = found.get(r.product.id, (None, {}))[1].get(space)
+                    j = int(np.argmax(hist_mat @ vec)) if vec is not None else 0
+                    r.reason = f"because you {_VERB[used[j].type]} {names.get(hist_ids[j], hist_ids[j])}"
+        return RecommendResult(picked, "personal", version)
+
+    async def _session(self, q, exclude, diversity, timer, left) -> RecommendResult | None:  # type: ignore[no-untyped-def]
+        with timer.stage("rec_retrieve"):
+            stored = await self.index.get([q.context_item], left())
+            if q.context_item not in stored:
+                raise NotFound(f"unknown context item {q.context_item[:128]!r}")
+            context, vecs = stored[q.context_item]
+            neighbours = await asyncio.to_thread(self.events.co_visited, q.context_item, 200)
+            ids = [pid for pid, _ in neighbours if pid not in exclude]
+            products = await self.index.get(ids, left()) if ids else {}
+            counts = dict(neighbours)
+            pool = [
+                Recommendation(p, counts[pid] + _boost(p, q.boosts), f"often viewed with {context.title}")
+                for pid, (p, _) in products.items()
+                if matches(p, q.filters)
+            ]
+            if len(pool) < q.top_k and IMAGE in vecs:
+                (similar,) = await self.index.search(
+                    IMAGE, [vecs[IMAGE]], q.top_k * 3 + len(exclude), q.filters, left()
+                )
+                have = {r.product.id for r in pool}
+                pool += [
+                    Recommendation(c.product, -1.0 + c.score * 1e-3, f"looks like {context.title}")
+                    for c in similar
+                    if c.id not in exclude and c.id not in have
+                ]
+        with timer.stage("rec_rerank"):
+            return RecommendResult(mmr(pool, q.top_k, diversity), "session")
+
+    async def _trending(self, q, exclude, trending, diversity, timer, left) -> RecommendResult:  # type: ignore[no-untyped-def]
+        with timer.stage("rec_retrieve"):
+            ids = [pid for pid, _ in sorted(trending.items(), key=lambda kv: -kv[1]) if pid not in exclude]
+            ids = ids[: max(200, q.top_k * 10)]
+            products = await self.index.get(ids, left()) if ids else {}
+        with timer.stage("rec_rerank"):
+            pool = [
+                Recommendation(p, math.log1p(trending[pid]) + _boost(p, q.boosts), "trending now")
+                for pid, (p, _) in products.items()
+                if matches(p, q.filters)
+            ]
+            return RecommendResult(mmr(pool, q.top_k, diversity), "trending")
+
+
+async def _none() -> list[Event]:
+    return []
+
+
+async def _empty() -> set[str]:
+    return set()
