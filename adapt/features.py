@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,7 +27,7 @@ ONNX_FILE = "model.onnx"
 CLIP_TOKENIZER = Path("tokenizers/clip/tokenizer.json")
 
 
-def session(path: Path, threads: int = 0) -> object:
+def session(path: Path, threads: int = 0) -> Any:
     """An onnxruntime CPU session without idle spinning (it steals cores from everything else)."""
     import onnxruntime as ort
 
@@ -69,14 +70,14 @@ class Encoders:
         for i in tqdm(range(0, len(texts), self.batch), desc=progress or "text", disable=not progress):
             enc = self.tokenizer.encode_batch(texts[i : i + self.batch])
             feeds = {Tensor.INPUT_IDS.value: enc.input_ids, Tensor.EOT_INDEX.value: enc.eot_index}
-            out.append(self._text.run(None, feeds)[0])  # type: ignore[attr-defined]
+            out.append(self._text.run(None, feeds)[0])
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
     def embed_images(self, images: Sequence[Image.Image], progress: str = "") -> np.ndarray:
         out = []
         for i in tqdm(range(0, len(images), self.batch), desc=progress or "image", disable=not progress):
             pixels = np.stack([pixel_values_of(im) for im in images[i : i + self.batch]])
-            out.append(self._image.run(None, {Tensor.PIXEL_VALUES.value: pixels})[0])  # type: ignore[attr-defined]
+            out.append(self._image.run(None, {Tensor.PIXEL_VALUES.value: pixels})[0])
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 

@@ -33,8 +33,10 @@ class Head(nn.Module):
         self.alpha = float(alpha) if kind is HeadKind.RESIDUAL else 1.0
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         if kind is HeadKind.RESIDUAL:
-            nn.init.zeros_(self.mlp[2].weight)
-            nn.init.zeros_(self.mlp[2].bias)
+            last = self.mlp[2]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         if self.kind is HeadKind.NAIVE:

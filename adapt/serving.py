@@ -99,10 +99,10 @@ def _probe(model: Model, artifacts: Path, seed: int) -> dict[str, np.ndarray]:
 def validate(model: Model, artifacts: Path, fused: Path, head: Head, seed: int = 0) -> dict[str, Any]:
     """Fused graph vs (served tower -> PyTorch head) on fresh inputs: every row's cosine >= MIN_COSINE."""
     feeds = _probe(model, artifacts, seed)
-    base = session(artifacts / model.value / ONNX_FILE).run(None, feeds)[0]  # type: ignore[attr-defined]
+    base = session(artifacts / model.value / ONNX_FILE).run(None, feeds)[0]
     with torch.no_grad():
         expected = head.eval()(torch.from_numpy(base)).numpy()
-    got = session(fused).run(None, feeds)[0]  # type: ignore[attr-defined]
+    got = session(fused).run(None, feeds)[0]
     cos = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
     figures = {
         "rows": len(got),
@@ -136,16 +136,16 @@ def measure_costs(
         return float(np.median(times))
 
     def separate() -> None:
-        e = tower.run(None, feeds)[0]  # type: ignore[attr-defined]
-        head_s.run(None, {HEAD_INPUT: e})  # type: ignore[attr-defined]
+        e = tower.run(None, feeds)[0]
+        head_s.run(None, {HEAD_INPUT: e})
 
     return {
-        "tower_ms": round(timed(lambda: tower.run(None, feeds)), 2),  # type: ignore[attr-defined]
-        "fused_ms": round(timed(lambda: fused_s.run(None, feeds)), 2),  # type: ignore[attr-defined]
+        "tower_ms": round(timed(lambda: tower.run(None, feeds)), 2),
+        "fused_ms": round(timed(lambda: fused_s.run(None, feeds)), 2),
         "tower_then_head_ms": round(timed(separate), 2),
         "head_alone_ms": round(
             timed(lambda: head_s.run(None, {HEAD_INPUT: np.ones((1, EMBED_DIM), np.float32)})), 3
-        ),  # type: ignore[attr-defined]
+        ),
     }
 
 

@@ -82,7 +82,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from adapt.run import AdaptConfig
 
     adapt = sub.add_parser("adapt", help="domain adaptation: train, eval, export, deploy, rollback")

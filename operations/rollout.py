@@ -131,9 +131,9 @@ async def reembed(
             )
             n = len(chunk)
             image = {p.id: vecs[i] for i, (p, _) in enumerate(chunk)}
-            title = {p.id: vecs[n + i][0] for i, (p, _) in enumerate(chunk)}  # type: ignore[index]
-            missing += await index.upsert_vectors(encoder_space(IMAGE, version), image, timeout)  # type: ignore[arg-type]
-            missing += await index.upsert_vectors(encoder_space(TITLE, version), title, timeout)  # type: ignore[arg-type]
+            title = {p.id: vecs[n + i][0] for i, (p, _) in enumerate(chunk)}
+            missing += await index.upsert_vectors(encoder_space(IMAGE, version), image, timeout)
+            missing += await index.upsert_vectors(encoder_space(TITLE, version), title, timeout)
             bar.update(n)
         bar.close()
     finally:
