@@ -26,8 +26,9 @@ MAX_NLIST = 65_536
 """IVF lists; training needs 39 vectors a list, so more is a collection of billions."""
 MAX_NPROBE = 65_536
 """IVF lists probed by one search (clamped to the collection's nlist)."""
-MAX_PQ_NBITS = 16
-"""IVF_PQ bits per code (1..16); pq_m must divide dim (1..dim)."""
+MAX_PQ_NBITS = 12
+"""IVF_PQ bits per code (1..12); pq_m must divide dim (1..dim). The codebook holds dim x 2^pq_nbits
+floats, allocated when the collection is created: 16 bits at dim 4096 would be 1 GiB, 12 bits is 64 MiB."""
 MIN_HNSW_M, MAX_HNSW_M = 2, 256
 """HNSW neighbours per node."""
 MAX_EF_CONSTRUCTION = 4096
