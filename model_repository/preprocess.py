@@ -33,11 +33,11 @@ class InputError(ValueError):
     """The request's content is unusable; the message is returned to the caller as-is."""
 
 
-def open_image(data: bytes) -> Image.Image:
+def open_image(data: bytes, draft_size: int = 0) -> Image.Image:
     """Open and validate an encoded image by Vitrine's image rules (``vitrine.images``, which the gateway
-    applies to the header too), pixels decoded."""
+    applies to the header too), pixels decoded (JPEGs at a reduced DCT scale when ``draft_size`` > 0)."""
     try:
-        return images.open_image(data)
+        return images.open_image(data, draft_size)
     except images.ImageRejected as exc:
         raise InputError(str(exc)) from None
 

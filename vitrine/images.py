@@ -64,9 +64,16 @@ def check_header(data: bytes) -> None:
     _open(data).close()
 
 
-def open_image(data: bytes) -> Image.Image:
-    """An accepted image with its pixels decoded; corrupt or truncated pixel data is refused too."""
+def open_image(data: bytes, draft_size: int = 0) -> Image.Image:
+    """An accepted image with its pixels decoded; corrupt or truncated pixel data is refused too.
+
+    ``draft_size`` > 0: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides
+    at least that long, so the decoder skips detail a later downscale to that size would discard (about
+    half the decode-and-resize time of a 640x640 photo, embeddings within cosine 0.99999 of a full
+    decode: docs/BENCHMARKS.md). Other formats decode in full."""
     image = _open(data)
+    if draft_size > 0 and image.format == "JPEG":
+        image.draft("RGB", (draft_size, draft_size))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -12,7 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from model_repository.preprocess import InputError, normalize, open_image, resize_and_crop
-from vitrine.contracts import Tensor
+from vitrine.contracts import CLIP_IMAGE_SIZE, Tensor
 
 
 class TritonPythonModel:
@@ -25,7 +25,10 @@ class TritonPythonModel:
         for request in requests:
             raw = pb_utils.get_input_tensor_by_name(request, Tensor.IMAGE.value).as_numpy().reshape(-1)
             try:
-                crops.append(np.stack([resize_and_crop(open_image(bytes(item))) for item in raw]))
+                # Draft decode: a JPEG arrives at the smallest scale still >= the crop (vitrine.images).
+                crops.append(
+                    np.stack([resize_and_crop(open_image(bytes(item), CLIP_IMAGE_SIZE)) for item in raw])
+                )
                 errors.append(None)
             except InputError as exc:
                 crops.append(None)
