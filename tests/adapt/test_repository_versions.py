@@ -1,0 +1,49 @@
+"""The model-repository spec declares encoder versions; rendering pins every ensemble to one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from adapt.heads import AdapterPair, HeadKind
+from adapt.serving import export_version
+from model_repository.render import render_repository
+from vitrine.contracts import Model, ensemble_name
+
+
+def _config(repo: Path, name: str) -> mc.ModelConfig:
+    return text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def _step_versions(config: mc.ModelConfig) -> dict[str, int]:
+    return {s.model_name: s.model_version for s in config.ensemble_scheduling.step}
+
+
+def test_without_adapters_only_version_1_is_served(tiny_artifacts: Path, tmp_path: Path) -> None:
+    repo = render_repository(tiny_artifacts, tmp_path / "repo")
+    assert list(_config(repo, Model.CLIP_IMAGE_ENCODER.value).version_policy.specific.versions) == [1]
+    assert _step_versions(_config(repo, Model.EMBED_IMAGE.value))[Model.CLIP_IMAGE_ENCODER.value] == 1
+    assert not (repo / ensemble_name(Model.EMBED_IMAGE, 2)).exists()
+
+
+def test_an_adapted_version_gets_its_own_pinned_ensembles(tiny_artifacts: Path, tmp_path: Path) -> None:
+    art = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, art)
+    export_version(AdapterPair(512, 32, HeadKind.RESIDUAL, 0.2, 0.07), art, "2", {}, measure=False)
+    repo = render_repository(art, tmp_path / "repo")
+    for encoder, ensemble in (
+        (Model.CLIP_TEXT_ENCODER, Model.EMBED_TEXT),
+        (Model.CLIP_IMAGE_ENCODER, Model.EMBED_IMAGE),
+    ):
+        assert list(_config(repo, encoder.value).version_policy.specific.versions) == [1, 2]
+        assert (repo / encoder.value / "2" / "model.onnx").is_file()
+        assert _step_versions(_config(repo, ensemble.value))[encoder.value] == 1
+        pinned = _config(repo, ensemble_name(ensemble, 2))
+        assert pinned.name == ensemble_name(ensemble, 2) == f"{ensemble.value}_v2"
+        assert _step_versions(pinned)[encoder.value] == 2
+        assert [i.name for i in pinned.input] == [i.name for i in _config(repo, ensemble.value).input]
+    # Models without versions keep following their latest (and only) version.
+    assert set(_step_versions(_config(repo, Model.RERANK.value)).values()) == {-1}
