@@ -309,11 +309,43 @@ def open_loop(config: OpenLoopConfig) -> int:
         "weights": weights,
     }
     (root / "step_summary.json").write_text(json.dumps(summary, indent=2))
+    report = _open_loop_report(config, summary)
+    (root / "openloop.md").write_text(report)
+    print(report)
     if outcome.best_rate is None:
         print(f"no rate met the objective; the lowest tried, {config.rate:g} req/s, missed.")
         return 1
     print(f"highest rate meeting the objective: {outcome.best_rate:g} req/s (open loop). report: {root}")
     return 0
+
+
+def _open_loop_report(config: OpenLoopConfig, summary: dict[str, Any]) -> str:
+    """The step search as a table: the client's view, the gateway's own, and what the generator cost."""
+    best = summary["best_rate"]
+    lines = [
+        f"Hardware: {describe_hardware()}; weights: {summary['weights']}; mix {config.mix}; open loop, "
+        f"{config.arrival.value} arrivals, latency from each scheduled send; {config.duration_s:g} s per "
+        "step; "
+        f"objective p95 < {config.p95_ms:g} ms, errors <= {100 * config.max_error_rate:g}%.",
+        "",
+        f"Highest offered rate meeting the objective: **{best:g} req/s**" if best is not None else
+        f"No rate met the objective (first step {config.rate:g} req/s).",
+        "",
+        _row(["offered req/s", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors", "verdict",
+              "gateway-side p95 ms", "send lag p99 ms", *CPU_HEADERS, "gateway stage means, ms"]),
+        _row(["---"] * 13),
+    ]  # fmt: skip
+    for r in summary["steps"]:
+        s = r["verdict"]["stats"]
+        server = r.get("server", {}).get("method:Search")
+        lines.append(
+            _row([f"{r['offered_rate']:.1f}", f"{s['rps']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}",
+                  f"{s['p99_ms']:.1f}", f"{100 * s['error_rate']:.2f}%",
+                  "pass" if r["verdict"]["passed"] else "miss",
+                  f"{server['p95_ms']:.1f}" if server else "n/a", f"{r['send_lag_ms']['p99']:.1f}",
+                  *_cpu_cells(r["cpu"]), _stage_means(r["stages"])])
+        )  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def _verdict_of(record: dict[str, Any]) -> Verdict:

@@ -226,3 +226,23 @@ async def test_compare_runs_both_generators_on_the_same_step(
     assert "| 4 | locust |" in table and "| 4 | openloop |" in table and "generator CPU" in table
     summary = json.loads((out / "locust-4" / "summary.json").read_text())
     assert summary["generator"] == "locust" and summary["cpu"]["wall_s"] > 0
+
+
+async def test_step_mode_finds_the_edge_of_a_one_at_a_time_server(fake_gateway: Any, tmp_path: Path) -> None:
+    """``python -m loadtest openloop --step``: 2 req/s fits a 5-per-second server, 20 req/s cannot."""
+    from tests.loadtest.test_live import loadtest_async
+
+    addresses, slow, _ = fake_gateway
+    out = tmp_path / "openloop"
+    code, text = await loadtest_async(
+        "openloop", "--step", "--gateway", addresses.split("|")[0], "--rate", "2", "--factor", "10",
+        "--max-rate", "20", "--refine", "0", "--duration-s", "1.5", "--arrival", "uniform",
+        "--p95-ms", "1000", "--catalog-size", "12", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, text
+    summary = json.loads((out / "step_summary.json").read_text())
+    assert summary["best_rate"] == 2 and summary["first_miss"] == 20
+    assert [s["scheduled"] for s in summary["steps"]] == [3, 30] and slow.served == 33
+    report = (out / "openloop.md").read_text()
+    assert "Highest offered rate meeting the objective: **2 req/s**" in report
+    assert "| 20.0 |" in report and "miss" in report
