@@ -61,7 +61,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from operations.rollout import RolloutError, deploy
 
     try:
-        report = asyncio.run(deploy(_target(args), args.version, Path(args.catalog), args.batch))  # type: ignore[arg-type]
+        report = asyncio.run(
+            deploy(
+                _target(args),  # type: ignore[arg-type]
+                args.version,
+                Path(args.catalog),
+                args.batch,
+                artifacts=Path(args.artifacts) if args.artifacts else None,
+                repo=Path(args.repo) if args.repo else None,
+            )
+        )
     except RolloutError as exc:
         print(f"deploy refused: {exc}")
         return 1
@@ -116,4 +125,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             p.add_argument("--collection", default="products")
             p.add_argument("--index-kind", default="flat")
             p.add_argument("--batch", type=int, default=16, help="products embedded per batch")
+            p.add_argument("--artifacts", default="", help="with --repo: render the live repository first")
+            p.add_argument("--repo", default="", help="the model repository the running Triton serves")
         p.set_defaults(func=func)

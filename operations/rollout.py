@@ -34,7 +34,7 @@ from gateway.errors import GatewayError
 from gateway.index_client import IndexRetriever
 from gateway.items import IMAGE, TITLE, encoder_space
 from vitrine.catalog import Product, read_catalog, resolve_image
-from vitrine.contracts import BASE_VERSION, EMBED_DIM, EMBED_IMAGE_IO, EMBED_TEXT_IO, ensemble_name
+from vitrine.contracts import BASE_VERSION, EMBED_DIM, EMBED_IMAGE_IO, EMBED_TEXT_IO, Model, ensemble_name
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +86,42 @@ async def _ready(models: TritonModels, version: int) -> bool:
 
 
 async def _load(models: TritonModels, version: int) -> None:
-    """Ask Triton to load the version's ensembles (explicit model control); a server started over the
-    rendered repository already serves them."""
+    """Have Triton serve ``version``: reload the encoders (their version policy now names it; the old
+    version keeps answering meanwhile), then load the version's pinned ensembles. Needs Triton's explicit
+    model control, as the stack starts it; a server started over the rendered repository already has it."""
     if await _ready(models, version):
         return
     try:
+        for encoder in (Model.CLIP_TEXT_ENCODER, Model.CLIP_IMAGE_ENCODER):
+            await models.client.load_model(encoder.value)
         for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO):
             await models.client.load_model(ensemble_name(io.model, version))
     except Exception as exc:
         raise RolloutError(
             f"Triton does not serve encoder version {version} ({str(exc)[:200]}): render the model "
-            "repository from the artifacts (python -m model_repository render) and restart Triton, or run "
-            "it with --model-control-mode=explicit"
+            "repository from the artifacts (`vitrine adapt deploy --artifacts A --repo R` does) and run "
+            "Triton with --model-control-mode=explicit, or restart it"
         ) from None
+    if not await _ready(models, version):
+        raise RolloutError(f"Triton loaded encoder version {version} but its ensembles are not ready")
+
+
+def render(artifacts: Path, repo: Path) -> None:
+    """Render the live repository again from the artifacts, now holding the adapted versions (files
+    are placed beside the served ones; a running Triton reads them only when ``_load`` asks it to)."""
+    from model_repository.render import RenderOptions, render_repository
+
+    render_repository(artifacts, repo, RenderOptions())
+
+
+async def serve_version(triton_url: str, version: int, artifacts: Path, repo: Path) -> None:
+    """Render ``repo`` from ``artifacts`` and have the running Triton load ``version`` while serving."""
+    render(artifacts, repo)
+    models = TritonModels(triton_url)
+    try:
+        await _load(models, version)
+    finally:
+        await models.close()
 
 
 async def reembed(
@@ -148,13 +171,23 @@ async def reembed(
 
 
 async def deploy(
-    target: RolloutTarget, version: int, catalog: Path, batch: int = 16, progress: bool = True
+    target: RolloutTarget,
+    version: int,
+    catalog: Path,
+    batch: int = 16,
+    progress: bool = True,
+    artifacts: Path | None = None,
+    repo: Path | None = None,
 ) -> dict[str, Any]:
-    """Re-embed the catalog with ``version``, then switch every gateway following the serving file."""
+    """Re-embed the catalog with ``version``, then switch every gateway following the serving file.
+    With ``artifacts`` and ``repo``, the live repository is rendered again first (the adapted version
+    exported into the artifacts by ``vitrine adapt export``) and Triton loads it while serving."""
     state = read_serving(target.serving_file)
     current = int(state.get("encoder_version", BASE_VERSION))
     if current == version:
         raise RolloutError(f"encoder version {version} already serves")
+    if artifacts is not None and repo is not None:
+        render(artifacts, repo)
     report = await reembed(target, version, catalog_products(catalog), batch, progress=progress)
     history = [*state.get("history", []), current]
     write_serving(

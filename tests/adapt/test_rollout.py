@@ -21,7 +21,7 @@ import torch
 
 from adapt.heads import AdapterPair, HeadKind
 from adapt.serving import export_version
-from operations.rollout import RolloutTarget, deploy, read_serving, rollback
+from operations.rollout import RolloutTarget, deploy, read_serving, rollback, serve_version
 from tests.fixtures.stack import GatewayHandle, gateway_config_for, start_gateway, stop_gateway
 from vitrine.contracts import EMBED_TEXT_IO, Model, Tensor, ensemble_name
 from vitrine.gateway.v1 import gateway_pb2 as pb
@@ -36,25 +36,23 @@ QUERIES = (
 
 
 @pytest.fixture(scope="module")
-def adapted_artifacts(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny export with a seeded adapter (visibly non-zero heads) as encoder version 2."""
-    out = tmp_path_factory.mktemp("adapted") / "artifacts"
-    shutil.copytree(tiny_artifacts, out)
-    torch.manual_seed(5)
-    pair = AdapterPair(512, 64, HeadKind.RESIDUAL, 0.5, 0.07)
-    for head in (pair.image, pair.text):
-        torch.nn.init.normal_(head.mlp[2].weight, std=0.2)
-    export_version(pair, out, "2", {"test": "seeded heads"}, measure=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def adapted_triton(adapted_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def adapted_triton(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Triton serving a copy of the tiny export; then, while it serves, a seeded adapter (visibly
+    non-zero heads) is exported as encoder version 2, rendered and loaded, as a live deploy does."""
     from operations.stack import Stack
 
-    stack = Stack(tmp_path_factory.mktemp("adapted-triton"), adapted_artifacts)
+    art = tmp_path_factory.mktemp("adapted") / "artifacts"
+    shutil.copytree(tiny_artifacts, art)
+    stack = Stack(tmp_path_factory.mktemp("adapted-triton"), art)
     try:
-        yield stack.start_triton()
+        triton = stack.start_triton()
+        torch.manual_seed(5)
+        pair = AdapterPair(512, 64, HeadKind.RESIDUAL, 0.5, 0.07)
+        for head in (pair.image, pair.text):
+            torch.nn.init.normal_(head.mlp[2].weight, std=0.2)  # type: ignore[arg-type]
+        export_version(pair, art, "2", {"test": "seeded heads"}, measure=False)
+        asyncio.run(serve_version(triton.grpc_url, 2, art, Path(triton.repo)))
+        yield triton
     finally:
         stack.stop()
 
