@@ -583,6 +583,7 @@ def create_app(
                     yield parse_event(**e.model_dump())
 
             recorded, rejected = await event_ingest.record(events(), lambda: timeout)
+            gate.metrics.events_recorded.inc(recorded)
             return EventsOut(
                 recorded=recorded,
                 errors=[
@@ -614,6 +615,7 @@ def create_app(
             )
             result = await recommender.recommend(query, timeout)
             gate.observe(result.timings)
+            gate.metrics.recommendations.labels(result.strategy).inc()
             return RecommendOut(
                 hits=[
                     RecommendationOut(

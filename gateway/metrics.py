@@ -43,6 +43,17 @@ class GatewayMetrics:
             registry=r,
         )
         self.in_flight = Gauge("vitrine_gateway_in_flight", "Requests being served", registry=r)
+        self.events_recorded = Counter(
+            "vitrine_gateway_events_recorded",
+            "Shopper events stored (RecordEvents, POST /v1/events)",
+            registry=r,
+        )
+        self.recommendations = Counter(
+            "vitrine_gateway_recommendations",
+            "Recommend answers by strategy (personal; cold start: session, trending)",
+            ["strategy"],
+            registry=r,
+        )
         self.dependency_up = Gauge(
             "vitrine_gateway_dependency_up",
             "1 when the dependency passed its last probe",

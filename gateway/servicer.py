@@ -228,7 +228,7 @@ class ProductSearchServicer(pb_grpc.ProductSearchServicer):
                         )
 
             recorded, rejected = await self.event_ingest.record(events(), lambda: self._timeout(context))
-            self.metrics.requests.labels("RecordEvents.events", "OK").inc(recorded)
+            self.metrics.events_recorded.inc(recorded)
             return pb.RecordEventsResponse(
                 recorded=recorded,
                 errors=[
@@ -254,7 +254,7 @@ class ProductSearchServicer(pb_grpc.ProductSearchServicer):
             )
             result = await self.recommender.recommend(query, self._timeout(context))
             self.gate.observe(result.timings)
-            self.metrics.requests.labels(f"Recommend.{result.strategy}", "OK").inc()
+            self.metrics.recommendations.labels(result.strategy).inc()
             return pb.RecommendResponse(
                 items=[
                     pb.Recommendation(product=product_to_pb(r.product), score=r.score, reason=r.reason)

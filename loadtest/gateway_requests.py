@@ -11,6 +11,9 @@ from vitrine.gateway.v1 import gateway_pb2 as pb
 
 SEARCH = "Search"
 SIMILAR = "SimilarItems"
+RECOMMEND = "Recommend"
+DEMO_SHOPPERS = 1000
+"""Recommend draws shoppers from the demo history's ids (``u00000``...); unknown ones get trending items."""
 
 
 def filters(specs: list[FilterSpec]) -> list[pb.Filter]:
@@ -29,6 +32,8 @@ def build(scenario: str, data: QueryData, rng: random.Random, top_k: int) -> tup
     """``(method, request)`` for one call of ``scenario`` (a name of ``GATEWAY_SCENARIOS``)."""
     if scenario == "similar":
         return SIMILAR, pb.SimilarItemsRequest(id=data.product_id(rng), top_k=top_k)
+    if scenario == "recommend":
+        return RECOMMEND, pb.RecommendRequest(user_id=f"u{rng.randrange(DEMO_SHOPPERS):05d}", top_k=top_k)
     if scenario == "text":
         request = pb.SearchRequest(text=data.text(rng))
     elif scenario in ("text_rerank10", "text_rerank50"):

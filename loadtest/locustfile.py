@@ -143,6 +143,9 @@ class GatewayUser(_VitrineUser):
     def similar(self) -> None:
         self.call("similar")
 
+    def recommend(self) -> None:
+        self.call("recommend")
+
 
 class TritonUser(_VitrineUser):
     """A client of Triton's ensembles directly: what the model tier alone sustains, without the gateway."""

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from loadtest.config import LoadTarget
 
-GATEWAY_SCENARIOS = ("text", "text_rerank10", "text_rerank50", "image", "hybrid", "filtered", "similar")
+GATEWAY_SCENARIOS = (
+    "text",
+    "text_rerank10",
+    "text_rerank50",
+    "image",
+    "hybrid",
+    "filtered",
+    "similar",
+    "recommend",  # Recommend for the demo shoppers (u00000...); not in the default mix
+)
 TRITON_SCENARIOS = ("embed_text", "embed_image", "rerank10", "rerank50")
 
 DEFAULT_MIX = {

@@ -3,7 +3,7 @@
 
 const $ = (sel) => document.querySelector(sel);
 const KEY_STORE = "vitrine.apiKey";
-const DEMO_USER = "demo-user-1";
+const DEMO_USER = "u00000"; // the first shopper of the demo history `vitrine up` records
 let photo = null; // the File chosen or dropped
 let searchSeq = 0; // answers to superseded searches are dropped
 let similarSeq = 0;
@@ -237,10 +237,18 @@ async function recommendations() {
   try {
     const doc = await call("/openapi.json");
     if (!doc.paths || !doc.paths["/v1/recommendations"]) return;
-    const res = await call(`/v1/recommendations?user_id=${encodeURIComponent(DEMO_USER)}&top_k=12`);
+    const user = $("#rec-user").value || DEMO_USER;
+    const res = await call(`/v1/recommendations?user_id=${encodeURIComponent(user)}&top_k=12`);
     const hits = res.hits || [];
     if (!hits.length) return;
-    $("#recs-list").replaceChildren(...hits.map(card));
+    $("#recs-list").replaceChildren(
+      ...hits.map((hit) => {
+        const node = card(hit);
+        node.querySelector(".scores").textContent = hit.reason;
+        return node;
+      }),
+    );
+    $("#rec-strategy").textContent = res.strategy === "personal" ? "" : `(${res.strategy})`;
     $("#recs").hidden = false;
   } catch (_) {
     // optional row: the page works without it
@@ -272,6 +280,7 @@ function init() {
     const file = ev.dataTransfer && ev.dataTransfer.files[0];
     if (file) setPhoto(file);
   });
+  $("#rec-user").addEventListener("change", recommendations);
   recommendations();
   $("#q").focus();
 }

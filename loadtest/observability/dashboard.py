@@ -199,6 +199,48 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         ),
     ),
     (
+        "Recommendations",
+        (
+            Panel(
+                "Events recorded per second",
+                "Shopper events the gateway stored (RecordEvents and POST /v1/events), duplicates excluded.",
+                "ops",
+                (Query(f"sum(rate(vitrine_gateway_events_recorded_total[{RATE}]))", "events/s"),),
+                requires="recommendations",
+                width=8,
+            ),
+            Panel(
+                "Recommend latency (p50/p95/p99)",
+                "Whole Recommend (history read, user tower, candidates, re-rank) as the gateway timed it.",
+                "ms",
+                tuple(
+                    Query(
+                        f"histogram_quantile({q}, sum by (le) (rate(vitrine_gateway_stage_seconds_bucket"
+                        f'{{stage="rec_total"}}[{RATE}]))) * 1000',
+                        f"p{round(q * 100)}",
+                    )
+                    for q in (0.5, 0.95, 0.99)
+                ),
+                requires="recommendations",
+                width=8,
+            ),
+            Panel(
+                "Cold-start share",
+                "Share of Recommend answered without a personal history (trending or context neighbours).",
+                "percentunit",
+                (
+                    Query(
+                        f'sum(rate(vitrine_gateway_recommendations_total{{strategy!="personal"}}[{RATE}])) '
+                        f"/ sum(rate(vitrine_gateway_recommendations_total[{RATE}]))",
+                        "cold start",
+                    ),
+                ),
+                requires="recommendations",
+                width=8,
+            ),
+        ),
+    ),
+    (
         "Resources",
         (
             Panel(
