@@ -454,22 +454,34 @@ class Engine:
         if len(items) > MAX_BATCH:
             raise InvalidArgument(f"message of {len(items)} items exceeds the limit of {MAX_BATCH}")
         errors = []
-        last: dict[str, int] = {}
+        ok = []
         for i, item in enumerate(items):
             try:
-                self._check_item(c, item, offset + i)
+                self._check_item(c, item, offset + i, vectors=False)
+                ok.append(i)
             except InvalidArgument as exc:
                 errors.append((offset + i, item.id, str(exc)))
-                continue
-            last.pop(item.id, None)
-            last[item.id] = i
-        if not last:
+        if not ok:
             return 0, c.count, errors
-        upserted, count = self.upsert(name, [items[i] for i in sorted(last.values())])
+        try:  # vectors are checked once, batched, by the write itself
+            upserted, count = self.upsert(name, _last_of_each_id(items, ok))
+            return upserted, count, errors
+        except InvalidArgument:
+            pass
+        for i in ok[:]:  # some vector is bad: find which, item by item, and write the rest
+            try:
+                self._check_item(c, items[i], offset + i)
+            except InvalidArgument as exc:
+                errors.append((offset + i, items[i].id, str(exc)))
+                ok.remove(i)
+        errors.sort()
+        if not ok:
+            return 0, c.count, errors
+        upserted, count = self.upsert(name, _last_of_each_id(items, ok))
         return upserted, count, errors
 
     @staticmethod
-    def _check_item(c: Collection, item: pb.Item, position: int) -> None:
+    def _check_item(c: Collection, item: pb.Item, position: int, vectors: bool = True) -> None:
         where = f"item {position} ({quoted(item.id)})"
         _check_id(item.id, f"item {position}")
         c.check_attributes(item, position)
@@ -481,7 +493,7 @@ class Engine:
                 f"{where}: attributes and payload take {size} bytes, "
                 f"more than the limit of {MAX_PAYLOAD_BYTES}"
             )
-        for space_name, vector in item.vectors.items():
+        for space_name, vector in item.vectors.items() if vectors else ():
             c.spaces[space_name].prepare_vectors([vector.values], f"{where}, space {quoted(space_name)}")
 
     @staticmethod
@@ -707,6 +719,15 @@ class Engine:
                     found.append(Found(item_id, h.score, body))
                 out.append(found)
         return out, exact
+
+
+def _last_of_each_id(items: list[pb.Item], positions: list[int]) -> list[pb.Item]:
+    """The items at ``positions``, keeping only the last of each id (in stream order)."""
+    last: dict[str, int] = {}
+    for i in positions:
+        last.pop(items[i].id, None)
+        last[items[i].id] = i
+    return [items[i] for i in sorted(last.values())]
 
 
 def _check_id(item_id: str, where: str) -> None:
