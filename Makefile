@@ -41,7 +41,7 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 protos: $(PROTO_STAMP) ## generate gRPC stubs from proto/ (build time; never committed)
 
 .PHONY: test
-test: venv protos prometheus-bin browser ## run the whole test suite (installs from scratch on a fresh machine)
+test: venv protos prometheus-bin browser fashion-mnist ## run the whole test suite (installs from scratch on a fresh machine)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The page test drives Debian's Chromium through its chromedriver (browser downloads do not work here).
@@ -56,11 +56,23 @@ browser: ## install Debian's chromium and chromium-driver for the page test (nee
 	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "warning: could not install chromium; tests/gateway/test_page.py will be skipped"; }
 
+# Adaptation's real-image data: Debian's Fashion-MNIST (70,000 labelled 28x28 photos, ~30 MB).
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+
+.PHONY: fashion-mnist
+fashion-mnist: ## install Debian's dataset-fashion-mnist for the adaptation tests (needs root or sudo)
+	@test -f $(FASHION_MNIST) || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
+	  echo "warning: could not install dataset-fashion-mnist; its adaptation test will be skipped"; }
+
 .PHONY: lint
 lint: venv protos ## ruff (format check + lint) and mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy vitrine export model_repository index_service gateway loadtest recommend demo operations benchmarks
+	$(VENV)/bin/mypy vitrine export model_repository index_service gateway loadtest recommend adapt demo operations benchmarks
 
 .PHONY: fmt
 fmt: venv ## format and autofix

@@ -17,6 +17,7 @@ from gateway.errors import Dependency, GatewayError, InvalidInput, from_dependen
 from vitrine import images
 from vitrine import triton as triton_request
 from vitrine.contracts import (
+    BASE_VERSION,
     EMBED_DIM,
     EMBED_IMAGE_IO,
     EMBED_TEXT_IO,
@@ -25,6 +26,7 @@ from vitrine.contracts import (
     USER_TOWER_IO,
     EnsembleIO,
     Tensor,
+    ensemble_name,
 )
 
 # A dependency that restarts should be found again within a couple of seconds, not after gRPC's default
@@ -64,12 +66,18 @@ class TritonModels:
         return True
 
     async def _infer(
-        self, io: EnsembleIO, values: dict[Tensor, Any], timeout: float | None, version: str = ""
+        self,
+        io: EnsembleIO,
+        values: dict[Tensor, Any],
+        timeout: float | None,
+        version: str = "",
+        model: str = "",
     ) -> dict[Tensor, np.ndarray]:
-        """One request built from the ensemble's contract (batch axis and dtypes are declared, not probed)."""
+        """One request built from the ensemble's contract (batch axis and dtypes are declared, not probed);
+        ``model`` names a pinned ensemble of the same contract (``vitrine.contracts.ensemble_name``)."""
         try:
             result = await self.client.infer(
-                io.model.value,
+                model or io.model.value,
                 triton_request.inputs(io, values),
                 model_version=version,
                 outputs=triton_request.outputs(io),
@@ -89,12 +97,23 @@ class TritonModels:
             out[o] = arr
         return out
 
-    async def embed_text(self, text: str, timeout: float | None) -> tuple[np.ndarray, bool]:
-        res = await self._infer(EMBED_TEXT_IO, {Tensor.TEXT: [text]}, timeout)
+    async def embed_text(
+        self, text: str, timeout: float | None, version: int = BASE_VERSION
+    ) -> tuple[np.ndarray, bool]:
+        res = await self._infer(
+            EMBED_TEXT_IO, {Tensor.TEXT: [text]}, timeout, model=ensemble_name(EMBED_TEXT_IO.model, version)
+        )
         return res[Tensor.EMBEDDING].astype(np.float32).reshape(EMBED_DIM), bool(res[Tensor.TRUNCATED].any())
 
-    async def embed_image(self, image: bytes, timeout: float | None) -> np.ndarray:
-        res = await self._infer(EMBED_IMAGE_IO, {Tensor.IMAGE: [image]}, timeout)
+    async def embed_image(
+        self, image: bytes, timeout: float | None, version: int = BASE_VERSION
+    ) -> np.ndarray:
+        res = await self._infer(
+            EMBED_IMAGE_IO,
+            {Tensor.IMAGE: [image]},
+            timeout,
+            model=ensemble_name(EMBED_IMAGE_IO.model, version),
+        )
         return res[Tensor.EMBEDDING].astype(np.float32).reshape(EMBED_DIM)
 
     async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray:

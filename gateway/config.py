@@ -67,5 +67,16 @@ class GatewayConfig:
             "empty = image_path refused, callers send image bytes"
         },
     )
+    encoder_version: int = field(
+        default=1,
+        metadata={"help": "CLIP encoder version answering queries, with its index spaces (pinned as one)"},
+    )
+    serving_file: str = field(
+        default="",
+        metadata={
+            "help": 'JSON file {"encoder_version": N} re-read every health interval, overriding '
+            "encoder_version; `vitrine adapt deploy` and `rollback` replace it atomically"
+        },
+    )
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error"})

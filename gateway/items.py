@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitrine.catalog import CATEGORY_SEPARATOR, Product
-from vitrine.contracts import EMBED_DIM
+from vitrine.contracts import BASE_VERSION, EMBED_DIM
 from vitrine.index.v2 import index_pb2 as ipb
 
 if TYPE_CHECKING:
@@ -31,6 +31,14 @@ REC = "rec"
 
 SPACES: dict[str, int] = {IMAGE: EMBED_DIM, TITLE: EMBED_DIM}
 """Every vector space of a catalog collection and its dimension, in stored order."""
+
+
+def encoder_space(base: str, version: int) -> str:
+    """Where encoder version ``version`` keeps the ``base`` space (``image`` or ``title``): version 1 is the
+    space itself; an adapted version writes ``<base>.<version>`` (optional, added by ``vitrine adapt
+    deploy``), so the old vectors stay searchable for rollback and a query always meets product vectors
+    of its own encoder version."""
+    return base if version == BASE_VERSION else f"{base}.{version}"
 
 
 def rec_space(version: int) -> str:

@@ -30,8 +30,9 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from gateway.errors import DeadlineExceeded, InvalidInput, NotFound
-from gateway.items import IMAGE, TITLE
+from gateway.items import IMAGE, TITLE, encoder_space
 from vitrine.catalog import Product
+from vitrine.contracts import BASE_VERSION
 
 T = TypeVar("T")
 
@@ -255,6 +256,22 @@ class _Stage:
         self._timings[self._name] = (time.perf_counter() - self._t0) * 1000.0
 
 
+@dataclass(frozen=True)
+class Serving:
+    """The encoder version answering queries and its embedder, switched as one immutable value.
+
+    A search reads ``Pipeline.serving`` once, so its query vectors and the index spaces it searches
+    (``gateway.items.encoder_space``) always come from the same encoder version, even while a rollout
+    switches versions between two searches.
+    """
+
+    version: int
+    embedder: Embedder
+
+    def space(self, base: str) -> str:
+        return encoder_space(base, self.version)
+
+
 class Pipeline:
     def __init__(
         self, embedder: Embedder, retriever: Retriever, reranker: Reranker, settings: PipelineSettings
@@ -263,6 +280,7 @@ class Pipeline:
         self.retriever = retriever
         self.reranker = reranker
         self.settings = settings
+        self.serving = Serving(BASE_VERSION, embedder)
 
     # ---- validation -------------------------------------------------------------------------------
 
@@ -334,15 +352,18 @@ class Pipeline:
 
     async def _search(self, q: SearchQuery, deadline: Deadline, timer: Timer) -> SearchResult:
         has_text, has_image = bool(q.text.strip()), bool(q.image)
+        serving = self.serving  # read once: query vectors and searched spaces of one encoder version
         # Concurrent stages share one budget, read before any coroutine exists: a deadline passing
         # between two reads would otherwise leave the first coroutine created but never awaited.
         budget = deadline.remaining()
         jobs: dict[str, Awaitable[object]] = {}
         if has_text:
-            jobs["text"] = self._timed(timer, "embed_text", partial(self.embedder.embed_text, q.text, budget))
+            jobs["text"] = self._timed(
+                timer, "embed_text", partial(serving.embedder.embed_text, q.text, budget)
+            )
         if has_image:
             jobs["image"] = self._timed(
-                timer, "embed_image", partial(self.embedder.embed_image, q.image, budget)
+                timer, "embed_image", partial(serving.embedder.embed_image, q.image, budget)
             )
         done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
         truncated = False
@@ -353,7 +374,7 @@ class Pipeline:
             vectors["image"] = done["image"]  # type: ignore[assignment]
 
         depth = max(q.top_k, q.rerank_depth) if (q.rerank and has_text) else q.top_k
-        spaces = self._spaces(q, has_text, has_image)
+        spaces = [(serving.space(sp), which, w) for sp, which, w in self._spaces(q, has_text, has_image)]
         by_space: dict[str, list[int]] = {}
         for i, (space, _, _) in enumerate(spaces):
             by_space.setdefault(space, []).append(i)
@@ -411,17 +432,21 @@ class Pipeline:
     async def _similar(
         self, pid: str, top_k: int, filters: Sequence[FieldFilter], deadline: Deadline, timer: Timer
     ) -> SimilarResult:
+        serving = self.serving
         with timer.stage("lookup"):
             stored = await self.retriever.get([pid], deadline.remaining())
         if pid not in stored:
             raise NotFound(f"unknown product id {pid[:64]!r}")
         vectors = stored[pid][1]
+        spaces = [serving.space(base) for base in (IMAGE, TITLE)]
+        if any(space not in vectors for space in spaces):
+            raise NotFound(f"product {pid[:64]!r} has no vectors of encoder version {serving.version} yet")
         with timer.stage("retrieve"):
             budget = deadline.remaining()
             results = await asyncio.gather(
                 *(
                     self.retriever.search(space, [vectors[space]], top_k + 1, filters, budget)
-                    for space in (IMAGE, TITLE)
+                    for space in spaces
                 )
             )
         by_image, by_title = (
@@ -475,6 +500,17 @@ class Pipeline:
                 errors[i] = InvalidInput(f"product {items[i][0].id!r}: {tv}")
                 continue
             records.append((i, Record(items[i][0], {IMAGE: iv, TITLE: tv[0]})))
+        serving = self.serving
+        if serving.version != BASE_VERSION and records:
+            # After a rollout the served version's spaces too, so a product ingested now is found by it
+            # (the base spaces stay written: they are the collection's required ones, and rollback's).
+            extra = await asyncio.gather(
+                *(serving.embedder.embed_image(items[i][1], budget) for i, _ in records),
+                *(serving.embedder.embed_text(items[i][0].title, budget) for i, _ in records),
+            )
+            for k, (_, rec) in enumerate(records):
+                rec.vectors[serving.space(IMAGE)] = extra[k]
+                rec.vectors[serving.space(TITLE)] = extra[len(records) + k][0]
         # Upsert is by id: of several items with one id, the last embedded one is what a stream of
         # separate writes would leave, so only it is written (the index refuses a batch repeating an id).
         last = {rec.product.id: (i, rec) for i, rec in records}

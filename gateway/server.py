@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,16 +22,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.auth import ApiKeys, bearer
-from gateway.clients import TritonModels
+from gateway.clients import PinnedEmbedder, TritonModels
 from gateway.config import GatewayConfig
 from gateway.errors import Dependency, DependencyError, GatewayError
 from gateway.events import EventIngest, EventStore
 from gateway.index_client import IndexRetriever
 from gateway.ingest import IngestRoots
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, Serving
 from gateway.recommend import Recommender
 from gateway.servicer import ProductSearchServicer
+from vitrine.contracts import BASE_VERSION
 from vitrine.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from vitrine.grpc_decode import DecodeErrors
 
@@ -96,6 +98,8 @@ class Gateway:
             config.index_kind,
         )
         self.pipeline = Pipeline(self.triton, self.index, self.triton, config.pipeline)
+        self.set_encoder_version(config.encoder_version)
+        self.read_serving_file()
         self.health = health_aio.HealthServicer()
         rec = config.recommend
         self.event_ingest = EventIngest(
@@ -171,7 +175,30 @@ class Gateway:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
 
+    def set_encoder_version(self, version: int) -> None:
+        """Serve ``version``: its pinned ensembles and its index spaces, switched in one assignment."""
+        if version != self.pipeline.serving.version:
+            log.warning("serving encoder version", extra={"encoder_version": version})
+        embedder = self.triton if version == BASE_VERSION else PinnedEmbedder(self.triton, version)
+        self.pipeline.serving = Serving(version, embedder)
+
+    def read_serving_file(self) -> None:
+        """Follow ``serving_file`` (written atomically by ``vitrine adapt deploy``/``rollback``); an
+        unreadable file keeps the version being served."""
+        if not self.config.serving_file:
+            return
+        path = Path(self.config.serving_file)
+        try:
+            version = int(json.loads(path.read_text())["encoder_version"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("serving file unreadable; version unchanged", extra={"error": str(exc)[:200]})
+            return
+        self.set_encoder_version(version)
+
     async def probe_once(self) -> bool:
+        self.read_serving_file()
         triton_ok, index_ok = await asyncio.gather(self.triton.ready(), self.index.ready())
         self.up[Dependency.TRITON], self.up[Dependency.INDEX] = triton_ok, index_ok
         if index_ok:

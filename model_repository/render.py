@@ -26,8 +26,9 @@ from model_repository.spec import (
     Role,
     render_config,
     to_pbtxt,
+    versioned_steps,
 )
-from vitrine.contracts import Target
+from vitrine.contracts import Model, Target, ensemble_name
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,42 @@ def _onnx_source(artifacts: Path, spec: ModelSpec, options: RenderOptions, manif
     return fp32
 
 
+ADAPTED_DIR = "versions"
+"""Adapted encoder versions live under ``<artifacts>/versions/<v>/<model>/model.onnx`` (``adapt.serving``)."""
+
+
+def adapted_versions(artifacts: Path) -> dict[Model, list[int]]:
+    """Versions beyond 1 present in the artifacts for each versioned encoder, ascending."""
+    found: dict[Model, list[int]] = {}
+    root = artifacts / ADAPTED_DIR
+    for spec in SPECS:
+        if not spec.versioned or not root.is_dir():
+            continue
+        found[spec.model] = sorted(
+            int(d.name)
+            for d in root.iterdir()
+            if d.name.isdigit()
+            and int(d.name) > int(VERSION)
+            and (d / spec.model.value / ONNX_FILE).is_file()
+        )
+    return found
+
+
+def _render_pinned_ensembles(
+    spec: ModelSpec, out: Path, options: RenderOptions, adapted: dict[Model, list[int]]
+) -> None:
+    """One ensemble per adapted version that every versioned step of ``spec`` has (``ensemble_name``)."""
+    steps = versioned_steps(spec)
+    if not steps:
+        return
+    common = set.intersection(*(set(adapted.get(m, [])) for m in steps))
+    for v in sorted(common):
+        name = ensemble_name(spec.model, v)
+        (out / name / VERSION).mkdir(parents=True, exist_ok=True)
+        config = render_config(spec, options.target, versions=[v], name=name)
+        (out / name / "config.pbtxt").write_text(to_pbtxt(config))
+
+
 def render_repository(artifacts: Path, out: Path, options: RenderOptions | None = None) -> Path:
     """Render every model of the spec into ``out`` (created or refreshed in place) and return it."""
     options = options or RenderOptions()
@@ -123,6 +160,7 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
             "(the export keeps int8 only where its agreement with fp32 was measured and sufficient)"
         )
     out.mkdir(parents=True, exist_ok=True)
+    adapted = adapted_versions(artifacts)
     for spec in SPECS:
         model_dir = out / spec.model.value
         version_dir = model_dir / VERSION
@@ -134,6 +172,13 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
             if options.target is Target.CPU:
                 shutil.copyfile(BACKENDS / ENCODER_SOURCE, version_dir / "model.py")
                 params["onnx_file"] = ONNX_FILE
+            for v in adapted.get(spec.model, []):
+                _place(
+                    artifacts / ADAPTED_DIR / str(v) / spec.model.value / ONNX_FILE,
+                    model_dir / str(v) / ONNX_FILE,
+                )
+                if options.target is Target.CPU:
+                    shutil.copyfile(BACKENDS / ENCODER_SOURCE, model_dir / str(v) / "model.py")
         elif spec.role is Role.PREPROCESS:
             assert spec.source is not None
             shutil.copyfile(BACKENDS / spec.source, version_dir / "model.py")
@@ -148,8 +193,11 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
             dynamic_batching=options.dynamic_batching,
             queue_delay_us=options.queue_delay_us,
             parameters=params,
+            versions=[int(VERSION), *adapted.get(spec.model, [])] if spec.versioned else (),
         )
         (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
+        if spec.role is Role.ENSEMBLE:
+            _render_pinned_ensembles(spec, out, options, adapted)
     log.info("rendered model repository", extra={"out": str(out), "target": options.target.value})
     return out
 

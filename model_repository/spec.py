@@ -28,6 +28,7 @@ Batching choices (measured by ``python -m benchmarks.triton``, see docs/BENCHMAR
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -106,6 +107,10 @@ class ModelSpec:
     keep_versions: int = 0
     """> 0: Triton serves the latest N versions, so a new version is deployed while the previous one still
     answers (``version_policy: latest``); 0: version 1 only."""
+    versioned: bool = False
+    """An encoder served in several pinned versions side by side: version 1 from the export, version v
+    (an adapted tower) from ``<artifacts>/versions/<v>/<model>/`` (``version_policy: specific``), and each
+    ensemble over it rendered once per version with its step pinned (``ensemble_name``)."""
 
 
 def _same(*names: Tensor) -> dict[str, str]:
@@ -156,6 +161,7 @@ SPECS: tuple[ModelSpec, ...] = (
             preferred=(8, 16, 32, 64), max_queue_delay_us=2_000, max_queue_size=256, gpu_queue_delay_us=1_000
         ),
         artifact="clip_text_encoder",
+        versioned=True,
         # Two single-threaded instances, not one using both cores: with one two-thread instance, requests
         # waited ~0.5 s in front of it whenever multi-request batches formed (p95 0.5 s at 5 req/s);
         # two instances removed every such stall (docs/BENCHMARKS.md, "Triton serving").
@@ -193,6 +199,7 @@ SPECS: tuple[ModelSpec, ...] = (
             preferred=(4, 8, 16, 32), max_queue_delay_us=0, max_queue_size=128, gpu_queue_delay_us=2_000
         ),
         artifact="clip_image_encoder",
+        versioned=True,
     ),
     ModelSpec(
         **_public(EMBED_IMAGE_IO),  # type: ignore[arg-type]
@@ -273,6 +280,12 @@ OPTIONAL_SPECS: tuple[ModelSpec, ...] = (USER_TOWER_SPEC,)
 
 SPEC_BY_MODEL: dict[Model, ModelSpec] = {s.model: s for s in (*SPECS, *OPTIONAL_SPECS)}
 
+
+def versioned_steps(spec: ModelSpec) -> list[Model]:
+    """The versioned encoders an ensemble runs."""
+    return [s.model for s in spec.steps if s.model in SPEC_BY_MODEL and SPEC_BY_MODEL[s.model].versioned]
+
+
 ENCODER_SOURCE = "onnx_encoder.py"
 """On the CPU target every encoder is this one Python model around an onnxruntime session."""
 
@@ -294,23 +307,30 @@ def render_config(
     dynamic_batching: bool = True,
     queue_delay_us: int | None = None,
     parameters: dict[str, str] | None = None,
+    versions: Sequence[int] = (),
+    name: str | None = None,
 ) -> mc.ModelConfig:
     """The ``ModelConfig`` of one model on one target.
 
     ``dynamic_batching=False`` renders the same model without a batcher (each request is one execution),
     the baseline the benchmark compares against; ``queue_delay_us`` overrides every batcher's delay (for
-    measuring the choice); ``parameters`` adds per-render values (file names).
+    measuring the choice); ``parameters`` adds per-render values (file names). ``versions``: a versioned
+    encoder serves exactly these; a versioned ensemble pins its versioned steps to ``versions[0]`` under
+    ``name`` (default: version 1 under the model's own name).
     """
-    config = mc.ModelConfig(name=spec.model.value, max_batch_size=spec.max_batch_size)
+    config = mc.ModelConfig(name=name or spec.model.value, max_batch_size=spec.max_batch_size)
     config.input.extend(_io_message(io, mc.ModelInput) for io in spec.inputs)
     config.output.extend(_io_message(io, mc.ModelOutput) for io in spec.outputs)
 
     if spec.role is Role.ENSEMBLE:
         config.platform = "ensemble"
         for step in spec.steps:
+            pinned = SPEC_BY_MODEL[step.model].versioned if step.model in SPEC_BY_MODEL else False
             config.ensemble_scheduling.step.add(
                 model_name=step.model.value,
-                model_version=-1,
+                # A versioned encoder's step is pinned, so serving a new version never changes this
+                # ensemble's answers; -1 (latest) elsewhere.
+                model_version=(versions[0] if versions else int(VERSION)) if pinned else -1,
                 input_map=step.input_map,
                 output_map=step.output_map,
             )
@@ -328,6 +348,8 @@ def render_config(
 
     if spec.keep_versions:
         config.version_policy.latest.num_versions = spec.keep_versions
+    if spec.versioned:
+        config.version_policy.specific.versions.extend(versions or [int(VERSION)])
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu_encoder else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(kind=kind, count=spec.instances[target])
 

@@ -316,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     dn = sub.add_parser("down", help="stop a running `vitrine up`")
     dn.add_argument("--var", default="var")
     dn.set_defaults(func=cmd_down)
+
+    from operations import adapt_cli
+
+    adapt_cli.add_parser(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = "vitrine"
-SERVICES = ("export", "model_repository", "index_service", "gateway", "loadtest", "recommend")
+SERVICES = ("export", "model_repository", "index_service", "gateway", "loadtest", "recommend", "adapt")
 DEMO = "demo"
 ABOVE = ("operations", "benchmarks")
 PRODUCT = (KERNEL, *SERVICES, DEMO, *ABOVE)

@@ -207,3 +207,16 @@ USER_TOWER_IO = EnsembleIO(
     max_batch_size=64,
 )
 """Served directly (no ensemble around it): the gateway sends padded histories, Triton batches them."""
+
+BASE_VERSION = 1
+"""The exported encoders' Triton version; adapted encoders are served as later versions beside it."""
+
+
+def ensemble_name(model: Model, version: int = BASE_VERSION) -> str:
+    """Triton name of ensemble ``model`` with its versioned encoder pinned to ``version``.
+
+    An ensemble's config is shared by all its versions, so a step cannot follow the version a client
+    asks for; each encoder version gets its own ensemble instead: ``embed_text`` runs encoder version 1,
+    ``embed_text_v2`` version 2. Inputs and outputs are the same contract for all of them.
+    """
+    return model.value if version == BASE_VERSION else f"{model.value}_v{version}"
