@@ -254,6 +254,8 @@ def main_stack(cfg: StackConfig) -> Stack:
             metrics_port=cfg.gateway_metrics_port,
             http_port=cfg.http_port,
             image_roots=(str(var / "catalog"),),
+            # `vitrine adapt deploy` / `rollback` switch the main job's encoder version through this file.
+            serving_file=str(var / "serving.json"),
         ),
     )
 
