@@ -52,14 +52,15 @@ class TritonModels:
     async def close(self) -> None:
         await self.client.close()
 
-    async def ready(self, timeout: float = 2.0) -> bool:
-        """Server live and every ensemble the gateway calls loaded."""
+    async def ready(self, timeout: float = 2.0, version: int = BASE_VERSION) -> bool:
+        """Server live and every ensemble the gateway calls loaded (the embedders pinned to ``version``)."""
         try:
             async with asyncio.timeout(timeout):
                 if not await self.client.is_server_ready():
                     return False
                 for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO):
-                    if not await self.client.is_model_ready(io.model.value):
+                    name = io.model.value if io is RERANK_IO else ensemble_name(io.model, version)
+                    if not await self.client.is_model_ready(name):
                         return False
         except Exception:
             return False

@@ -199,7 +199,9 @@ class Gateway:
 
     async def probe_once(self) -> bool:
         self.read_serving_file()
-        triton_ok, index_ok = await asyncio.gather(self.triton.ready(), self.index.ready())
+        triton_ok, index_ok = await asyncio.gather(
+            self.triton.ready(version=self.pipeline.serving.version), self.index.ready()
+        )
         self.up[Dependency.TRITON], self.up[Dependency.INDEX] = triton_ok, index_ok
         if index_ok:
             try:
