@@ -24,10 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="var/adapt")
     ap.add_argument("--reuse", action="store_true", help="evaluate the heads of an earlier run")
     ap.add_argument("--version", type=int, default=2, help="encoder version the adapter is exported as")
+    ap.add_argument("--skip-eval", action="store_true", help="with --reuse: the tables of the last eval")
     ns = ap.parse_args(argv)
     cfg = AdaptConfig(artifacts=Path(ns.artifacts), out=Path(ns.out), progress=False)
     manifest = json.loads((cfg.out / "manifest.json").read_text()) if ns.reuse else train_all(cfg)
-    evaluate_all(cfg)
+    if not (ns.reuse and ns.skip_eval):
+        evaluate_all(cfg)
     pair, spec = load_heads(cfg.out / CATALOG / "residual.pt")
     source = {"heads": "catalog residual", **spec.to_dict()}
     served = export_version(pair, cfg.artifacts, str(ns.version), source)
