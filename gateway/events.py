@@ -207,14 +207,17 @@ class EventStore:
     ) -> list[tuple[str, float]]:
         """Items by recency-weighted, type-weighted event counts over the trending window (best first)."""
         now = time.time() if now is None else now
+        # Aggregated in SQLite by (item, type, hour): Python sees one row per group, not per event.
         rows = self._conn().execute(
-            "SELECT item_id, type, ts FROM events WHERE ts >= ? ORDER BY ts DESC LIMIT 200000",
-            (now - self.trending_window_days * 86400,),
+            "SELECT item_id, type, CAST((? - ts) / 3600 AS INTEGER) AS age_h, COUNT(*) FROM events "
+            "WHERE ts >= ? GROUP BY item_id, type, age_h",
+            (now, now - self.trending_window_days * 86400),
         )
         scores: Counter[str] = Counter()
-        decay = math.log(2) / (half_life_days * 86400)
-        for item, kind, ts in rows:
-            scores[item] += EVENT_WEIGHT[EventType(kind)] * math.exp(-decay * max(0.0, now - ts))
+        decay = math.log(2) / (half_life_days * 24)
+        weight = {t.value: w for t, w in EVENT_WEIGHT.items()}
+        for item, kind, age_h, n in rows:
+            scores[item] += weight[kind] * n * math.exp(-decay * max(0.0, age_h + 0.5))
         return scores.most_common(limit)
 
     def co_visited(self, item_id: str, limit: int = 50, sessions: int = 500) -> list[tuple[str, int]]:

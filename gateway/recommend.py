@@ -40,6 +40,9 @@ from vitrine.catalog import CATEGORY_SEPARATOR, Product
 from vitrine.contracts import REC_DIM
 from vitrine.events import EVENT_CODE, MAX_HISTORY, Event, EventType
 
+TRENDING_TTL_S = 30.0
+"""Trending scores are recomputed at most this often (one aggregate query over the trending window)."""
+
 MAX_RECOMMEND = 100
 DEFAULT_RECOMMEND = 10
 MAX_BOOSTS = 16
@@ -290,7 +293,7 @@ class Recommender:
 
     async def trending(self) -> list[tuple[str, float]]:
         read_at, items = self._trending_cache
-        if time.monotonic() - read_at > 5.0:
+        if time.monotonic() - read_at > TRENDING_TTL_S:
             items = await asyncio.to_thread(self.events.trending, 500)
             self._trending_cache = (time.monotonic(), items)
         return items
