@@ -26,10 +26,13 @@ from vitrine.events import EVENT_CODE, EVENT_WEIGHT, MAX_HISTORY
 
 @dataclass(frozen=True)
 class TowerSpec:
+    """Default sizes chosen by validation NDCG@10 on the demo data among three runs (docs/BENCHMARKS.md):
+    hidden 128 / attr 16 / id 32 (0.072), hidden 256 / id 64 (0.073), and these (0.075)."""
+
     dim: int = REC_DIM
-    hidden: int = 128
-    attr_dim: int = 16
-    id_dim: int = 32
+    hidden: int = 256
+    attr_dim: int = 32
+    id_dim: int = 128
     dropout: float = 0.1
 
 
