@@ -22,7 +22,6 @@ import math
 import sqlite3
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,12 +212,12 @@ class EventStore:
             "WHERE ts >= ? GROUP BY item_id, type, age_h",
             (now, now - self.trending_window_days * 86400),
         )
-        scores: Counter[str] = Counter()
+        scores: dict[str, float] = {}
         decay = math.log(2) / (half_life_days * 24)
         weight = {t.value: w for t, w in EVENT_WEIGHT.items()}
         for item, kind, age_h, n in rows:
-            scores[item] += weight[kind] * n * math.exp(-decay * max(0.0, age_h + 0.5))
-        return scores.most_common(limit)
+            scores[item] = scores.get(item, 0.0) + weight[kind] * n * math.exp(-decay * max(0.0, age_h + 0.5))
+        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
 
     def co_visited(self, item_id: str, limit: int = 50, sessions: int = 500) -> list[tuple[str, int]]:
         """Items seen in the same sessions as ``item_id`` (its last ``sessions`` sessions), most shared

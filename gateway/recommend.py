@@ -340,7 +340,16 @@ class Recommender:
         result.timings = {**timer.timings, "rec_total": sum(timer.timings.values())}
         return result
 
-    async def _personal(self, q, history, exclude, penalty, diversity, timer, left) -> RecommendResult | None:  # type: ignore[no-untyped-def]
+    async def _personal(
+        self,
+        q: RecommendQuery,
+        history: list[Event],
+        exclude: set[str],
+        penalty: Callable[[str], float],
+        diversity: float,
+        timer: Timer,
+        left: Callable[[], float],
+    ) -> RecommendResult | None:
         with timer.stage("rec_user_tower"):
             version = await self.version(left())
             if not version:
@@ -375,7 +384,9 @@ class Recommender:
                     r.reason = f"because you {_VERB[used[j].type]} {names.get(hist_ids[j], hist_ids[j])}"
         return RecommendResult(picked, "personal", version)
 
-    async def _session(self, q, exclude, diversity, timer, left) -> RecommendResult | None:  # type: ignore[no-untyped-def]
+    async def _session(
+        self, q: RecommendQuery, exclude: set[str], diversity: float, timer: Timer, left: Callable[[], float]
+    ) -> RecommendResult | None:
         with timer.stage("rec_retrieve"):
             stored = await self.index.get([q.context_item], left())
             if q.context_item not in stored:
@@ -403,7 +414,15 @@ class Recommender:
         with timer.stage("rec_rerank"):
             return RecommendResult(mmr(pool, q.top_k, diversity), "session")
 
-    async def _trending(self, q, exclude, trending, diversity, timer, left) -> RecommendResult:  # type: ignore[no-untyped-def]
+    async def _trending(
+        self,
+        q: RecommendQuery,
+        exclude: set[str],
+        trending: dict[str, float],
+        diversity: float,
+        timer: Timer,
+        left: Callable[[], float],
+    ) -> RecommendResult:
         with timer.stage("rec_retrieve"):
             ids = [pid for pid, _ in sorted(trending.items(), key=lambda kv: -kv[1]) if pid not in exclude]
             ids = ids[: max(200, q.top_k * 10)]
