@@ -407,7 +407,7 @@ def _compare_report(config: CompareConfig, rows: list[dict[str, Any]]) -> str:
         "",
         _row(["offered req/s", "generator", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors",
               "gateway-side p95 ms", *CPU_HEADERS]),
-        _row(["---"] * 10),
+        _row(["---"] * 11),
     ]  # fmt: skip
     for row in rows:
         for name in ("locust", "openloop"):
