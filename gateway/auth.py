@@ -6,10 +6,11 @@ Keys come from three places, all optional: ``api_key`` (the original single key;
 ``read+write``. With no key configured the API is open. Keys are compared by SHA-256 digest, so the lookup
 takes the same time whichever key matches, and neither a key nor its digest is ever logged or echoed.
 
-Every API method needs one scope (``METHOD_SCOPES``): reads (Search, SimilarItems, GetProducts and the
-product image) need ``read``, writes (UpsertProducts, DeleteProducts) ``write``. A method missing from
-the table needs ``write``: a new RPC is closed to read-only keys until someone decides otherwise. A
-missing or unknown key is UNAUTHENTICATED; a known key without the scope is PERMISSION_DENIED.
+Every API method needs one scope (``METHOD_SCOPES``): reads (Search, SimilarItems, GetProducts, Recommend
+and the product image) need ``read``, writes (UpsertProducts, DeleteProducts, RecordEvents) ``write``. A
+method missing from the table needs ``write``: a new RPC is closed to read-only keys until someone
+decides otherwise. A missing or unknown key is UNAUTHENTICATED; a known key without the scope is
+PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ METHOD_SCOPES: dict[str, Scope] = {
     "GetProductImage": Scope.READ,
     "UpsertProducts": Scope.WRITE,
     "DeleteProducts": Scope.WRITE,
+    "Recommend": Scope.READ,
+    "RecordEvents": Scope.WRITE,  # events are stored data; a storefront that records them needs write
 }
 """The scope each API method needs, by its gRPC method name (HTTP routes count under the same names)."""
 
