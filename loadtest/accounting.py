@@ -1,14 +1,14 @@
 """The load generator's own CPU, and the machine's, over a measured window.
 
-A generator on the machine it loads competes with the stack for the same cores: Locust with gevent gRPC
-users on 2 cores took enough CPU to double the servers' stage times. A load figure therefore carries
-the generator's CPU seconds and its share of the machine, and a run whose generator took more than a
-set share is flagged, so nobody reads a contended figure as the product's speed.
+A generator on the machine it loads competes with the stack for the same cores, so a load figure carries
+the generator's CPU seconds and its share of the machine, and a run whose generator took more than a set
+share is flagged: nobody should read a contended figure as the product's speed, and nobody should blame
+the generator without a number either.
 
-:class:`CpuMeter` samples a process tree (the Locust master and its ``--processes`` workers, or this
-process for the open-loop generator) and the machine's ``/proc/stat`` counters from a background thread;
-:meth:`CpuMeter.window` reports the last ``seconds`` before the stop, which is the measured part of a run
-(start-up and data loading precede it).
+:class:`CpuMeter` samples a process tree (this process's children, i.e. the Locust master and its
+``--processes`` workers, or this process itself for the open-loop generator) and the machine's
+``/proc/stat`` counters from a background thread; :meth:`CpuMeter.window` reports the last ``seconds``
+before the stop, which is the measured part of a run (start-up and data loading precede it).
 """
 
 from __future__ import annotations
@@ -75,8 +75,10 @@ class CpuUse:
         return out
 
 
-def _tree_cpu(root: psutil.Process) -> float:
-    """CPU seconds of ``root`` and every live descendant; reaped ones are in their parent's children_*."""
+def _tree_cpu(root: psutil.Process, children_only: bool = False) -> float:
+    """CPU seconds of ``root`` and every live descendant; reaped ones are in their parent's children_*.
+
+    ``children_only``: leave out ``root``'s own time (a generator that is a child of this process)."""
     total = 0.0
     try:
         members = [root, *root.children(recursive=True)]
@@ -87,7 +89,8 @@ def _tree_cpu(root: psutil.Process) -> float:
             t = proc.cpu_times()
         except psutil.Error:
             continue  # exited between listing and reading: its parent's children_* times carry it
-        total += t.user + t.system + t.children_user + t.children_system
+        own = 0.0 if (children_only and proc is root) else t.user + t.system
+        total += own + t.children_user + t.children_system
     return total
 
 
@@ -104,10 +107,17 @@ def load_average() -> tuple[float, float, float]:
 
 
 class CpuMeter:
-    """Samples the generator's process tree and the machine every ``interval_s`` until stopped."""
+    """Samples the generator's process tree and the machine every ``interval_s`` until stopped.
 
-    def __init__(self, pid: int | None = None, interval_s: float = 0.5, max_share: float = DEFAULT_MAX_SHARE):
-        self._root = psutil.Process(pid if pid is not None else os.getpid())
+    By default the generator is this process (the open-loop generator); ``children_only`` measures what
+    this process's children do instead (Locust, started with ``subprocess.run`` while the meter runs).
+    """
+
+    def __init__(
+        self, children_only: bool = False, interval_s: float = 0.5, max_share: float = DEFAULT_MAX_SHARE
+    ) -> None:
+        self._root = psutil.Process(os.getpid())
+        self._children_only = children_only
         self._interval = interval_s
         self.max_share = max_share
         self.samples: list[CpuSample] = []
@@ -117,7 +127,7 @@ class CpuMeter:
 
     def _sample(self) -> None:
         # A tree's total only grows; a dip means a child exited and was not yet reaped into the parent.
-        self._last_generator = max(self._last_generator, _tree_cpu(self._root))
+        self._last_generator = max(self._last_generator, _tree_cpu(self._root, self._children_only))
         self.samples.append(CpuSample(time.monotonic(), self._last_generator, _machine_busy()))
 
     def _loop(self) -> None:
@@ -129,15 +139,13 @@ class CpuMeter:
         self._thread.start()
         return self
 
-    def stop(self, generator_total_s: float | None = None) -> None:
-        """Stops sampling; ``generator_total_s`` (e.g. from ``getrusage`` after the child was reaped)
-        replaces the last sample's tree total, which misses what the tree did after the last poll."""
+    def stop(self) -> None:
+        """Stops sampling with a last sample: a reaped child's whole CPU is in this process's children
+        counters by then, including what it did after the last poll."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        if generator_total_s is not None:
-            self._last_generator = max(self._last_generator, generator_total_s)
-        self.samples.append(CpuSample(time.monotonic(), self._last_generator, _machine_busy()))
+        self._sample()
 
     def window(self, seconds: float | None = None) -> CpuUse:
         """Use over the last ``seconds`` before the stop (all of it when None or longer than sampled)."""

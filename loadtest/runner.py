@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import resource
 import signal
 import subprocess
 import sys
@@ -137,26 +136,25 @@ def run_once(
     server_before = server_metrics.snapshot(config.gateway_metrics) if config.gateway_metrics else None
     load_before = load_average()
     started = time.monotonic()
+    # Locust and its workers are this process's only children while it runs: the meter follows them.
+    meter = CpuMeter(children_only=True, max_share=config.max_generator_share).start()
     with (out / "locust.log").open("w") as log:
-        children_before = _children_cpu()
-        proc = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-        meter = CpuMeter(proc.pid, max_share=config.max_generator_share).start()
         try:
-            returncode = proc.wait(timeout=config.duration_s + GRACE_S)
+            done = subprocess.run(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=config.duration_s + GRACE_S,
+                check=False,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         except subprocess.TimeoutExpired as exc:
-            proc.kill()
-            proc.wait()
-            meter.stop()
             raise RunError(
                 f"locust did not stop within {config.duration_s + GRACE_S:.0f} s; see {out}"
             ) from exc
-        # Once reaped, the whole tree's CPU (workers included) is in this process's children counters.
-        meter.stop(generator_total_s=_children_cpu() - children_before)
+        finally:
+            meter.stop()
+    returncode = done.returncode
     cpu_use = meter.window(config.duration_s)
     cpu = {**cpu_use.to_json(), "load_before": load_before, "load_after": load_average()}
     triton = (
@@ -195,11 +193,6 @@ def run_once(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return result
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _merge_stages(path: Path) -> dict[str, dict[str, float]]:
