@@ -71,7 +71,13 @@ def labelled_queries(
 
 
 class Encoder:
-    """The exported cross-encoder checkpoint in PyTorch: frozen BERT pooled output, trainable head."""
+    """The exported cross-encoder checkpoint in PyTorch: the transformer frozen, its head trainable.
+
+    The head is what ``BertForSequenceClassification`` puts on the [CLS] state: the pooler (dense +
+    tanh) and the classifier. The offline checkpoint's pooler was never trained for pairs (the MiniLM
+    encoder comes from a sentence-embedding model), so both are trained; the encoder's [CLS] state is
+    computed once per pair and cached.
+    """
 
     def __init__(self, artifacts: Path) -> None:
         from transformers import AutoModelForSequenceClassification
@@ -80,17 +86,24 @@ class Encoder:
             artifacts / CHECKPOINT, attn_implementation="eager"
         ).eval()
         self.tokenizer = PairTokenizer.from_file(artifacts / TOKENIZER, RERANK_MAX_LENGTH)
-        self.head = self.model.classifier
+        self.head = torch.nn.ModuleDict(
+            {"pooler": self.model.bert.pooler, "classifier": self.model.classifier}
+        )
 
     @torch.no_grad()
     def pooled(self, query: str, passages: Sequence[str]) -> torch.Tensor:
+        """[CLS] states of the pairs (the head's input)."""
         b = self.tokenizer.encode(query, passages)
         out = self.model.bert(
             input_ids=torch.from_numpy(b.input_ids),
             attention_mask=torch.from_numpy(b.attention_mask),
             token_type_ids=torch.from_numpy(b.token_type_ids),
         )
-        return out.pooler_output
+        return out.last_hidden_state[:, 0]
+
+    def logits(self, cls: torch.Tensor) -> torch.Tensor:
+        pooler = self.model.bert.pooler
+        return self.model.classifier(pooler.activation(pooler.dense(cls))).squeeze(-1)
 
 
 def _candidates(q: LabelledQuery, products: Sequence[Product], n: int, rng: random.Random) -> list[Product]:
@@ -126,7 +139,7 @@ def train_head(
         for i in order:
             pooled, grades = cached[i]
             target = (2.0**grades - 1.0) / (2.0**grades - 1.0).sum()
-            logits = enc.head(pooled).squeeze(-1)
+            logits = enc.logits(pooled)
             loss = -(target * torch.log_softmax(logits, dim=0)).sum()
             opt.zero_grad()
             loss.backward()
@@ -146,7 +159,7 @@ def train_head(
 
 @torch.no_grad()
 def scores(enc: Encoder, query: str, passages: Sequence[str]) -> np.ndarray:
-    return enc.head(enc.pooled(query, passages)).squeeze(-1).numpy()
+    return enc.logits(enc.pooled(query, passages)).numpy()
 
 
 def ranking_metrics(
