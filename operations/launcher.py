@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -83,10 +85,12 @@ class ChildServer:
         self.name = name
         self.argv = list(argv)
         self.probe = probe
-        self._own_log: tempfile.TemporaryDirectory[str] | None = None
+        self._own_log: weakref.finalize | None = None
         if log_file is None:
-            self._own_log = tempfile.TemporaryDirectory(prefix=f"vitrine-{name.replace(' ', '-')}-")
-            log_file = Path(self._own_log.name) / "server.log"
+            # A log of its own, kept after a stop (for the tail) and removed with this object or close().
+            own = tempfile.mkdtemp(prefix=f"vitrine-{name.replace(' ', '-')}-")
+            self._own_log = weakref.finalize(self, shutil.rmtree, own, ignore_errors=True)
+            log_file = Path(own) / "server.log"
         self.log_file = Path(log_file)
         self.env = env
         self.startup_timeout_s = startup_timeout_s
@@ -181,7 +185,7 @@ class ChildServer:
     def close(self) -> None:
         self.stop()
         if self._own_log is not None:
-            self._own_log.cleanup()
+            self._own_log()
             self._own_log = None
 
     def __enter__(self) -> ChildServer:
