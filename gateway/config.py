@@ -44,6 +44,10 @@ class GatewayConfig:
             "secret": True,
         },
     )
+    index_api_key: str = field(
+        default="",
+        metadata={"help": "key the gateway presents to an index service that requires one", "secret": True},
+    )
     api_keys_file: str = field(
         default="", metadata={"help": "file of SCOPES:KEY lines (# comments); see gateway/auth.py"}
     )

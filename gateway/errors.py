@@ -82,6 +82,10 @@ _PASS_THROUGH = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.NOT_FOUND: grpc.StatusCode.UNAVAILABLE,  # a model or collection that is not loaded
     grpc.StatusCode.FAILED_PRECONDITION: grpc.StatusCode.UNAVAILABLE,
+    # A dependency that refuses the gateway's own credentials: the gateway cannot serve (health turns
+    # NOT_SERVING so operators see it), and it is not the caller's mistake.
+    grpc.StatusCode.UNAUTHENTICATED: grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.PERMISSION_DENIED: grpc.StatusCode.UNAVAILABLE,
 }
 
 _BY_NAME = {code.name: code for code in grpc.StatusCode}

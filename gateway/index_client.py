@@ -34,8 +34,10 @@ class IndexRetriever:
         collection: str,
         filter_attributes: Sequence[str],
         index_kind: str = "flat",
+        api_key: str = "",
     ) -> None:
         self.address = address
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self.collection = collection
         self.filter_attributes = tuple(filter_attributes)
         self.index_kind = index_kind
@@ -59,7 +61,7 @@ class IndexRetriever:
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
-            return await method(request, timeout=timeout)
+            return await method(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_dependency(Dependency.INDEX, exc) from exc
 
@@ -69,7 +71,9 @@ class IndexRetriever:
             return
         spec = items.collection_spec(self.collection, self.filter_attributes, self.index_kind)
         try:
-            await self.stub.CreateCollection(ipb.CreateCollectionRequest(spec=spec), timeout=timeout)
+            await self.stub.CreateCollection(
+                ipb.CreateCollectionRequest(spec=spec), timeout=timeout, metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise from_dependency(Dependency.INDEX, exc) from exc

@@ -96,6 +96,7 @@ class Gateway:
             config.pipeline.collection,
             config.pipeline.filter_attributes,
             config.index_kind,
+            config.index_api_key,
         )
         self.pipeline = Pipeline(self.triton, self.index, self.triton, config.pipeline)
         self.set_encoder_version(config.encoder_version)

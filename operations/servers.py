@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from gateway.config import ENV_PREFIX as GATEWAY_ENV_PREFIX
 from gateway.config import GatewayConfig
+from index_service.config import ENV_PREFIX as INDEX_ENV_PREFIX
 from index_service.config import IndexServiceConfig
 from loadtest.observability.prometheus import find_binary
 from model_repository.server import (
@@ -47,6 +48,12 @@ def _python_module(module: str, config: Any) -> list[str]:
     return [sys.executable, "-m", module, *to_argv(config)]
 
 
+def _with_secrets(config: Any, prefix: str) -> dict[str, str] | None:
+    """The child's environment: ours plus the config's secret fields (keys never go on a command line)."""
+    secrets = secret_env(config, prefix)
+    return {**os.environ, **secrets} if secrets else None
+
+
 class IndexServer(ChildServer):
     """``python -m index_service`` over a data directory; ``restart`` and ``kill`` keep the directory."""
 
@@ -57,7 +64,7 @@ class IndexServer(ChildServer):
         self.metrics_port = self.config.metrics_port if self.config.metrics_port >= 0 else None
         super().__init__(
             "index service", _python_module("index_service", self.config), grpc_serving(self.address),
-            log_file=log_file, **kw,
+            log_file=log_file, env=_with_secrets(self.config, INDEX_ENV_PREFIX), **kw,
         )  # fmt: skip
 
 
@@ -77,11 +84,10 @@ class GatewayServer(ChildServer):
         self.config = with_ports(config)
         self.address = f"{self.config.host}:{self.config.port}"
         self.metrics_port = self.config.metrics_port if self.config.metrics_port >= 0 else None
-        secrets = secret_env(self.config, GATEWAY_ENV_PREFIX)
         super().__init__(
             "gateway", _python_module("gateway", self.config), grpc_serving(self.address),
             log_file=log_file, hint=" (are Triton and the index up?)",
-            env={**os.environ, **secrets} if secrets else None, **kw,
+            env=_with_secrets(self.config, GATEWAY_ENV_PREFIX), **kw,
         )  # fmt: skip
 
 

@@ -429,3 +429,39 @@ def test_keys_come_from_a_file_or_the_environment_and_never_reach_a_command_line
         "VITRINE_GATEWAY_API_KEY": "legacy-secret",
         "VITRINE_GATEWAY_API_KEYS": "read:env-secret",
     }
+
+
+async def test_gateway_presents_its_key_to_a_keyed_index_service(
+    gateway_triton: object, small_catalog: Path, tmp_path: Path
+) -> None:
+    """An index service that requires keys serves a gateway configured with one, and refuses one without."""
+    with servers.index_server(tmp_path / "index", api_keys=("read+write:index-secret",)) as index:
+        assert "index-secret" not in " ".join(index.argv)  # the key travels in the environment
+        keyed = await start_gateway(
+            gateway_config_for(
+                gateway_triton.grpc_url,  # type: ignore[attr-defined]
+                index.address,
+                index_api_key="index-secret",
+            ),
+            small_catalog,
+        )
+        try:
+            pid = next(iter(keyed.products))
+            got = await keyed.stub.GetProducts(pb.GetProductsRequest(ids=[pid]), timeout=30)
+            assert [p.id for p in got.products] == [pid]
+            keyless = await start_gateway(
+                gateway_config_for(
+                    gateway_triton.grpc_url,  # type: ignore[attr-defined]
+                    index.address,
+                    pipeline=keyed.gateway.config.pipeline,
+                )
+            )
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await keyless.stub.GetProducts(pb.GetProductsRequest(ids=[pid]), timeout=30)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "index" in (err.value.details() or "") and "API key" in (err.value.details() or "")
+            finally:
+                await stop_gateway(keyless)
+        finally:
+            await stop_gateway(keyed)
