@@ -168,6 +168,8 @@ def export_version(
         entries[model.value] = {
             "path": str(fused.relative_to(artifacts)),
             "sha256": file_digest(fused),
+            # The tower this head was fused onto: a later export of other weights makes the version stale.
+            "base_sha256": file_digest(artifacts / model.value / ONNX_FILE),
             "validation": validate(model, artifacts, fused, head, seed),
             **({"cost": measure_costs(model, artifacts, fused, head_path)} if measure else {}),
         }

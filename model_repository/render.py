@@ -110,19 +110,40 @@ ADAPTED_DIR = "versions"
 
 
 def adapted_versions(artifacts: Path) -> dict[Model, list[int]]:
-    """Versions beyond 1 present in the artifacts for each versioned encoder, ascending."""
+    """Versions beyond 1 present in the artifacts for each versioned encoder, ascending. A version fused
+    onto a tower other than the exported one (its manifest's ``base_sha256`` differs from the export
+    manifest's) is stale and left out, with a warning: it would serve another model's embeddings."""
     found: dict[Model, list[int]] = {}
     root = artifacts / ADAPTED_DIR
+    if not root.is_dir():
+        return found
+    exported = load_manifest(artifacts).get("models", {})
     for spec in SPECS:
-        if not spec.versioned or not root.is_dir():
+        if not spec.versioned:
             continue
-        found[spec.model] = sorted(
-            int(d.name)
-            for d in root.iterdir()
-            if d.name.isdigit()
-            and int(d.name) > int(VERSION)
-            and (d / spec.model.value / ONNX_FILE).is_file()
-        )
+        versions = []
+        for d in root.iterdir():
+            if not (
+                d.name.isdigit()
+                and int(d.name) > int(VERSION)
+                and (d / spec.model.value / ONNX_FILE).is_file()
+            ):
+                continue
+            meta = d / "manifest.json"
+            entry = (
+                json.loads(meta.read_text()).get("models", {}).get(spec.model.value, {})
+                if meta.is_file()
+                else {}
+            )
+            base = entry.get("base_sha256")
+            if base and base != exported.get(spec.model.value, {}).get("sha256", base):
+                log.warning(
+                    "adapted version is stale (fused onto another export); not served",
+                    extra={"model": spec.model.value, "version": d.name},
+                )
+                continue
+            versions.append(int(d.name))
+        found[spec.model] = sorted(versions)
     return found
 
 

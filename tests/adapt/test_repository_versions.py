@@ -47,3 +47,18 @@ def test_an_adapted_version_gets_its_own_pinned_ensembles(tiny_artifacts: Path, 
         assert [i.name for i in pinned.input] == [i.name for i in _config(repo, ensemble.value).input]
     # Models without versions keep following their latest (and only) version.
     assert set(_step_versions(_config(repo, Model.RERANK.value)).values()) == {-1}
+
+
+def test_a_version_fused_onto_another_export_is_not_served(tiny_artifacts: Path, tmp_path: Path) -> None:
+    import json
+
+    art = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, art)
+    export_version(AdapterPair(512, 32, HeadKind.RESIDUAL, 0.2, 0.07), art, "2", {}, measure=False)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["models"][Model.CLIP_IMAGE_ENCODER.value]["sha256"] = "0" * 64  # as if re-exported since
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    repo = render_repository(art, tmp_path / "repo")
+    assert list(_config(repo, Model.CLIP_IMAGE_ENCODER.value).version_policy.specific.versions) == [1]
+    assert not (repo / ensemble_name(Model.EMBED_IMAGE, 2)).exists()
+    assert list(_config(repo, Model.CLIP_TEXT_ENCODER.value).version_policy.specific.versions) == [1, 2]
