@@ -17,7 +17,9 @@ GATEWAY_SCENARIOS = (
 TRITON_SCENARIOS = ("embed_text", "embed_image", "rerank10", "rerank50")
 
 DEFAULT_MIX = {
-    LoadTarget.GATEWAY: "text=6,text_rerank10=2,text_rerank50=1,image=2,hybrid=1,filtered=2,similar=1,recommend=1",
+    LoadTarget.GATEWAY: (
+        "text=6,text_rerank10=2,text_rerank50=1,image=2,hybrid=1,filtered=2,similar=1,recommend=1"
+    ),
     LoadTarget.TRITON: "embed_text=6,embed_image=2,rerank10=2,rerank50=1",
 }
 SCENARIOS = {LoadTarget.GATEWAY: GATEWAY_SCENARIOS, LoadTarget.TRITON: TRITON_SCENARIOS}
