@@ -12,7 +12,6 @@ import asyncio
 import io
 import os
 import struct
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from gateway.ingest import REFUSED
 from gateway.requests import REFUSED_KEY, SETTLED_KEY, UPSERTED_KEY
 from operations import servers
 from tests.fixtures.stack import GatewayHandle, gateway_config_for, start_gateway, stop_gateway
+from tests.model_repository.images import png_header
 from vitrine.config import secret_env, to_argv
 from vitrine.contracts import MAX_IMAGE_BYTES
 from vitrine.gateway.v1 import gateway_pb2 as pb
@@ -41,21 +41,6 @@ SERVICE = "/vitrine.gateway.v1.ProductSearch/"
 READ, WRITE, BOTH, LEGACY = "r-key-1", "w-key-2", "rw-key-3", "legacy-key"
 NOT_UTF8 = b"\x0a\x02\xff\xfe"  # field 1 (a string in every request here) holding invalid UTF-8
 GARBAGE = b"\xff\xff\xff\xff\x0f"
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG of a few dozen bytes whose header declares ``width`` x ``height`` pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0"))
-        + chunk(b"IEND", b"")
-    )
 
 
 def gif_header(width: int, height: int) -> bytes:

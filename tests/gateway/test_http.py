@@ -12,8 +12,6 @@ import io
 import json
 import re
 import ssl
-import struct
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from gateway.errors import API_KEY_MESSAGE, InvalidInput
 from gateway.http import MAX_BODY_BYTES
 from gateway.requests import check_image
 from tests.fixtures.stack import GatewayHandle, gateway_config_for, start_gateway, stop_gateway
+from tests.model_repository.images import png_header
 from vitrine.gateway.v1 import gateway_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -69,21 +68,6 @@ def _json_ids(hits: list[dict]) -> list[str]:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG whose header declares ``width`` x ``height`` (decoding it would take that much memory)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0"))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _jpeg(color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -316,12 +300,12 @@ ERROR_CASES = {
         pb.SearchRequest(image=b"\xff\xd8\xff garbage"),
     ),
     "too many pixels": (
-        {"image_base64": _b64(_png_header(8000, 8000))},
-        pb.SearchRequest(image=_png_header(8000, 8000)),
+        {"image_base64": _b64(png_header(8000, 8000))},
+        pb.SearchRequest(image=png_header(8000, 8000)),
     ),
     "decompression bomb": (
-        {"image_base64": _b64(_png_header(20000, 20000))},
-        pb.SearchRequest(image=_png_header(20000, 20000)),
+        {"image_base64": _b64(png_header(20000, 20000))},
+        pb.SearchRequest(image=png_header(20000, 20000)),
     ),
     "text too long": ({"text": "a" * 100_001}, pb.SearchRequest(text="a" * 100_001)),
     "overlong field name is bounded": (

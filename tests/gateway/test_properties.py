@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +25,7 @@ from PIL import Image
 
 from gateway.errors import MAX_MESSAGE_CHARS
 from tests.fixtures.stack import GatewayHandle, gateway_config_for, start_gateway, stop_gateway
+from tests.model_repository.images import png_header
 from vitrine.gateway.v1 import gateway_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -48,14 +47,6 @@ def _jpeg(color: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
-def _png_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 JPEG = _jpeg((120, 40, 200))
 GOOD_JPEG = _jpeg((20, 200, 90))
 """The known product's photo; generated items never carry it, so it stays its own nearest image."""
@@ -70,8 +61,8 @@ IMAGES = st.sampled_from(
         b"",
         JPEG,
         JPEG[: len(JPEG) // 2],
-        _png_header(60_000, 60_000),
-        _png_header(1, 1),
+        png_header(60_000, 60_000),
+        png_header(1, 1),
         b"GIF89a\xff\xff\xff\xff",
     ]
 ) | st.binary(max_size=64)

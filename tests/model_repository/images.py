@@ -35,6 +35,18 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header declares ``width`` x ``height`` pixels (one empty row of
+    data): what a decompression bomb looks like to a check that reads headers only."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\0"))
+        + _chunk(b"IEND", b"")
+    )
+
+
 def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
     """A tiny PNG whose header declares ``width x height`` pixels (400 M by default).
 
