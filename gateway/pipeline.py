@@ -108,8 +108,8 @@ class Reranker(Protocol):
     async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray: ...
 
 
-class Retriever(Protocol):
-    """One catalog: products with a vector in each named space."""
+class ItemSource(Protocol):
+    """One catalog, read: products with a vector in each named space (search and recommendations)."""
 
     async def search(
         self,
@@ -123,6 +123,10 @@ class Retriever(Protocol):
     async def get(
         self, ids: Sequence[str], timeout: float | None
     ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]: ...
+
+
+class Retriever(ItemSource, Protocol):
+    """One catalog, read and written."""
 
     async def upsert(self, records: Sequence[Record], timeout: float | None) -> None:
         """Every space of every record in one write."""

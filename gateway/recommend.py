@@ -35,7 +35,7 @@ import numpy as np
 
 from gateway.errors import InvalidInput, NotFound
 from gateway.items import IMAGE, rec_space
-from gateway.pipeline import Candidate, FieldFilter, Timer
+from gateway.pipeline import FieldFilter, ItemSource, Timer
 from vitrine.catalog import CATEGORY_SEPARATOR, Product
 from vitrine.contracts import REC_DIM
 from vitrine.events import EVENT_CODE, MAX_HISTORY, Event, EventType
@@ -131,21 +131,6 @@ class UserTower(Protocol):
     async def embed_user(
         self, version: int, history: np.ndarray, types: np.ndarray, ages: np.ndarray, timeout: float | None
     ) -> np.ndarray: ...
-
-
-class ItemSource(Protocol):
-    async def search(
-        self,
-        space: str,
-        vectors: Sequence[np.ndarray],
-        k: int,
-        filters: Sequence[FieldFilter],
-        timeout: float | None,
-    ) -> list[list[Candidate]]: ...
-
-    async def get(
-        self, ids: Sequence[str], timeout: float | None
-    ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]: ...
 
 
 def recommend_query(
