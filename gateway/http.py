@@ -276,18 +276,7 @@ def filters_in(filters: Sequence[FilterIn]) -> tuple[FieldFilter, ...]:
 
 def product_in(p: ProductIn) -> Product:
     """Through the protobuf message, so both APIs normalise a product the same way."""
-    return product_from_pb(
-        pb.Product(
-            id=p.id,
-            title=p.title,
-            description=p.description,
-            category=p.category,
-            brand=p.brand,
-            price=p.price,
-            image_uri=p.image_uri,
-            attributes=p.attributes,
-        )
-    )
+    return product_from_pb(pb.Product(**p.model_dump()))  # the fields are pb.Product's
 
 
 def decode_base64(value: str, name: str) -> bytes:
