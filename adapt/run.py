@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ FASHION_MNIST = "fashion-mnist"
 ZERO_SHOT = "zero-shot"
 NAIVE = "naive heads"
 RESIDUAL = "residual adapter"
-RERANK_HEAD = "rerank_head.pt"
+RERANKER = "re-ranker"
+RERANKER_FILE = "reranker.pt"
+"""The cross-encoder's trained blocks and head (``reranker.Encoder.trained_state``)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ class AdaptConfig:
         default=(0.1, 0.2, 0.35, 0.5), metadata={"help": "residual mixing ratios tried; validation picks one"}
     )
     train: TrainSpec = field(default_factory=TrainSpec)
-    rerank: bool = field(default=True, metadata={"help": "also train the cross-encoder head (catalog)"})
+    rerank: bool = field(default=True, metadata={"help": "also train the cross-encoder (catalog)"})
+    rerank_spec: RerankSpec = field(default_factory=RerankSpec)
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
 
@@ -142,7 +146,7 @@ def train_all(cfg: AdaptConfig) -> dict[str, Any]:
         runs[RESIDUAL] = {**_run_entry(best), "alpha_grid": grid, "chosen_alpha": best.spec.alpha}
         runs[ZERO_SHOT] = {"val": validation_score(None, feats["val"], ds.level)}
         if name == CATALOG and cfg.rerank:
-            runs["reranker head"] = _train_reranker(cfg, ds)
+            runs[RERANKER] = _train_reranker(cfg, ds, enc, feats["train"], best.model)
         manifest["datasets"][name] = {
             "description": ds.description,
             "level": ds.level,
@@ -161,13 +165,57 @@ def _splits(ds: data.Dataset) -> tuple[tuple[Product, ...], tuple[Product, ...]]
     return ds.products[:n_train], ds.products[len(ds.products) - n_test :]
 
 
-def _train_reranker(cfg: AdaptConfig, ds: data.Dataset) -> dict[str, Any]:
-    enc = reranker.Encoder(cfg.artifacts)
+def adapter_pools(
+    adapter: AdapterPair,
+    enc: Encoders,
+    images: Features,
+    products: Sequence[Product],
+    queries: Sequence[str],
+    depth: int,
+) -> list[list[Product]]:
+    """Each query's top ``depth`` products by the adapter's text -> image retrieval (``images`` are the
+    features of ``products``, in order)."""
+    with torch.no_grad():
+        image = adapter.image(torch.from_numpy(images.image)).numpy()
+        text = adapter.text(torch.from_numpy(enc.embed_texts(list(queries)))).numpy()
+    return [[products[j] for j in np.argsort(-(t @ image.T), kind="stable")[:depth]] for t in text]
+
+
+def _train_reranker(
+    cfg: AdaptConfig, ds: data.Dataset, enc: Encoders, train_feats: Features, adapter: AdapterPair
+) -> dict[str, Any]:
+    spec, seed = cfg.rerank_spec, cfg.train.seed
     train_products, test_products = _splits(ds)
-    train_q, _ = reranker.labelled_queries(train_products, test_products, cfg.train.seed)
-    report = reranker.train_head(enc, train_q, train_products, RerankSpec(seed=cfg.train.seed), cfg.progress)
-    torch.save(enc.head.state_dict(), cfg.out / CATALOG / RERANK_HEAD)
+    queries, _ = reranker.labelled_queries(train_products, test_products, seed)
+    mined = adapter_pools(
+        adapter, enc, train_feats, train_products, [q.text for q in queries], spec.rerank_mined
+    )
+    ce = reranker.Encoder(cfg.artifacts, spec.rerank_layers)
+    report = reranker.train(ce, queries, train_products, mined, spec, seed, cfg.progress)
+    torch.save(ce.trained_state(), cfg.out / CATALOG / RERANKER_FILE)
     return report
+
+
+def train_reranker(cfg: AdaptConfig) -> dict[str, Any]:
+    """Train the cross-encoder again over the catalog adapter an earlier ``train_all`` saved (new labels,
+    other ``rerank_*`` settings) and record it in the manifest; the adapters are untouched."""
+    manifest = json.loads((cfg.out / MANIFEST).read_text())
+    if CATALOG not in manifest["datasets"]:
+        raise ValueError(f"{cfg.out / MANIFEST} has no {CATALOG} adapter; run `vitrine adapt train` first")
+    enc = Encoders(cfg.artifacts)
+    ds = load_dataset(cfg, CATALOG)
+    feats = split_features(cfg, enc, ds, CATALOG)
+    adapter = load_heads(cfg.out / CATALOG / "residual.pt")[0]
+    report = _train_reranker(cfg, ds, enc, feats["train"], adapter)
+    manifest["datasets"][CATALOG]["runs"][RERANKER] = report
+    (cfg.out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return report
+
+
+def trained_reranker(cfg: AdaptConfig) -> reranker.Encoder | None:
+    """The cross-encoder ``train_all``/``train_reranker`` trained, or None when none was."""
+    path = cfg.out / CATALOG / RERANKER_FILE
+    return reranker.Encoder.from_saved(cfg.artifacts, path) if path.is_file() else None
 
 
 def _run_entry(result: Any) -> dict[str, Any]:
@@ -224,7 +272,7 @@ def evaluate_all(cfg: AdaptConfig) -> dict[str, Any]:
             "rows": {m: {k: e.to_dict() for k, e in r.items()} for m, r in rows.items()},
             "table": table(rows),
         }
-        if name == CATALOG and (cfg.out / CATALOG / RERANK_HEAD).is_file():
+        if name == CATALOG and (cfg.out / CATALOG / RERANKER_FILE).is_file():
             results["rerank"] = evaluate_reranker(cfg, ds, enc, feats)
     (cfg.out / "report.md").write_text(render_report(results, manifest))
     (cfg.out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -233,35 +281,38 @@ def evaluate_all(cfg: AdaptConfig) -> dict[str, Any]:
 
 def evaluate_reranker(cfg: AdaptConfig, ds: data.Dataset, enc: Encoders, feats: Features) -> dict[str, Any]:
     """Held-out queries over the test products: the served adapter's retrieval (text -> image, top
-    ``depth``), then re-ranked by the exported head and by the trained one; NDCG@10 and MRR."""
+    ``depth``), then re-ranked by the exported cross-encoder and by the trained one; NDCG@10 and MRR."""
     train_products, test_products = _splits(ds)
     _, queries = reranker.labelled_queries(train_products, test_products, cfg.train.seed)
     adapter = load_heads(cfg.out / CATALOG / "residual.pt")[0]
-    with torch.no_grad():
-        image = adapter.image(torch.from_numpy(feats.image)).numpy()
-        text = adapter.text(torch.from_numpy(enc.embed_texts([q.text for q in queries]))).numpy()
-    depth = RerankSpec().depth
-    pools = [[test_products[j].id for j in np.argsort(-(t @ image.T), kind="stable")[:depth]] for t in text]
-    by_id = {p.id: p for p in test_products}
-    ce = reranker.Encoder(cfg.artifacts)
-    orders: dict[str, list[list[str]]] = {"retrieval only (adapter)": pools}
-    for label, state in (("+ exported head (random)", None), ("+ trained head", RERANK_HEAD)):
-        if state:
-            ce.head.load_state_dict(torch.load(cfg.out / CATALOG / state, weights_only=True))
-        reordered = []
-        for q, pool in zip(queries, pools, strict=True):
-            sc = reranker.scores(ce, q.text, [by_id[i].passage(reranker.PASSAGE_WORDS) for i in pool])
-            reordered.append([pool[i] for i in np.argsort(-sc, kind="stable")])
-        orders[label] = reordered
+    depth = cfg.rerank_spec.rerank_depth
+    pools = adapter_pools(adapter, enc, feats, test_products, [q.text for q in queries], depth)
+    passages = [
+        (q.text, [p.passage(reranker.PASSAGE_WORDS) for p in pool])
+        for q, pool in zip(queries, pools, strict=True)
+    ]
+    orders: dict[str, list[list[str]]] = {
+        "retrieval only (adapter)": [[p.id for p in pool] for pool in pools]
+    }
+    exported = reranker.Encoder(cfg.artifacts, layers=0)
+    trained = reranker.Encoder.from_saved(cfg.artifacts, cfg.out / CATALOG / RERANKER_FILE)
+    for label, ce in (
+        ("+ cross-encoder as exported (random head)", exported),
+        (f"+ trained cross-encoder ({trained.layers} block + head)", trained),
+    ):
+        orders[label] = [
+            [pool[i].id for i in np.argsort(-reranker.scores(ce, text, texts), kind="stable")]
+            for (text, texts), pool in zip(passages, pools, strict=True)
+        ]
+    agreement, int8_scores = reranker.int8_agreement(trained, cfg.out / CATALOG / "cross_encoder", passages)
+    orders["+ trained cross-encoder, int8 (dynamic)"] = [
+        [pool[i].id for i in np.argsort(-sc, kind="stable")]
+        for sc, pool in zip(int8_scores, pools, strict=True)
+    ]
     rows = {
         label: {k: metrics.bootstrap(v, seed=2) for k, v in reranker.ranking_metrics(o, queries).items()}
         for label, o in orders.items()
     }
-    passages = [
-        (q.text, [by_id[i].passage(reranker.PASSAGE_WORDS) for i in pool])
-        for q, pool in zip(queries, pools, strict=True)
-    ]
-    agreement = reranker.int8_agreement(ce, cfg.out / CATALOG / "cross_encoder", passages)
     return {
         "queries": len(queries),
         "depth": depth,
@@ -292,7 +343,8 @@ def render_report(results: dict[str, Any], manifest: dict[str, Any]) -> str:
         parts.append(
             f"### catalog re-ranking: {r['queries']} held-out queries, top {r['depth']} re-ranked\n\n"
             "Cross-encoder: MiniLM-L6 encoder (pretrained weights) with its head as exported (seeded "
-            "random: partial weights) or trained here; retrieval by the residual adapter. "
+            "random: partial weights), or with its top blocks and head trained here; retrieval by the "
+            "residual adapter. "
             "Mean [95% bootstrap interval over queries].\n\n" + r["table"] + "\n\n"
             f"int8 (dynamic) vs fp32 of the trained cross-encoder on these pools: top-10 overlap "
             f"{r['int8']['top10_overlap']:.3f}, identical top-10 order "
