@@ -1,4 +1,5 @@
-"""Adapters as served encoder versions: each head fused into its tower's ONNX graph and validated.
+"""Adapters as served encoder versions: each head fused into its tower's ONNX graph and validated;
+the trained cross-encoder, when there is one, exported as the same version of ``cross_encoder``.
 
 An adapted encoder is the exported tower with the head appended inside the same graph
 (``onnx.compose``), written as the next version of the encoder (``<artifacts>/versions/<v>/<model>/``),
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adapt import reranker
 from adapt.features import ONNX_FILE, file_digest, session
 from adapt.heads import AdapterPair, Head
 from vitrine.contracts import CLIP_IMAGE_SIZE, EMBED_DIM, Model, Tensor
@@ -29,6 +31,18 @@ OPSET = 17
 HEAD_INPUT = "base_embedding"
 """Internal to the fused graph: the tower's output as the head's input (never visible to a client)."""
 MIN_COSINE = 0.9999
+MAX_LOGIT_DIFF = 1e-3
+"""The exported cross-encoder against PyTorch: largest |logit difference| accepted."""
+RERANK_PROBES = (
+    (
+        "red leather ankle boots",
+        ("Redfern red leather ankle boots.", "A blue canvas tote bag.", "Red sneakers."),
+    ),
+    (
+        "black wool coat",
+        ("Black wool coat with a belt.", "A black cotton t-shirt.", "Grey wool scarf.", "Coat"),
+    ),
+)
 VERSIONS_DIR = "versions"
 VERSION_MANIFEST = "manifest.json"
 
@@ -149,6 +163,31 @@ def measure_costs(
     }
 
 
+def export_reranker(enc: reranker.Encoder, artifacts: Path, version: str) -> dict[str, Any]:
+    """The trained cross-encoder as ``version`` of ``cross_encoder``: the whole model in one graph (the
+    frozen blocks are the exported ones), validated against PyTorch on probe pools."""
+    out = version_dir(artifacts, version) / Model.CROSS_ENCODER.value / ONNX_FILE
+    reranker.export_onnx(enc, out)
+    sess = session(out)
+    worst, same_order = 0.0, True
+    for query, passages in RERANK_PROBES:
+        got = reranker.onnx_scores(sess, enc, query, passages)
+        expected = reranker.scores(enc, query, passages)
+        worst = max(worst, float(np.abs(got - expected).max()))
+        same_order &= bool(
+            np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-expected, kind="stable"))
+        )
+    if worst > MAX_LOGIT_DIFF:
+        raise ValidationError(f"cross_encoder adapted: max |logit diff| {worst:.2e} > {MAX_LOGIT_DIFF}")
+    return {
+        "path": str(out.relative_to(artifacts)),
+        "sha256": file_digest(out),
+        "base_sha256": file_digest(artifacts / Model.CROSS_ENCODER.value / ONNX_FILE),
+        "trained_blocks": enc.layers,
+        "validation": {"pools": len(RERANK_PROBES), "max_abs_diff": worst, "same_order": same_order},
+    }
+
+
 def export_version(
     pair: AdapterPair,
     artifacts: Path,
@@ -156,8 +195,10 @@ def export_version(
     source: dict[str, Any],
     seed: int = 0,
     measure: bool = True,
+    cross_encoder: reranker.Encoder | None = None,
 ) -> dict[str, Any]:
-    """Write both adapted encoders as ``version`` and its manifest; returns the manifest."""
+    """Write both adapted encoders as ``version`` (and the trained cross-encoder, when given) and the
+    version's manifest; returns the manifest."""
     out = version_dir(artifacts, version)
     entries: dict[str, Any] = {}
     for model, head in ((Model.CLIP_IMAGE_ENCODER, pair.image), (Model.CLIP_TEXT_ENCODER, pair.text)):
@@ -173,6 +214,8 @@ def export_version(
             "validation": validate(model, artifacts, fused, head, seed),
             **({"cost": measure_costs(model, artifacts, fused, head_path)} if measure else {}),
         }
+    if cross_encoder is not None:
+        entries[Model.CROSS_ENCODER.value] = export_reranker(cross_encoder, artifacts, version)
     manifest = {"version": version, "adapter": source, "models": entries}
     (out / VERSION_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -52,14 +52,17 @@ class TritonModels:
     async def close(self) -> None:
         await self.client.close()
 
-    async def ready(self, timeout: float = 2.0, version: int = BASE_VERSION) -> bool:
-        """Server live and every ensemble the gateway calls loaded (the embedders pinned to ``version``)."""
+    async def ready(
+        self, timeout: float = 2.0, version: int = BASE_VERSION, reranker_version: int = BASE_VERSION
+    ) -> bool:
+        """Server live and every ensemble the gateway calls loaded (the embedders pinned to ``version``,
+        the re-ranker to ``reranker_version``)."""
         try:
             async with asyncio.timeout(timeout):
                 if not await self.client.is_server_ready():
                     return False
                 for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO):
-                    name = io.model.value if io is RERANK_IO else ensemble_name(io.model, version)
+                    name = ensemble_name(io.model, reranker_version if io is RERANK_IO else version)
                     if not await self.client.is_model_ready(name):
                         return False
         except Exception:
@@ -117,8 +120,15 @@ class TritonModels:
         )
         return res[Tensor.EMBEDDING].astype(np.float32).reshape(EMBED_DIM)
 
-    async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray:
-        res = await self._infer(RERANK_IO, {Tensor.QUERY: [query], Tensor.PASSAGES: list(passages)}, timeout)
+    async def rerank(
+        self, query: str, passages: Sequence[str], timeout: float | None, version: int = BASE_VERSION
+    ) -> np.ndarray:
+        res = await self._infer(
+            RERANK_IO,
+            {Tensor.QUERY: [query], Tensor.PASSAGES: list(passages)},
+            timeout,
+            model=ensemble_name(RERANK_IO.model, version),
+        )
         return res[Tensor.SCORES].astype(np.float32).reshape(len(passages))
 
     async def user_tower_version(self, timeout: float | None) -> int:
@@ -158,6 +168,17 @@ class PinnedEmbedder:
 
     async def embed_image(self, image: bytes, timeout: float | None) -> np.ndarray:
         return await self.models.embed_image(image, timeout, self.version)
+
+
+class PinnedReranker:
+    """The pipeline's ``Reranker`` for one cross-encoder version (its pinned ``rerank`` ensemble)."""
+
+    def __init__(self, models: TritonModels, version: int) -> None:
+        self.models = models
+        self.version = version
+
+    async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray:
+        return await self.models.rerank(query, passages, timeout, self.version)
 
 
 def check_image_header(image: bytes) -> None:

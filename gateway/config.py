@@ -75,11 +75,15 @@ class GatewayConfig:
         default=1,
         metadata={"help": "CLIP encoder version answering queries, with its index spaces (pinned as one)"},
     )
+    reranker_version: int = field(
+        default=1,
+        metadata={"help": "cross-encoder version re-ranking results (its pinned rerank ensemble)"},
+    )
     serving_file: str = field(
         default="",
         metadata={
-            "help": 'JSON file {"encoder_version": N} re-read every health interval, overriding '
-            "encoder_version; `vitrine adapt deploy` and `rollback` replace it atomically"
+            "help": 'JSON file {"encoder_version": N, "reranker_version": M} re-read every health '
+            "interval, overriding both; `vitrine adapt deploy` and `rollback` replace it atomically"
         },
     )
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})

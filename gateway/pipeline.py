@@ -262,15 +262,18 @@ class _Stage:
 
 @dataclass(frozen=True)
 class Serving:
-    """The encoder version answering queries and its embedder, switched as one immutable value.
+    """The model versions answering queries, switched as one immutable value: the encoder version with
+    its embedder, and the cross-encoder version with its re-ranker.
 
     A search reads ``Pipeline.serving`` once, so its query vectors and the index spaces it searches
-    (``gateway.items.encoder_space``) always come from the same encoder version, even while a rollout
-    switches versions between two searches.
+    (``gateway.items.encoder_space``) always come from the same encoder version, and its re-ranking from
+    one cross-encoder, even while a rollout switches versions between two searches.
     """
 
     version: int
     embedder: Embedder
+    reranker: Reranker
+    reranker_version: int = BASE_VERSION
 
     def space(self, base: str) -> str:
         return encoder_space(base, self.version)
@@ -284,7 +287,7 @@ class Pipeline:
         self.retriever = retriever
         self.reranker = reranker
         self.settings = settings
-        self.serving = Serving(BASE_VERSION, embedder)
+        self.serving = Serving(BASE_VERSION, embedder, reranker)
 
     # ---- validation -------------------------------------------------------------------------------
 
@@ -411,7 +414,7 @@ class Pipeline:
 
         pool = fused[:depth]
         with timer.stage("rerank"):
-            scores = await self.reranker.rerank(
+            scores = await serving.reranker.rerank(
                 q.text, [c.product.passage(self.settings.passage_words) for c in pool], deadline.remaining()
             )
         order = sorted(range(len(pool)), key=lambda i: (-float(scores[i]), i))[: q.top_k]

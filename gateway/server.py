@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.auth import ApiKeys, bearer
-from gateway.clients import PinnedEmbedder, TritonModels
+from gateway.clients import PinnedEmbedder, PinnedReranker, TritonModels
 from gateway.config import GatewayConfig
 from gateway.errors import Dependency, DependencyError, GatewayError
 from gateway.events import EventIngest, EventStore
@@ -99,7 +99,7 @@ class Gateway:
             config.index_api_key,
         )
         self.pipeline = Pipeline(self.triton, self.index, self.triton, config.pipeline)
-        self.set_encoder_version(config.encoder_version)
+        self.set_versions(config.encoder_version, config.reranker_version)
         self.read_serving_file()
         self.health = health_aio.HealthServicer()
         rec = config.recommend
@@ -176,32 +176,46 @@ class Gateway:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
 
-    def set_encoder_version(self, version: int) -> None:
-        """Serve ``version``: its pinned ensembles and its index spaces, switched in one assignment."""
-        if version != self.pipeline.serving.version:
-            log.warning("serving encoder version", extra={"encoder_version": version})
+    def set_versions(self, version: int, reranker_version: int = BASE_VERSION) -> None:
+        """Serve encoder ``version`` (its pinned ensembles and index spaces) and cross-encoder
+        ``reranker_version``, switched in one assignment."""
+        current = self.pipeline.serving
+        if (version, reranker_version) != (current.version, current.reranker_version):
+            log.warning(
+                "serving model versions",
+                extra={"encoder_version": version, "reranker_version": reranker_version},
+            )
         embedder = self.triton if version == BASE_VERSION else PinnedEmbedder(self.triton, version)
-        self.pipeline.serving = Serving(version, embedder)
+        reranker = (
+            self.triton if reranker_version == BASE_VERSION else PinnedReranker(self.triton, reranker_version)
+        )
+        self.pipeline.serving = Serving(version, embedder, reranker, reranker_version)
 
     def read_serving_file(self) -> None:
         """Follow ``serving_file`` (written atomically by ``vitrine adapt deploy``/``rollback``); an
-        unreadable file keeps the version being served."""
+        unreadable file keeps the versions being served. A file without ``reranker_version`` (written
+        before cross-encoders were versioned) means version 1."""
         if not self.config.serving_file:
             return
         path = Path(self.config.serving_file)
         try:
-            version = int(json.loads(path.read_text())["encoder_version"])
+            state = json.loads(path.read_text())
+            version = int(state["encoder_version"])
+            reranker_version = int(state.get("reranker_version", BASE_VERSION))
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("serving file unreadable; version unchanged", extra={"error": str(exc)[:200]})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("serving file unreadable; versions unchanged", extra={"error": str(exc)[:200]})
             return
-        self.set_encoder_version(version)
+        self.set_versions(version, reranker_version)
 
     async def probe_once(self) -> bool:
         self.read_serving_file()
         triton_ok, index_ok = await asyncio.gather(
-            self.triton.ready(version=self.pipeline.serving.version), self.index.ready()
+            self.triton.ready(
+                version=self.pipeline.serving.version, reranker_version=self.pipeline.serving.reranker_version
+            ),
+            self.index.ready(),
         )
         self.up[Dependency.TRITON], self.up[Dependency.INDEX] = triton_ok, index_ok
         if index_ok:

@@ -239,6 +239,7 @@ SPECS: tuple[ModelSpec, ...] = (
             preferred=(64, 128, 256), max_queue_delay_us=0, max_queue_size=64, gpu_queue_delay_us=1_000
         ),
         artifact="cross_encoder",
+        versioned=True,  # a cross-encoder trained on the catalog (``vitrine adapt``) is served as version 2
         # Pairs run length-sorted, 16 at a time, each sub-batch padded to its own bucket: short pairs stop
         # paying for a long neighbour's padding (docs/BENCHMARKS.md, "Re-ranking at the floor").
         parameters={"length_sorted_rows": "16"},

@@ -25,6 +25,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_reranker(args: argparse.Namespace) -> int:
+    from adapt.run import AdaptConfig, train_reranker
+
+    report = train_reranker(vconfig.from_namespace(AdaptConfig, args))
+    print(json.dumps({k: report[k] for k in ("queries", "pairs", "losses", "seconds")}, indent=2))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from adapt.run import AdaptConfig, evaluate_all
 
@@ -35,13 +43,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from adapt.run import load_heads
+    from adapt.run import AdaptConfig, load_heads, trained_reranker
     from adapt.serving import export_version
 
     heads = Path(args.adapt) / args.data / "residual.pt"
     pair, spec = load_heads(heads)
+    cross_encoder = trained_reranker(AdaptConfig(artifacts=Path(args.artifacts), out=Path(args.adapt)))
     manifest = export_version(
-        pair, Path(args.artifacts), str(args.version), {"heads": str(heads), "spec": spec.to_dict()}
+        pair,
+        Path(args.artifacts),
+        str(args.version),
+        {"heads": str(heads), "spec": spec.to_dict()},
+        cross_encoder=cross_encoder,
     )
     print(json.dumps(manifest, indent=2))
     print(
@@ -75,7 +88,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"deploy refused: {exc}")
         return 1
     print(json.dumps(report, indent=2))
-    print(f"gateways following {args.serving_file} now serve encoder version {args.version}")
+    print(
+        f"gateways following {args.serving_file} now serve encoder version {args.version} "
+        f"and cross-encoder version {report['reranker_version']}"
+    )
     return 0
 
 
@@ -83,11 +99,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from operations.rollout import RolloutError, rollback
 
     try:
-        version = rollback(Path(args.serving_file))
+        encoder, reranker = rollback(Path(args.serving_file))
     except RolloutError as exc:
         print(f"rollback refused: {exc}")
         return 1
-    print(f"gateways following {args.serving_file} now serve encoder version {version}")
+    print(
+        f"gateways following {args.serving_file} now serve encoder version {encoder} "
+        f"and cross-encoder version {reranker}"
+    )
     return 0
 
 
@@ -98,6 +117,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmds = adapt.add_subparsers(dest="adapt_command", required=True)
     for name, func, text in (
         ("train", cmd_train, "train naive heads and residual adapters (ratio chosen on validation)"),
+        (
+            "train-reranker",
+            cmd_train_reranker,
+            "train the cross-encoder again over the saved catalog adapter",
+        ),
         ("eval", cmd_eval, "test-split tables with bootstrap intervals (writes OUT/report.md)"),
     ):
         p = cmds.add_parser(name, help=text)

@@ -34,7 +34,15 @@ from gateway.errors import GatewayError
 from gateway.index_client import IndexRetriever
 from gateway.items import IMAGE, TITLE, encoder_space
 from vitrine.catalog import Product, read_catalog, resolve_image
-from vitrine.contracts import BASE_VERSION, EMBED_DIM, EMBED_IMAGE_IO, EMBED_TEXT_IO, Model, ensemble_name
+from vitrine.contracts import (
+    BASE_VERSION,
+    EMBED_DIM,
+    EMBED_IMAGE_IO,
+    EMBED_TEXT_IO,
+    RERANK_IO,
+    Model,
+    ensemble_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +64,7 @@ class RolloutTarget:
 
 def read_serving(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        return {"encoder_version": BASE_VERSION, "history": []}
+        return {"encoder_version": BASE_VERSION, "reranker_version": BASE_VERSION, "history": []}
     return dict(json.loads(path.read_text()))
 
 
@@ -104,6 +112,29 @@ async def _load(models: TritonModels, version: int) -> None:
         ) from None
     if not await _ready(models, version):
         raise RolloutError(f"Triton loaded encoder version {version} but its ensembles are not ready")
+
+
+async def load_reranker(models: TritonModels, version: int) -> int:
+    """Have Triton serve cross-encoder ``version`` when the repository holds it (``vitrine adapt export``
+    adds one when a re-ranker was trained); returns the cross-encoder version the gateways should use:
+    ``version``, or 1 when this version ships no cross-encoder of its own."""
+    name = ensemble_name(RERANK_IO.model, version)
+    try:
+        if await models.client.is_model_ready(name):
+            return version
+        index = await models.client.get_model_repository_index(as_json=True)
+    except Exception as exc:
+        raise RolloutError(f"Triton unreachable while looking for {name} ({str(exc)[:200]})") from None
+    if name not in {m.get("name") for m in index.get("models", [])}:
+        return BASE_VERSION
+    try:
+        await models.client.load_model(Model.CROSS_ENCODER.value)
+        await models.client.load_model(name)
+    except Exception as exc:
+        raise RolloutError(f"Triton could not load {name} ({str(exc)[:200]})") from None
+    if not await models.client.is_model_ready(name):
+        raise RolloutError(f"Triton loaded {name} but it is not ready")
+    return version
 
 
 def render(artifacts: Path, repo: Path) -> None:
@@ -179,30 +210,62 @@ async def deploy(
     artifacts: Path | None = None,
     repo: Path | None = None,
 ) -> dict[str, Any]:
-    """Re-embed the catalog with ``version``, then switch every gateway following the serving file.
+    """Re-embed the catalog with ``version``, then switch every gateway following the serving file: to
+    the version's encoders and, when the version ships one, its cross-encoder (both in one file write).
     With ``artifacts`` and ``repo``, the live repository is rendered again first (the adapted version
     exported into the artifacts by ``vitrine adapt export``) and Triton loads it while serving."""
     state = read_serving(target.serving_file)
-    current = int(state.get("encoder_version", BASE_VERSION))
-    if current == version:
+    current = _versions(state)
+    if current[0] == version:
         raise RolloutError(f"encoder version {version} already serves")
     if artifacts is not None and repo is not None:
         render(artifacts, repo)
     report = await reembed(target, version, catalog_products(catalog), batch, progress=progress)
-    history = [*state.get("history", []), current]
+    models = TritonModels(target.triton_url)
+    try:
+        reranker_version = await load_reranker(models, version)
+    finally:
+        await models.close()
+    report["reranker_version"] = reranker_version
+    history = [*state.get("history", []), {"encoder_version": current[0], "reranker_version": current[1]}]
     write_serving(
         target.serving_file,
-        {"encoder_version": version, "history": history, "switched_at": time.time(), "reindex": report},
+        {
+            "encoder_version": version,
+            "reranker_version": reranker_version,
+            "history": history,
+            "switched_at": time.time(),
+            "reindex": report,
+        },
     )
     return report
 
 
-def rollback(serving_file: Path) -> int:
-    """Serve the previous version again (its spaces were never touched); returns it."""
+def _versions(entry: Any) -> tuple[int, int]:
+    """(encoder, cross-encoder) versions of a serving state or history entry; a bare number (files
+    written before cross-encoders were versioned) is an encoder version with cross-encoder 1."""
+    if isinstance(entry, dict):
+        return int(entry.get("encoder_version", BASE_VERSION)), int(
+            entry.get("reranker_version", BASE_VERSION)
+        )
+    return int(entry), BASE_VERSION
+
+
+def rollback(serving_file: Path) -> tuple[int, int]:
+    """Serve the previous versions again (their spaces were never touched); returns (encoder,
+    cross-encoder) versions."""
     state = read_serving(serving_file)
     history = list(state.get("history", []))
     if not history:
         raise RolloutError(f"nothing to roll back to: {serving_file} records no previous version")
-    previous = int(history.pop())
-    write_serving(serving_file, {"encoder_version": previous, "history": history, "switched_at": time.time()})
-    return previous
+    encoder, reranker = _versions(history.pop())
+    write_serving(
+        serving_file,
+        {
+            "encoder_version": encoder,
+            "reranker_version": reranker,
+            "history": history,
+            "switched_at": time.time(),
+        },
+    )
+    return encoder, reranker

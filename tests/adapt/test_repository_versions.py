@@ -8,6 +8,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from adapt import reranker
 from adapt.heads import AdapterPair, HeadKind
 from adapt.serving import export_version
 from model_repository.render import render_repository
@@ -45,8 +46,30 @@ def test_an_adapted_version_gets_its_own_pinned_ensembles(tiny_artifacts: Path, 
         assert pinned.name == ensemble_name(ensemble, 2) == f"{ensemble.value}_v2"
         assert _step_versions(pinned)[encoder.value] == 2
         assert [i.name for i in pinned.input] == [i.name for i in _config(repo, ensemble.value).input]
+    # This version ships no cross-encoder: rerank stays pinned to version 1 and gets no rerank_v2.
+    assert list(_config(repo, Model.CROSS_ENCODER.value).version_policy.specific.versions) == [1]
+    assert _step_versions(_config(repo, Model.RERANK.value))[Model.CROSS_ENCODER.value] == 1
+    assert not (repo / ensemble_name(Model.RERANK, 2)).exists()
     # Models without versions keep following their latest (and only) version.
-    assert set(_step_versions(_config(repo, Model.RERANK.value)).values()) == {-1}
+    assert _step_versions(_config(repo, Model.RERANK.value))[Model.RERANK_TOKENIZE.value] == -1
+
+
+def test_a_trained_cross_encoder_gets_its_version_and_pinned_rerank(
+    tiny_artifacts: Path, tmp_path: Path
+) -> None:
+    art = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, art)
+    cross = reranker.Encoder(art, layers=1)
+    manifest = export_version(
+        AdapterPair(512, 32, HeadKind.RESIDUAL, 0.2, 0.07), art, "2", {}, measure=False, cross_encoder=cross
+    )
+    entry = manifest["models"][Model.CROSS_ENCODER.value]
+    assert entry["validation"]["max_abs_diff"] < 1e-3 and entry["trained_blocks"] == 1
+    repo = render_repository(art, tmp_path / "repo")
+    assert list(_config(repo, Model.CROSS_ENCODER.value).version_policy.specific.versions) == [1, 2]
+    assert (repo / Model.CROSS_ENCODER.value / "2" / "model.onnx").is_file()
+    assert _step_versions(_config(repo, Model.RERANK.value))[Model.CROSS_ENCODER.value] == 1
+    assert _step_versions(_config(repo, ensemble_name(Model.RERANK, 2)))[Model.CROSS_ENCODER.value] == 2
 
 
 def test_a_version_fused_onto_another_export_is_not_served(tiny_artifacts: Path, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Serving adapted encoders: Triton versions, pinned versions, a deploy under load, and rollback.
 
-Real parts throughout: the tiny export with an adapter exported as encoder version 2, the embedded
-tritonserver over the rendered repository, the index service, the gateway in process.
+Real parts throughout: the tiny export with an adapter and a re-trained cross-encoder exported as
+version 2, the embedded tritonserver over the rendered repository, the index service, the gateway in
+process.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import pytest
 import pytest_asyncio
 import torch
 
+from adapt import reranker
 from adapt.heads import AdapterPair, HeadKind
 from adapt.serving import export_version
 from operations.rollout import RolloutTarget, deploy, read_serving, rollback, serve_version
 from tests.fixtures.stack import GatewayHandle, gateway_config_for, start_gateway, stop_gateway
-from vitrine.contracts import EMBED_TEXT_IO, Model, Tensor, ensemble_name
+from vitrine.contracts import EMBED_TEXT_IO, RERANK_IO, Model, Tensor, ensemble_name
 from vitrine.gateway.v1 import gateway_pb2 as pb
 
 QUERIES = (
@@ -35,10 +37,19 @@ QUERIES = (
 )
 
 
+@dataclass
+class Adapted:
+    grpc_url: str
+    repo: str
+    cross: reranker.Encoder
+    """The cross-encoder exported as version 2, in PyTorch."""
+
+
 @pytest.fixture(scope="module")
-def adapted_triton(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def adapted_triton(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adapted]:
     """Triton serving a copy of the tiny export; then, while it serves, a seeded adapter (visibly
-    non-zero heads) is exported as encoder version 2, rendered and loaded, as a live deploy does."""
+    non-zero heads) and a cross-encoder with a re-drawn head are exported as version 2, rendered and
+    loaded, as a live deploy does (the deploy itself loads the cross-encoder version)."""
     from operations.stack import Stack
 
     art = tmp_path_factory.mktemp("adapted") / "artifacts"
@@ -50,9 +61,11 @@ def adapted_triton(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactor
         pair = AdapterPair(512, 64, HeadKind.RESIDUAL, 0.5, 0.07)
         for head in (pair.image, pair.text):
             torch.nn.init.normal_(head.mlp[2].weight, std=0.2)  # type: ignore[arg-type]
-        export_version(pair, art, "2", {"test": "seeded heads"}, measure=False)
+        cross = reranker.Encoder(art, layers=1)
+        torch.nn.init.normal_(cross.model.classifier.weight, std=1.0)
+        export_version(pair, art, "2", {"test": "seeded heads"}, measure=False, cross_encoder=cross)
         asyncio.run(serve_version(triton.grpc_url, 2, art, Path(triton.repo)))
-        yield triton
+        yield Adapted(triton.grpc_url, str(triton.repo), cross)
     finally:
         stack.stop()
 
@@ -78,10 +91,10 @@ async def live(
     await stop_gateway(handle)
 
 
-async def answers(handle: GatewayHandle) -> dict[str, tuple[str, ...]]:
+async def answers(handle: GatewayHandle, rerank: bool = False) -> dict[str, tuple[str, ...]]:
     out = {}
     for q in QUERIES:
-        reply = await handle.stub.Search(pb.SearchRequest(text=q, top_k=10), timeout=30)
+        reply = await handle.stub.Search(pb.SearchRequest(text=q, top_k=10, rerank=rerank), timeout=30)
         out[q] = tuple(h.product.id for h in reply.hits)
     return out
 
@@ -111,6 +124,44 @@ def test_adapted_version_is_rendered_and_pinned(adapted_triton: Any) -> None:
     assert abs(float(np.linalg.norm(adapted)) - 1.0) < 1e-5
 
 
+def test_trained_cross_encoder_is_served_as_version_2(adapted_triton: Any, tiny_artifacts: Path) -> None:
+    """cross_encoder serves versions 1 and 2; rerank_v2 (loaded as a deploy loads it) scores as the
+    trained model does in PyTorch, rerank as the exported one."""
+    import tritonclient.grpc as tc
+
+    from operations.rollout import load_reranker
+    from vitrine import triton as request
+
+    async def load() -> int:
+        from gateway.clients import TritonModels
+
+        models = TritonModels(adapted_triton.grpc_url)
+        try:
+            return await load_reranker(models, 2)
+        finally:
+            await models.close()
+
+    assert asyncio.run(load()) == 2
+    client = tc.InferenceServerClient(adapted_triton.grpc_url)
+    assert sorted(client.get_model_metadata(Model.CROSS_ENCODER.value).versions) == ["1", "2"]
+    query, passages = (
+        "red leather boots",
+        ["red leather ankle boots", "a blue canvas bag", "green silk dress"],
+    )
+
+    def scores(model: str) -> np.ndarray:
+        res = client.infer(
+            model, request.inputs(RERANK_IO, {Tensor.QUERY: [query], Tensor.PASSAGES: passages})
+        )
+        return np.asarray(request.output(RERANK_IO, res, Tensor.SCORES)).reshape(-1)
+
+    served_v1, served_v2 = scores(ensemble_name(Model.RERANK, 1)), scores(ensemble_name(Model.RERANK, 2))
+    exported = reranker.Encoder(tiny_artifacts, layers=0)
+    np.testing.assert_allclose(served_v1, reranker.scores(exported, query, passages), atol=1e-3)
+    np.testing.assert_allclose(served_v2, reranker.scores(adapted_triton.cross, query, passages), atol=1e-3)
+    assert not np.allclose(served_v1, served_v2, atol=1e-2)
+
+
 def _ids_input(triton: Any) -> list[Any]:
     import tritonclient.grpc as tc
 
@@ -127,20 +178,22 @@ def _ids_input(triton: Any) -> list[Any]:
 
 async def test_deploy_under_concurrent_searches_then_rollback(live: Live) -> None:
     handle = live.handle
-    before = await answers(handle)
-    seen: list[tuple[str, tuple[str, ...]]] = []
+    before = {False: await answers(handle), True: await answers(handle, rerank=True)}
+    seen: list[tuple[bool, str, tuple[str, ...]]] = []
     failures: list[BaseException] = []
     done = asyncio.Event()
 
-    async def searcher(q: str) -> None:
+    async def searcher(q: str, rerank: bool) -> None:
         while not done.is_set():
             try:
-                reply = await handle.stub.Search(pb.SearchRequest(text=q, top_k=10), timeout=30)
-                seen.append((q, tuple(h.product.id for h in reply.hits)))
+                reply = await handle.stub.Search(
+                    pb.SearchRequest(text=q, top_k=10, rerank=rerank), timeout=30
+                )
+                seen.append((rerank, q, tuple(h.product.id for h in reply.hits)))
             except Exception as exc:  # every failure is a test failure
                 failures.append(exc)
 
-    tasks = [asyncio.create_task(searcher(q)) for q in QUERIES for _ in range(2)]
+    tasks = [asyncio.create_task(searcher(q, rerank)) for q in QUERIES for rerank in (False, True)]
     report = await deploy(live.target, 2, live.catalog, batch=8, progress=False)
     # The gateway follows the serving file within a health interval; searches keep running meanwhile.
     for _ in range(200):
@@ -151,24 +204,29 @@ async def test_deploy_under_concurrent_searches_then_rollback(live: Live) -> Non
     done.set()
     await asyncio.gather(*tasks)
 
-    assert handle.gateway.pipeline.serving.version == 2
+    serving = handle.gateway.pipeline.serving
+    assert (serving.version, serving.reranker_version) == (2, 2)
     assert report["missing_ids"] == [] and report["products"] == len(handle.products)
-    after = await answers(handle)
+    assert report["reranker_version"] == 2
+    after = {False: await answers(handle), True: await answers(handle, rerank=True)}
     assert failures == []
-    assert len(seen) > len(QUERIES)
-    assert any(after[q] != before[q] for q in QUERIES), "the adapted encoder changed no answer"
-    # Every answer during the switch is wholly the old version's or wholly the new one's: a query vector
-    # of one version against product vectors of the other (or a half-filled space) would differ.
-    mixed = [(q, ids) for q, ids in seen if ids not in (before[q], after[q])]
+    assert len(seen) > 2 * len(QUERIES)
+    assert any(after[False][q] != before[False][q] for q in QUERIES), "the adapted encoder changed no answer"
+    # Every answer during the switch is wholly the old versions' or wholly the new ones': a query vector
+    # of one version against product vectors of the other (or a half-filled space), or one version's
+    # candidates re-ranked by the other's cross-encoder, would differ from both.
+    mixed = [(r, q, ids) for r, q, ids in seen if ids not in (before[r][q], after[r][q])]
     assert mixed == []
 
-    assert rollback(live.target.serving_file) == 1
+    assert rollback(live.target.serving_file) == (1, 1)
     for _ in range(200):
         if handle.gateway.pipeline.serving.version == 1:
             break
         await asyncio.sleep(0.05)
-    assert await answers(handle) == before
-    assert json.loads(live.target.serving_file.read_text())["encoder_version"] == 1
+    assert handle.gateway.pipeline.serving.reranker_version == 1
+    assert {False: await answers(handle), True: await answers(handle, rerank=True)} == before
+    state = json.loads(live.target.serving_file.read_text())
+    assert (state["encoder_version"], state["reranker_version"]) == (1, 1)
     assert read_serving(live.target.serving_file)["history"] == []
 
 
