@@ -37,6 +37,19 @@ RELOADABLE_MODELS = ("--model-control-mode=explicit", "--load-model=*")
 how a retrained recommender is deployed while serving (``operations.recommend.deploy``)."""
 
 
+def trace_args(path: Path) -> tuple[str, ...]:
+    """Triton's own request tracing: every request's timestamps (ensemble and each step: queued, compute
+    start/end) written to ``path`` as JSON (read by ``loadtest.trace``). For measurements, not serving:
+    it costs a little per request."""
+    return (
+        f"--trace-config=triton,file={Path(path).resolve()}",
+        "--trace-config=level=TIMESTAMPS",
+        "--trace-config=rate=1",
+        "--trace-config=count=-1",
+        "--trace-config=triton,log-frequency=500",  # written in chunks: <path>.0, <path>.1, ..., then <path>
+    )
+
+
 @dataclass(frozen=True)
 class StackConfig:
     var: str = field(default="var", metadata={"help": "directory for artifacts, repository, data and logs"})
@@ -156,8 +169,10 @@ class Stack:
         index: IndexServiceConfig | None = None,
         gateway: GatewayConfig | None = None,
         render: RenderOptions | None = None,
+        triton_trace: Path | None = None,
     ) -> None:
         self.work = Path(work).resolve()
+        self.triton_trace = triton_trace
         self.logs = self.work / "logs"
         self.artifacts = artifacts
         self.endpoints = endpoints
@@ -182,7 +197,7 @@ class Stack:
             self.endpoints,
             workdir=self.work / "triton",
             log_file=self.logs / "tritonserver.log",
-            extra_args=RELOADABLE_MODELS,
+            extra_args=RELOADABLE_MODELS + (trace_args(self.triton_trace) if self.triton_trace else ()),
         )
         return self.triton.start()
 
