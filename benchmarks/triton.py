@@ -37,7 +37,7 @@ from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.report import describe_hardware, percentile, table
-from model_repository.render import RenderOptions, load_manifest
+from model_repository.render import Layout, RenderOptions, load_manifest
 from operations.stack import Stack
 from vitrine import logs
 from vitrine import triton as triton_request
@@ -226,6 +226,19 @@ VARIANTS = {
 """Repositories compared: the spec's batching, the same with no queue delay, and no batcher at all."""
 
 
+def parse_layout(text: str) -> tuple[Model, Layout]:
+    """``cross_encoder=2x1`` (instances x onnxruntime threads), ``...=1x2u``: the same without a batcher."""
+    try:
+        name, shape = text.split("=")
+        unbatched = shape.endswith("u")
+        instances, threads = (int(x) for x in shape.rstrip("u").split("x"))
+        return Model(name.strip()), Layout(instances, threads, batching=not unbatched)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"layout {text!r}: expected MODEL=INSTANCESxTHREADS[u], e.g. cross_encoder=2x1 ({exc})"
+        ) from None
+
+
 def run_triton(
     artifacts: Path,
     work: Path,
@@ -235,14 +248,30 @@ def run_triton(
     variants: dict[str, RenderOptions],
     rounds: int,
     progress: tqdm[Any],
-) -> list[Point]:
+    trace: bool = False,
+) -> tuple[list[Point], dict[str, str]]:
+    """The points, and with ``trace`` each variant's Triton trace summary (``loadtest.trace``; the
+    servers write their traces when they stop)."""
+    traces = {label: work / f"trace-{label.replace(' ', '-').replace('=', '-')}.json" for label in variants}
     with contextlib.ExitStack() as stack:
         urls = {}
         for label, options in variants.items():
-            server = Stack(work / f"batching-{label}", artifacts, render=options)
+            server = Stack(
+                work / f"variant-{label.replace(' ', '-').replace('=', '-')}",
+                artifacts,
+                render=options,
+                triton_trace=traces[label] if trace else None,
+            )
             stack.callback(server.stop)
             urls[label] = server.start_triton().grpc_url
-        return asyncio.run(measure(urls, inputs, workloads, concurrencies, rounds, progress))
+        points = asyncio.run(measure(urls, inputs, workloads, concurrencies, rounds, progress))
+    summaries = {}
+    if trace:
+        from loadtest.trace import read_spans, summary, trace_files
+
+        for label, path in traces.items():
+            summaries[label] = summary(read_spans(trace_files(path)), slowest=5)
+    return points, summaries
 
 
 def engines_table(artifacts: Path, rounds: int, budget_s: float) -> str:
@@ -282,7 +311,28 @@ def triton_table(points: list[Point]) -> str:
         tput = p.throughput_rps / off.throughput_rps if off.throughput_rps else float("nan")
         lat = p.p95_ms / off.p95_ms if off.p95_ms else float("nan")
         ratios.append((p.workload, p.concurrency, p.batching, f"{tput:.2f}x", f"{lat:.2f}x"))
-    lines += ["", *table(("workload", "concurrency", "batching", "throughput vs off", "p95 vs off"), ratios)]
+    if ratios:
+        lines += [
+            "",
+            *table(("workload", "concurrency", "batching", "throughput vs off", "p95 vs off"), ratios),
+        ]
+    scaling = []
+    for p in points:
+        low = min(q.concurrency for q in points if (q.workload, q.batching) == (p.workload, p.batching))
+        base = by_key[(p.workload, low, p.batching)]
+        if p.concurrency == low or not base.throughput_rps or not base.p50_ms:
+            continue
+        scaling.append((
+            p.workload, p.batching, f"{low} -> {p.concurrency}",
+            f"{p.throughput_rps / base.throughput_rps:.2f}x", f"{p.p95_ms / base.p50_ms:.2f}x",
+        ))  # fmt: skip
+    if scaling:
+        lines += [
+            "",
+            *table(
+                ("workload", "variant", "concurrency", "throughput vs lowest", "p95 / p50 at lowest"), scaling
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -309,6 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine-budget-s", type=float, default=8.0)
     parser.add_argument("--skip-engines", action="store_true", help="only the served part")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    parser.add_argument(
+        "--layouts", type=parse_layout, nargs="*", default=[],
+        help="extra variants, each the spec's batching with one model's CPU layout replaced: "
+        "MODEL=INSTANCESxTHREADS[u] (u: no batcher), e.g. cross_encoder=2x1 clip_text_encoder=1x2",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trace", action="store_true",
+        help="run every server with Triton's request tracing and print where each model's time went",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument(
         "--target", default=Target.CPU.value, choices=[Target.CPU.value, Target.GPU_EMBEDDED.value],
@@ -335,13 +394,17 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         names = [v.strip() for v in ns.variants.split(",")]
         variants = {n: replace(VARIANTS[n], target=Target(ns.target)) for n in VARIANTS if n in names}
+        for model, layout in ns.layouts:
+            variants[f"{model.value}={layout.label()}"] = RenderOptions(
+                target=Target(ns.target), layouts=((model, layout),)
+            )
         wanted = {w.strip() for w in ns.workloads.split(",")}
         workloads = [w for w in WORKLOADS if w.key in wanted]
         total_runs = len(variants) * len(workloads) * len(concurrencies) * ns.rounds
         own_before, wall_before, load_before = _own_cpu_s(), time.monotonic(), os.getloadavg()
         with tqdm(total=total_runs, desc="triton runs", disable=None) as progress:
-            points = run_triton(
-                ns.artifacts, work, inputs, workloads, concurrencies, variants, ns.rounds, progress
+            points, traces = run_triton(
+                ns.artifacts, work, inputs, workloads, concurrencies, variants, ns.rounds, progress, ns.trace
             )
         share = (_own_cpu_s() - own_before) / ((time.monotonic() - wall_before) * (os.cpu_count() or 1))
         header += (
@@ -352,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
 
     report = [header, "", "Served through Triton (closed loop; requests per point in the table):", ""]
     report.append(triton_table(points))
+    for label, text in traces.items():
+        report += [
+            "",
+            f"Triton trace, variant {label} (every request of the run, warm-up included):",
+            "",
+            text,
+        ]
     if engines:
         report += ["", "In-process engines (benchmarks.export, same run):", "", engines]
     report += ["", f"Total run time: {time.perf_counter() - started:.0f} s"]

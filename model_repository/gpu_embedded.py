@@ -14,15 +14,18 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from model_repository.spec import SPEC_BY_MODEL, Role
+from model_repository.spec import SPEC_BY_MODEL, Role, set_batching
 from vitrine.contracts import Target
 
 DEVICE_PARAMETER = "device"
 """Encoder parameter: ``cuda`` makes ``onnx_encoder.py`` open a CUDA session on its instance's GPU."""
 
 
-def move_encoders_to_gpu(repository: Path) -> list[str]:
-    """Rewrite every encoder's ``config.pbtxt`` under ``repository`` for the GPU; returns their names."""
+def move_encoders_to_gpu(
+    repository: Path, dynamic_batching: bool = True, queue_delay_us: int | None = None
+) -> list[str]:
+    """Rewrite every encoder's ``config.pbtxt`` under ``repository`` for the GPU (instances, the GPU's
+    batcher, even where the CPU rendering has none); returns their names."""
     moved = []
     for config_path in sorted(repository.glob("*/config.pbtxt")):
         config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
@@ -33,8 +36,8 @@ def move_encoders_to_gpu(repository: Path) -> list[str]:
         config.instance_group.add(
             kind=mc.ModelInstanceGroup.KIND_GPU, count=spec.instances.get(Target.GPU, 1)
         )
-        if spec.batching is not None and config.HasField("dynamic_batching"):
-            config.dynamic_batching.max_queue_delay_microseconds = spec.batching.delay_us(Target.GPU)
+        if spec.batching is not None and dynamic_batching:
+            set_batching(config, spec.batching, Target.GPU, queue_delay_us)
         # Thread counts size CPU sessions; a CUDA session's work is on the device.
         if "intra_op_threads" in config.parameters:
             del config.parameters["intra_op_threads"]

@@ -47,11 +47,42 @@ class RenderError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Layout:
+    """One model's CPU instance layout, overriding the spec's: how layouts are measured side by side
+    (``benchmarks.triton --layouts``) before the spec adopts one."""
+
+    instances: int
+    threads: int
+    batching: bool = True
+    """True: the spec's batcher, on the CPU too; False: none."""
+
+    def __post_init__(self) -> None:
+        if self.instances < 1 or self.threads < 0:
+            raise ValueError(f"a layout needs >= 1 instance and >= 0 threads, got {self}")
+
+    def label(self) -> str:
+        return f"{self.instances}x{self.threads}" + ("" if self.batching else " unbatched")
+
+
+@dataclass(frozen=True)
 class RenderOptions:
     target: Target = Target.CPU
     precision: Precision = Precision.FP32
     dynamic_batching: bool = True
     queue_delay_us: int | None = None  # None: the spec's measured choice
+    layouts: tuple[tuple[Model, Layout], ...] = ()
+    """CPU target: per-model instance count, onnxruntime threads and batcher, replacing the spec's."""
+
+    def spec_for(self, spec: ModelSpec) -> ModelSpec:
+        layout = dict(self.layouts).get(spec.model)
+        if layout is None or self.target is not Target.CPU:
+            return spec
+        return replace(
+            spec,
+            instances={**spec.instances, Target.CPU: layout.instances},
+            cpu_threads=layout.threads,
+            batching=replace(spec.batching, cpu=True) if layout.batching and spec.batching else None,
+        )
 
 
 def load_manifest(artifacts: Path) -> dict[str, Any]:
@@ -169,7 +200,7 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
         from model_repository.gpu_embedded import move_encoders_to_gpu
 
         repository = render_repository(artifacts, out, replace(options, target=Target.CPU))
-        move_encoders_to_gpu(repository)
+        move_encoders_to_gpu(repository, options.dynamic_batching, options.queue_delay_us)
         return repository
     artifacts = artifacts.resolve()
     manifest = load_manifest(artifacts)
@@ -182,7 +213,7 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
         )
     out.mkdir(parents=True, exist_ok=True)
     adapted = adapted_versions(artifacts)
-    for spec in SPECS:
+    for spec in map(options.spec_for, SPECS):
         model_dir = out / spec.model.value
         version_dir = model_dir / VERSION
         params: dict[str, str] = {}
