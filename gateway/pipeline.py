@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -232,6 +233,14 @@ class PipelineSettings:
         default=("color", "material", "pattern"),
         metadata={"help": "extra product attributes indexed for filtering (comma-separated)"},
     )
+    rerank_parts: int = field(
+        default=2,
+        metadata={
+            "help": "concurrent cross-encoder requests one re-rank is split into (pools of 16+ pairs): "
+            "the CPU target serves it as two single-thread instances that then share one re-rank; "
+            "1 where one instance uses the whole device (docs/BENCHMARKS.md, re-ranking layout)"
+        },
+    )
     passage_words: int = field(
         default=32,
         metadata={
@@ -258,6 +267,26 @@ class _Stage:
 
     def __exit__(self, *exc: object) -> None:
         self._timings[self._name] = (time.perf_counter() - self._t0) * 1000.0
+
+
+MIN_PART = 4
+"""Fewest pairs worth a cross-encoder request of their own when a re-rank is split."""
+
+
+async def rerank_in_parts(
+    reranker: Reranker, query: str, passages: Sequence[str], parts: int, timeout: float | None
+) -> np.ndarray:
+    """``passages`` scored in up to ``parts`` contiguous slices sent at once (each at least ``MIN_PART``
+    pairs), so several cross-encoder instances work on one re-rank; a pair's score does not depend on
+    the slice it travels in."""
+    parts = max(1, min(parts, len(passages) // MIN_PART))
+    if parts == 1:
+        return await reranker.rerank(query, passages, timeout)
+    bounds = np.linspace(0, len(passages), parts + 1).round().astype(int)
+    scored = await asyncio.gather(
+        *(reranker.rerank(query, passages[a:b], timeout) for a, b in itertools.pairwise(bounds))
+    )
+    return np.concatenate(scored)
 
 
 @dataclass(frozen=True)
@@ -414,8 +443,12 @@ class Pipeline:
 
         pool = fused[:depth]
         with timer.stage("rerank"):
-            scores = await serving.reranker.rerank(
-                q.text, [c.product.passage(self.settings.passage_words) for c in pool], deadline.remaining()
+            scores = await rerank_in_parts(
+                serving.reranker,
+                q.text,
+                [c.product.passage(self.settings.passage_words) for c in pool],
+                self.settings.rerank_parts,
+                deadline.remaining(),
             )
         order = sorted(range(len(pool)), key=lambda i: (-float(scores[i]), i))[: q.top_k]
         hits = [Hit(pool[i].product, pool[i].score, float(scores[i])) for i in order]

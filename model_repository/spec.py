@@ -74,6 +74,9 @@ class Batching:
     max_queue_delay_us: int  # CPU target: chosen from the embedded-server benchmark
     max_queue_size: int
     gpu_queue_delay_us: int | None = None  # GPU target, where it differs (not measured here: no GPU)
+    cpu: bool = True
+    """False: the CPU target renders no batcher, so each request executes alone (where merging requests
+    only makes every one of them wait for the whole merged batch)."""
 
     def delay_us(self, target: Target) -> int:
         if target is Target.GPU and self.gpu_queue_delay_us is not None:
@@ -235,11 +238,24 @@ SPECS: tuple[ModelSpec, ...] = (
         ),
         outputs=(Io(T.LOGITS, "TYPE_FP32", (1,)),),
         max_batch_size=MAX_PASSAGES,
+        # CPU: no merging. A merged batch of four 50-pair requests computed 4x as long as one (traced:
+        # 1.6-1.7 s vs 0.4-0.5 s) and every request in it waited for all of it, so merging bought no
+        # throughput and doubled the tail. GPU: merging is what a GPU is for.
         batching=Batching(
-            preferred=(64, 128, 256), max_queue_delay_us=0, max_queue_size=64, gpu_queue_delay_us=1_000
+            preferred=(64, 128, 256),
+            max_queue_delay_us=0,
+            max_queue_size=64,
+            gpu_queue_delay_us=1_000,
+            cpu=False,
         ),
         artifact="cross_encoder",
         versioned=True,  # a cross-encoder trained on the catalog (``vitrine adapt``) is served as version 2
+        # CPU: two single-threaded instances. Two 1-thread sessions on two cores re-rank ~14% more pairs
+        # per second than one 2-thread session, and the gateway splits each re-rank in two halves
+        # (``PipelineSettings.rerank_parts``), so one request still uses both cores (docs/BENCHMARKS.md,
+        # "Re-ranking: layout").
+        instances={Target.CPU: 2, Target.GPU: 1},
+        cpu_threads=1,
         # Pairs run length-sorted, 16 at a time, each sub-batch padded to its own bucket: short pairs stop
         # paying for a long neighbour's padding (docs/BENCHMARKS.md, "Re-ranking at the floor").
         parameters={"length_sorted_rows": "16"},
@@ -301,6 +317,19 @@ def _io_message(io: Io, cls: type) -> object:
     return msg
 
 
+def set_batching(
+    config: mc.ModelConfig, batching: Batching, target: Target, queue_delay_us: int | None = None
+) -> None:
+    """The dynamic batcher of ``batching`` on ``target`` (``queue_delay_us`` overrides the delay)."""
+    config.ClearField("dynamic_batching")
+    db = config.dynamic_batching
+    db.preferred_batch_size.extend(batching.preferred)
+    db.max_queue_delay_microseconds = batching.delay_us(target) if queue_delay_us is None else queue_delay_us
+    db.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    db.default_queue_policy.max_queue_size = batching.max_queue_size
+    db.default_queue_policy.allow_timeout_override = True
+
+
 def render_config(
     spec: ModelSpec,
     target: Target,
@@ -354,15 +383,8 @@ def render_config(
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu_encoder else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(kind=kind, count=spec.instances[target])
 
-    if spec.batching is not None and dynamic_batching:
-        db = config.dynamic_batching
-        db.preferred_batch_size.extend(spec.batching.preferred)
-        db.max_queue_delay_microseconds = (
-            spec.batching.delay_us(target) if queue_delay_us is None else queue_delay_us
-        )
-        db.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
-        db.default_queue_policy.max_queue_size = spec.batching.max_queue_size
-        db.default_queue_policy.allow_timeout_override = True
+    if spec.batching is not None and dynamic_batching and (spec.batching.cpu or target is not Target.CPU):
+        set_batching(config, spec.batching, target, queue_delay_us)
 
     if target is Target.CPU and spec.role is Role.ENCODER and spec.cpu_threads:
         config.parameters["intra_op_threads"].string_value = str(spec.cpu_threads)

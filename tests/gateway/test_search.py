@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -149,6 +151,35 @@ async def test_rerank_on_matches_the_reference_cross_encoder(
     passages = [f"{h.product.title}. {h.product.description}" for h in on.hits]
     expected = reference.rerank(query, passages)
     np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+async def test_a_rerank_split_in_parts_scores_every_pair_as_one_request(triton: Any) -> None:
+    """The gateway sends a pool as concurrent slices (two CPU instances share it); the scores are the
+    same as one request's, in the same order, and pools too small to split go whole."""
+    from gateway.clients import TritonModels
+    from gateway.pipeline import rerank_in_parts
+
+    models = TritonModels(triton.grpc_url)
+    calls: list[int] = []
+
+    class Counted:
+        async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray:
+            calls.append(len(passages))
+            return await models.rerank(query, passages, timeout)
+
+    passages = [f"passage {i}: {'red ' * (i % 5)}leather boots size {i}" for i in range(37)]
+    try:
+        whole = await models.rerank("red boots", passages, 30)
+        for parts, sizes in ((2, [18, 19]), (3, [12, 13, 12]), (12, [4, 4, 4, 4, 5, 4, 4, 4, 4])):
+            calls.clear()
+            split = await rerank_in_parts(Counted(), "red boots", passages, parts, 30)
+            assert sorted(calls) == sorted(sizes)
+            np.testing.assert_allclose(split, whole, atol=1e-5)
+        calls.clear()
+        await rerank_in_parts(Counted(), "red boots", passages[:7], 2, 30)
+        assert calls == [7]  # under two slices of MIN_PART pairs: one request
+    finally:
+        await models.close()
 
 
 async def test_similar_items_excludes_the_item_and_finds_its_twin(gateway_stack: GatewayHandle) -> None:

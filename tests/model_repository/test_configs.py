@@ -75,9 +75,12 @@ def test_encoder_configs_match_their_onnx_graphs(rendered, model):
         assert config.backend == "python" and not config.platform
         assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
         assert (repo / model.value / "1" / "model.py").is_file()
-    assert config.dynamic_batching.preferred_batch_size
     batching = SPEC_BY_MODEL[model].batching
     assert batching is not None
+    if target is Target.CPU and not batching.cpu:
+        assert not config.HasField("dynamic_batching")  # each request executes alone on the CPU
+        return
+    assert config.dynamic_batching.preferred_batch_size
     assert config.dynamic_batching.max_queue_delay_microseconds == batching.delay_us(target)
     assert config.dynamic_batching.default_queue_policy.max_queue_size > 0
     assert config.dynamic_batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
@@ -95,18 +98,18 @@ def test_preprocessing_runs_in_python_on_cpu_for_both_targets(rendered):
                 assert (repo / spec.model.value / "1" / name).is_file()
 
 
-def test_cpu_text_encoder_runs_two_single_threaded_instances(rendered):
+def test_cpu_text_and_cross_encoders_run_two_single_threaded_instances(rendered):
     target, _, configs = rendered
-    config = configs[Model.CLIP_TEXT_ENCODER.value]
-    if target is Target.CPU:
-        assert [g.count for g in config.instance_group] == [2]
-        assert config.parameters["intra_op_threads"].string_value == "1"
-    else:
-        assert [g.count for g in config.instance_group] == [1]
-        assert "intra_op_threads" not in config.parameters
-    # The other encoders keep one instance using every core (parameter absent: onnxruntime sizes it).
-    for model in (Model.CLIP_IMAGE_ENCODER, Model.CROSS_ENCODER):
-        assert "intra_op_threads" not in configs[model.value].parameters
+    for model in (Model.CLIP_TEXT_ENCODER, Model.CROSS_ENCODER):
+        config = configs[model.value]
+        if target is Target.CPU:
+            assert [g.count for g in config.instance_group] == [2], model
+            assert config.parameters["intra_op_threads"].string_value == "1", model
+        else:
+            assert [g.count for g in config.instance_group] == [1], model
+            assert "intra_op_threads" not in config.parameters, model
+    # The image encoder keeps one instance using every core (parameter absent: onnxruntime sizes it).
+    assert "intra_op_threads" not in configs[Model.CLIP_IMAGE_ENCODER.value].parameters
 
 
 def test_ensemble_steps_connect_declared_tensors(rendered):
@@ -133,7 +136,8 @@ def test_batching_off_variant_has_no_batcher(tiny_artifacts, tmp_path):
 def test_queue_delay_override_applies_to_every_batcher(tiny_artifacts, tmp_path):
     repo = render_repository(tiny_artifacts, tmp_path, RenderOptions(queue_delay_us=0))
     batchers = [c for c in _load(repo).values() if c.HasField("dynamic_batching")]
-    assert {c.name for c in batchers} >= {s.model.value for s in SPECS if s.role is Role.ENCODER}
+    batched = {s.model.value for s in SPECS if s.role is Role.ENCODER and s.batching and s.batching.cpu}
+    assert batched and {c.name for c in batchers} >= batched
     assert all(c.dynamic_batching.max_queue_delay_microseconds == 0 for c in batchers)
 
 
@@ -187,3 +191,16 @@ def test_rendered_ensembles_are_what_clients_are_told(rendered):
             assert [(t.name.value, t.dtype, list(t.dims)) for t in declared] == [
                 (t.name, wire[t.data_type], list(t.dims)) for t in rendered_io
             ], io.model
+
+
+def test_a_layout_override_replaces_one_models_cpu_layout(tiny_artifacts, tmp_path):
+    from model_repository.render import Layout
+
+    options = RenderOptions(layouts=((Model.CROSS_ENCODER, Layout(1, 2, batching=True)),))
+    configs = _load(render_repository(tiny_artifacts, tmp_path, options))
+    ce = configs[Model.CROSS_ENCODER.value]
+    assert [g.count for g in ce.instance_group] == [1]
+    assert ce.parameters["intra_op_threads"].string_value == "2"
+    assert ce.HasField("dynamic_batching")
+    text = configs[Model.CLIP_TEXT_ENCODER.value]  # untouched: the spec's layout
+    assert [g.count for g in text.instance_group] == [2]

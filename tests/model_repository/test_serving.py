@@ -117,15 +117,20 @@ async def test_concurrent_text_requests_are_batched(client):
     assert len(unique) == 64
 
 
-async def test_concurrent_rerank_pairs_share_executions(client):
-    """Each request is one query x 10 passages; pairs of concurrent requests in one bucket batch together."""
+async def test_concurrent_rerank_requests_execute_alone_on_the_cpu(client, reference):
+    """The CPU cross-encoder has no batcher (merging only made every request wait for the whole merged
+    batch): 16 concurrent requests of 10 pairs are 16 executions, each answered with its own scores."""
     before = await statistics(client, Model.CROSS_ENCODER)
-    requests = [rerank(client, f"query {i}", [f"passage {j} of {i}" for j in range(10)]) for i in range(16)]
-    results = await asyncio.gather(*requests)
+    queries = [f"query {i}" for i in range(16)]
+    passages = [[f"passage {j} of {i}" for j in range(10)] for i in range(16)]
+    results = await asyncio.gather(*(rerank(client, q, p) for q, p in zip(queries, passages, strict=True)))
     after = await statistics(client, Model.CROSS_ENCODER, at_least=before[0] + 160)
-    assert all(r.as_numpy(Tensor.SCORES.value).shape == (10,) for r in results)
     assert after[0] - before[0] == 160  # pairs
-    assert after[1] - before[1] < 16, "every rerank request ran alone"
+    assert after[1] - before[1] == 16  # executions: one per request
+    for i in (0, 7, 15):
+        np.testing.assert_allclose(
+            results[i].as_numpy(Tensor.SCORES.value), reference.rerank(queries[i], passages[i]), atol=1e-4
+        )
 
 
 async def _with_neighbours(good: list, bad) -> tuple[list, object]:
