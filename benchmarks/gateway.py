@@ -12,8 +12,9 @@ checkpoints for the naive side, the ONNX graphs exported from them for Triton):
 The index side holds seeded random unit vectors for every product (no image is embedded: a text search
 needs only the vectors to exist, and flat search cost does not depend on their values), the same vectors
 in FAISS and in the index service. Text matches the image space only (``--text-match image``), one
-retrieval per query on both sides. Each configuration runs both systems back to back; nothing else of
-this benchmark runs meanwhile.
+retrieval per query on both sides. Each configuration runs every system in ``--rounds`` interleaved rounds,
+the order rotated, so background load lands on all of them alike; nothing else of this benchmark runs
+meanwhile. ``--baseline`` adds a second stack with other CPU layouts (before/after ratios from one run).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import describe_hardware, table
+from benchmarks.report import describe_hardware, percentile, table
 from demo.catalog import generate_catalog, generate_queries
 from vitrine.catalog import Product
 from vitrine.contracts import CLIP_CONTEXT_LENGTH, EMBED_DIM, RERANK_MAX_LENGTH
@@ -49,6 +50,9 @@ class Row:
     p95_ms: float
     mean_ms: float
     throughput_rps: float
+    client_cpu: float = float("nan")
+    """Share of the machine's CPU this process used while the row was timed (the load generator's, for
+    the gateway rows; the naive pipeline's own compute, for its rows)."""
 
 
 class NaivePipeline:
@@ -99,18 +103,28 @@ class NaivePipeline:
         return [candidates[i].id for i in order]
 
 
-def _row(system: str, depth: int, concurrency: int, latencies: list[float], wall: float) -> Row:
-    lat = sorted(latencies)
-    p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
-    return Row(
-        system, depth, concurrency, len(lat), statistics.median(lat) * 1e3, p95 * 1e3,
-        statistics.fmean(lat) * 1e3, len(lat) / wall,
-    )  # fmt: skip
+@dataclass
+class Run:
+    """One timed closed-loop run of one system: latencies (s), wall time (s), this process's CPU (s)."""
+
+    latencies: list[float]
+    wall: float
+    cpu: float
+
+    def add(self, other: Run) -> Run:
+        return Run(self.latencies + other.latencies, self.wall + other.wall, self.cpu + other.cpu)
+
+    def row(self, system: str, depth: int, concurrency: int) -> Row:
+        lat = self.latencies
+        return Row(
+            system, depth, concurrency, len(lat), percentile(lat, 0.5) * 1e3, percentile(lat, 0.95) * 1e3,
+            statistics.fmean(lat) * 1e3, len(lat) / self.wall, self.cpu / (self.wall * (os.cpu_count() or 1)),
+        )  # fmt: skip
 
 
 def run_naive(
     naive: NaivePipeline, queries: Sequence[str], depth: int, concurrency: int, requests: int, top_k: int
-) -> tuple[Row, dict[str, list[str]]]:
+) -> tuple[Run, dict[str, list[str]]]:
     results: dict[str, list[str]] = {}
     lock = threading.Lock()
 
@@ -126,15 +140,15 @@ def run_naive(
     for i in range(min(3, requests)):
         one(i)
     with ThreadPoolExecutor(concurrency) as pool:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         latencies = list(pool.map(one, range(requests)))
-        wall = time.perf_counter() - t0
-    return _row("naive", depth, concurrency, latencies, wall), results
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return Run(latencies, wall, cpu), results
 
 
 async def _run_stack_async(
     address: str, queries: Sequence[str], depth: int, concurrency: int, requests: int, top_k: int
-) -> tuple[Row, dict[str, list[str]]]:
+) -> tuple[Run, dict[str, list[str]]]:
     import grpc
 
     from vitrine.gateway.v1 import gateway_pb2 as pb
@@ -164,10 +178,10 @@ async def _run_stack_async(
             for i in counter:
                 latencies.append(await one(i))
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return _row("gateway", depth, concurrency, latencies, wall), results
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return Run(latencies, wall, cpu), results
 
 
 def load_index(address: str, collection: str, vectors: np.ndarray, products: Sequence[Product]) -> None:
@@ -206,16 +220,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--requests", type=int, default=40, help="timed requests per configuration and system"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds per configuration (requests split among them)",
+    )
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="naive pipeline threads")
+    parser.add_argument(
+        "--baseline", nargs="*", default=None, metavar="MODEL=INSTANCESxTHREADS[u]",
+        help="also run a second stack, 'baseline', with these CPU layouts (benchmarks.triton's syntax) and "
+        "--baseline-rerank-parts: before/after ratios from one run",
+    )  # fmt: skip
+    parser.add_argument("--baseline-rerank-parts", type=int, default=1)
     parser.add_argument("--json", default="", help="also write the rows here")
     args = parser.parse_args(argv)
 
     from tqdm import tqdm
 
+    from benchmarks.triton import parse_layout
     from gateway.config import GatewayConfig
     from gateway.pipeline import PipelineSettings, TextMatch
     from index_service.config import IndexServiceConfig
+    from model_repository.render import RenderOptions
     from operations.stack import Stack
 
     artifacts, work = Path(args.artifacts).resolve(), Path(args.work).resolve()
@@ -229,37 +257,64 @@ def main(argv: list[str] | None = None) -> int:
 
     work.mkdir(parents=True, exist_ok=True)
     collection = "bench"
-    stack = Stack(
-        work,
-        artifacts,
-        index=IndexServiceConfig(port=0, data_dir=str(work / f"index-{os.getpid()}")),
-        gateway=GatewayConfig(
-            port=0,
-            pipeline=PipelineSettings(collection=collection, text_match=TextMatch.IMAGE),
-            max_in_flight=256,
-        ),
-    )
+
+    def make_stack(name: str, render: RenderOptions, parts: int) -> Stack:
+        return Stack(
+            work / name,
+            artifacts,
+            index=IndexServiceConfig(port=0, data_dir=str(work / name / f"index-{os.getpid()}")),
+            gateway=GatewayConfig(
+                port=0,
+                pipeline=PipelineSettings(
+                    collection=collection, text_match=TextMatch.IMAGE, rerank_parts=parts
+                ),
+                max_in_flight=256,
+            ),
+            render=render,
+        )
+
+    stacks = {"gateway": make_stack("gateway", RenderOptions(), PipelineSettings().rerank_parts)}
+    if args.baseline is not None:
+        layouts = tuple(parse_layout(text) for text in args.baseline)
+        stacks["baseline"] = make_stack(
+            "baseline", RenderOptions(layouts=layouts), args.baseline_rerank_parts
+        )
     rows: list[Row] = []
     agreement: dict[int, float] = {}
     print(f"hardware: {hardware()}; weights: {weights}; {len(products)} products", file=sys.stderr)
     try:
-        stack.start_triton()
-        index = stack.start_index()
-        load_index(index.address, collection, vectors, products)
-        gateway = stack.start_gateway()
+        addresses = {}
+        for name, stack in stacks.items():
+            stack.start_triton()
+            index = stack.start_index()
+            load_index(index.address, collection, vectors, products)
+            addresses[name] = stack.start_gateway().address
         naive = NaivePipeline(artifacts, vectors, products, args.threads)
         configs = [(d, c) for d in args.depths for c in args.concurrency]
+        per_round = max(1, args.requests // args.rounds)
         for depth, conc in tqdm(configs, desc="configurations", file=sys.stderr):
-            stack_row, stack_ids = asyncio.run(
-                _run_stack_async(gateway.address, queries, depth, conc, args.requests, args.top_k)
-            )
-            naive_row, naive_ids = run_naive(naive, queries, depth, conc, args.requests, args.top_k)
-            rows += [stack_row, naive_row]
+            # Every system runs each round, the order rotated, so background load lands on all alike.
+            systems = [*addresses, "naive"]
+            runs: dict[str, Run] = {name: Run([], 0.0, 0.0) for name in systems}
+            ids_by: dict[str, dict[str, list[str]]] = {}
+            for r in range(args.rounds):
+                for name in systems[r % len(systems) :] + systems[: r % len(systems)]:
+                    if name == "naive":
+                        run, ids = run_naive(naive, queries, depth, conc, per_round, args.top_k)
+                    else:
+                        run, ids = asyncio.run(
+                            _run_stack_async(addresses[name], queries, depth, conc, per_round, args.top_k)
+                        )
+                    runs[name] = runs[name].add(run)
+                    ids_by.setdefault(name, ids)
+            rows += [runs[name].row(name, depth, conc) for name in systems]
+            stack_ids, naive_ids = ids_by["gateway"], ids_by["naive"]
             common = [q for q in stack_ids if q in naive_ids]
             overlap = [len(set(stack_ids[q]) & set(naive_ids[q])) / max(len(naive_ids[q]), 1) for q in common]
             agreement[depth] = statistics.fmean(overlap) if overlap else float("nan")
     finally:
-        stack.stop()
+        for stack in stacks.values():
+            stack.stop()
 
     print(render(rows, agreement, weights, len(products)))
     if args.json:
@@ -273,7 +328,8 @@ def render(rows: Sequence[Row], agreement: dict[int, float], weights: dict[str, 
     by_key = {(r.system, r.depth, r.concurrency): r for r in rows}
     lines = [
         f"hardware: {hardware()}",
-        f"weights: {', '.join(f'{k}={v}' for k, v in weights.items())}; products: {n}; text search, top 10",
+        f"weights: {', '.join(f'{k}={v}' for k, v in weights.items())}; products: {n}; text search, top 10; "
+        "gRPC client CPU = the load generator's share of the machine during the gateway runs",
         "",
     ]
     cells = []
@@ -281,16 +337,42 @@ def render(rows: Sequence[Row], agreement: dict[int, float], weights: dict[str, 
         if system != "gateway":
             continue
         nv = by_key[("naive", depth, conc)]
+        base = by_key.get(("baseline", depth, conc))
         cells.append((
-            depth, conc, f"{g.p50_ms:.0f} / {g.p95_ms:.0f}", f"{nv.p50_ms:.0f} / {nv.p95_ms:.0f}",
-            f"{g.throughput_rps:.2f}", f"{nv.throughput_rps:.2f}", f"{nv.p95_ms / g.p95_ms:.2f}x",
+            depth, conc, f"{g.p50_ms:.0f} / {g.p95_ms:.0f}",
+            *((f"{base.p50_ms:.0f} / {base.p95_ms:.0f}",) if base else ()),
+            f"{nv.p50_ms:.0f} / {nv.p95_ms:.0f}", f"{g.throughput_rps:.2f}",
+            *((f"{base.throughput_rps:.2f}",) if base else ()),
+            f"{nv.throughput_rps:.2f}", f"{nv.p95_ms / g.p95_ms:.2f}x",
             f"{g.throughput_rps / nv.throughput_rps:.2f}x",
+            *((f"{g.throughput_rps / base.throughput_rps:.2f}x", f"{g.p95_ms / base.p95_ms:.2f}x")
+              if base else ()),
+            f"{100 * g.client_cpu:.0f}%",
         ))  # fmt: skip
+    has_base = any(r.system == "baseline" for r in rows)
     lines += table(
-        ("re-rank", "conc", "gateway p50 / p95 ms", "naive p50 / p95 ms", "gateway rps", "naive rps",
-         "p95 naive/gateway", "rps gateway/naive"),
+        ("re-rank", "conc", "gateway p50 / p95 ms", *(("baseline p50 / p95 ms",) if has_base else ()),
+         "naive p50 / p95 ms", "gateway rps", *(("baseline rps",) if has_base else ()), "naive rps",
+         "p95 naive/gateway", "rps gateway/naive",
+         *(("rps gateway/baseline", "p95 gateway/baseline") if has_base else ()), "gRPC client CPU"),
         cells,
     )  # fmt: skip
+    scaling = []
+    for (system, depth, conc), row in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        low = min(c for s, d, c in by_key if (s, d) == (system, depth))
+        base = by_key[(system, depth, low)]
+        if conc != low:
+            scaling.append((
+                system, depth, f"{low} -> {conc}", f"{row.throughput_rps / base.throughput_rps:.2f}x",
+                f"{row.p95_ms / base.p50_ms:.2f}x",
+            ))  # fmt: skip
+    if scaling:
+        lines += [
+            "",
+            *table(
+                ("system", "re-rank", "concurrency", "throughput vs lowest", "p95 / p50 at lowest"), scaling
+            ),
+        ]
     lines.append("")
     lines.append(
         "top-10 agreement gateway vs naive (same queries): "
