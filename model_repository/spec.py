@@ -116,6 +116,11 @@ class ModelSpec:
     ensemble over it rendered once per version with its step pinned (``ensemble_name``)."""
 
 
+TWO_INSTANCES = {Target.CPU: 2, Target.GPU: 2}
+"""Batched Python models whose compute is short: one instance behind Triton's dynamic batcher showed
+requests left queued ~500 ms after the instance had finished (traced); two instances never did."""
+
+
 def _same(*names: Tensor) -> dict[str, str]:
     return {n.value: n.value for n in names}
 
@@ -151,6 +156,9 @@ SPECS: tuple[ModelSpec, ...] = (
         max_batch_size=64,
         batching=Batching(preferred=(), max_queue_delay_us=0, max_queue_size=256),
         source="clip_text_tokenize.py",
+        # Two instances: in front of a single busy instance, Triton's batcher left requests queued ~500 ms
+        # after the instance was free again (traced; docs/BENCHMARKS.md, "the 0.5 s stall, traced").
+        instances=TWO_INSTANCES,
         artifact="tokenizers/clip",
         files=("tokenizer.json",),
     ),
@@ -191,6 +199,7 @@ SPECS: tuple[ModelSpec, ...] = (
         max_batch_size=32,
         batching=Batching(preferred=(), max_queue_delay_us=0, max_queue_size=128),
         source="clip_image_preprocess.py",
+        instances=TWO_INSTANCES,  # the same ~500 ms queue stall as the text tokenizer's, traced
     ),
     ModelSpec(
         Model.CLIP_IMAGE_ENCODER,
@@ -288,6 +297,7 @@ USER_TOWER_SPEC = ModelSpec(
     outputs=tuple(_io(t) for t in USER_TOWER_IO.output_specs),
     max_batch_size=USER_TOWER_IO.max_batch_size,
     batching=Batching(preferred=(8, 16, 32, 64), max_queue_delay_us=500, max_queue_size=256),
+    instances=TWO_INSTANCES,  # a batched single instance is where the ~500 ms queue stall was traced
     artifact=Model.USER_TOWER.value,
     cpu_threads=1,
     keep_versions=2,
