@@ -262,6 +262,7 @@ def _open_loop_once(config: OpenLoopConfig, data: QueryData, rate: float) -> dic
             top_k=config.top_k,
             seed=config.seed,
             max_generator_share=config.max_generator_share,
+            channels=config.channels,
         )
     )
     objective_ = Objective(p95_ms=config.p95_ms, max_error_rate=config.max_error_rate)

@@ -98,6 +98,13 @@ class OpenLoopConfig:
     rate: float = field(default=20.0, metadata={"help": "offered requests/s (first rate with --step)"})
     duration_s: float = field(default=30.0, metadata={"help": "scheduled time (per step with --step)"})
     arrival: Arrival = field(default=Arrival.POISSON, metadata={"help": "arrival process"})
+    channels: int = field(
+        default=1,
+        metadata={
+            "help": "gRPC channels (connections) the requests are spread over, round robin: as many "
+            "as a Locust run has users reproduces its connection pattern"
+        },
+    )
     mix: str = field(default="text=1", metadata={"help": "gateway scenario=weight,..."})
     step: bool = field(default=False, metadata={"help": "raise the rate until the objective breaks"})
     factor: float = field(

@@ -154,9 +154,11 @@ async def run(
     top_k: int = 10,
     seed: int = 0,
     max_generator_share: float = 0.25,
+    channels: int = 1,
     clock: Callable[[], float] = time.perf_counter,
 ) -> OpenLoopResult:
-    """Offers ``rate`` requests/s for ``duration_s`` to a gateway (address or open channel).
+    """Offers ``rate`` requests/s for ``duration_s`` to a gateway (address or open channel); with an
+    address, over ``channels`` connections in turn.
 
     Returns once every scheduled request has an answer or its deadline, so at most ``duration_s +
     timeout_s`` plus scheduling slack after the start.
@@ -169,8 +171,12 @@ async def run(
         (offset, name, *build(name, data, rng, top_k)) for offset in offsets for name in [rng.choice(names)]
     ]
     own = isinstance(target, str)
-    channel = grpc.aio.insecure_channel(target) if isinstance(target, str) else target
-    stub = pb_grpc.ProductSearchStub(channel)
+    opened = (
+        [grpc.aio.insecure_channel(target) for _ in range(max(1, channels))]
+        if isinstance(target, str)
+        else [target]
+    )
+    stubs = [pb_grpc.ProductSearchStub(c) for c in opened]
     outcomes: list[Outcome | None] = [None] * len(planned)
     meter = CpuMeter(max_share=max_generator_share).start()
     load_before = load_average()
@@ -179,7 +185,7 @@ async def run(
         sent = clock()
         code, stages = "OK", {}
         try:
-            response = await getattr(stub, method)(request, timeout=timeout_s)
+            response = await getattr(stubs[i % len(stubs)], method)(request, timeout=timeout_s)
             if method == SEARCH:
                 stages = {t.stage: t.ms for t in response.timings}
         except grpc.aio.AioRpcError as error:
@@ -201,7 +207,8 @@ async def run(
         for task in tasks:
             task.cancel()
         if own:
-            await channel.close(None)
+            for channel in opened:
+                await channel.close(None)
     wall = clock() - start
     meter.stop()
     done = [o for o in outcomes if o is not None]

@@ -78,6 +78,13 @@ class StackConfig:
             "needs onnxruntime-gpu); the index uses faiss-gpu wherever it is installed"
         },
     )
+    triton_trace: str = field(
+        default="",
+        metadata={
+            "help": "write Triton's per-request trace here (read with python -m loadtest.trace); "
+            "for measurements, it costs a little per request"
+        },
+    )
 
 
 def _say(message: str) -> None:
@@ -261,6 +268,7 @@ def main_stack(cfg: StackConfig) -> Stack:
         var / "artifacts",
         endpoints=Endpoints(cfg.triton_grpc_port, cfg.triton_http_port, cfg.triton_metrics_port),
         render=RenderOptions(target=Target.GPU_EMBEDDED if cfg.device == "gpu" else Target.CPU),
+        triton_trace=Path(cfg.triton_trace) if cfg.triton_trace else None,
         index=IndexServiceConfig(
             port=cfg.index_port, metrics_port=cfg.index_metrics_port, data_dir=str(var / "index")
         ),

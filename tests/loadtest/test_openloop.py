@@ -170,8 +170,15 @@ async def test_open_loop_against_the_live_gateway(
         before = await asyncio.to_thread(server_metrics.snapshot, metrics_url)
         query_data = QueryData.from_catalog(small_catalog)
         result = await asyncio.wait_for(
-            openloop.run(
-                handle.address, query_data, {"text": 3, "similar": 1}, 6.0, 2.0, arrival="poisson", seed=5
+            openloop.run(  # three connections in turn, as several clients would
+                handle.address,
+                query_data,
+                {"text": 3, "similar": 1},
+                6.0,
+                2.0,
+                arrival="poisson",
+                seed=5,
+                channels=3,
             ),
             timeout=120,
         )
