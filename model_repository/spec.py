@@ -173,11 +173,12 @@ SPECS: tuple[ModelSpec, ...] = (
         ),
         artifact="clip_text_encoder",
         versioned=True,
-        # Two single-threaded instances, not one using both cores: with one two-thread instance, requests
-        # waited ~0.5 s in front of it whenever multi-request batches formed (p95 0.5 s at 5 req/s);
-        # two instances removed every such stall (docs/BENCHMARKS.md, "Triton serving").
+        # Two instances (one alone behind the batcher left requests queued ~0.5 s after it was free:
+        # traced), each with two threads: a lone query uses both cores (c=1 p50 14.6 vs 19.6 ms with one
+        # thread each) and under load the two share them (c=8 151 vs 127 req/s); docs/BENCHMARKS.md,
+        # "The 0.5 s stall, traced".
         instances={Target.CPU: 2, Target.GPU: 1},
-        cpu_threads=1,
+        cpu_threads=2,
     ),
     ModelSpec(
         **_public(EMBED_TEXT_IO),  # type: ignore[arg-type]

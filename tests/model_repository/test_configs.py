@@ -98,13 +98,13 @@ def test_preprocessing_runs_in_python_on_cpu_for_both_targets(rendered):
                 assert (repo / spec.model.value / "1" / name).is_file()
 
 
-def test_cpu_text_and_cross_encoders_run_two_single_threaded_instances(rendered):
+def test_cpu_text_and_cross_encoders_run_two_instances(rendered):
     target, _, configs = rendered
-    for model in (Model.CLIP_TEXT_ENCODER, Model.CROSS_ENCODER):
+    for model, threads in ((Model.CLIP_TEXT_ENCODER, "2"), (Model.CROSS_ENCODER, "1")):
         config = configs[model.value]
         if target is Target.CPU:
             assert [g.count for g in config.instance_group] == [2], model
-            assert config.parameters["intra_op_threads"].string_value == "1", model
+            assert config.parameters["intra_op_threads"].string_value == threads, model
         else:
             assert [g.count for g in config.instance_group] == [1], model
             assert "intra_op_threads" not in config.parameters, model
