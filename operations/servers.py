@@ -29,18 +29,19 @@ from model_repository.server import (
 )
 from operations.launcher import ChildServer, LaunchError, grpc_serving, http_ready
 from vitrine.config import secret_env, to_argv
-from vitrine.net import free_port
+from vitrine.net import free_port, free_ports
 
 C = TypeVar("C")
 
 
 def with_ports(config: C) -> C:
     """Every ``port`` / ``*_port`` field that is 0 becomes a free port (-1, "off", stays)."""
-    chosen = {
-        f.name: free_port()
+    names = [
+        f.name
         for f in dataclasses.fields(config)  # type: ignore[arg-type]
         if (f.name == "port" or f.name.endswith("_port")) and getattr(config, f.name) == 0
-    }
+    ]
+    chosen = dict(zip(names, free_ports(len(names)), strict=True))
     return dataclasses.replace(config, **chosen) if chosen else config  # type: ignore[type-var]
 
 
@@ -106,7 +107,8 @@ class TritonServer(ChildServer):
         stop_timeout_s: float = 15.0,
     ) -> None:
         self.repo = Path(repo).resolve()
-        self.endpoints = endpoints or Endpoints(free_port(), free_port(), free_port())
+        grpc_port, http_port, metrics_port = free_ports(3)
+        self.endpoints = endpoints or Endpoints(grpc_port, http_port, metrics_port)
         self.workdir = Path(workdir)
         argv = triton_command(self.repo, self.endpoints, self.workdir / "backends", verbose, extra_args)
         super().__init__(

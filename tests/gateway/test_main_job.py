@@ -13,7 +13,7 @@ import pytest
 
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
-from vitrine.net import free_port
+from vitrine.net import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,8 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
     var = tmp_path / "var"
     var.mkdir()
     (var / "artifacts").symlink_to(tiny_artifacts)  # a valid export is reused, not redone
-    ports = {name: free_port() for name in ("gateway", "gm", "http", "index", "im", "th", "tg", "tm")}
+    names = ("gateway", "gm", "http", "index", "im", "th", "tg", "tm")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     cmd = [
         sys.executable, "-m", "operations.cli", "up", "--var", str(var), "--size", "tiny", "--products", "24",
         "--gateway-port", str(ports["gateway"]), "--gateway-metrics-port", str(ports["gm"]),

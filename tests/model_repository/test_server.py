@@ -12,7 +12,7 @@ import pytest
 
 from model_repository.server import Endpoints, TritonStartError, prepare_backends, triton_home
 from operations.servers import TritonServer
-from vitrine.net import free_port
+from vitrine.net import free_ports
 
 
 def test_backend_directory_holds_symlinks_to_the_stub_for_this_python(tmp_path):
@@ -30,9 +30,7 @@ def test_a_broken_model_fails_start_with_the_log_tail(tmp_path):
     (model / "1").mkdir(parents=True)
     (model / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 0\n')
     (model / "1" / "model.py").write_text("raise RuntimeError('cannot initialise this model')\n")
-    server = TritonServer(
-        tmp_path / "repo", Endpoints(free_port(), free_port(), free_port()), workdir=tmp_path / "work"
-    )
+    server = TritonServer(tmp_path / "repo", Endpoints(*free_ports(3)), workdir=tmp_path / "work")
     with pytest.raises(TritonStartError, match="cannot initialise this model"):
         server.start(timeout_s=60)
     assert server.process is None
@@ -54,7 +52,7 @@ def _ready(port: int) -> bool:
 
 @pytest.mark.slow
 def test_serve_cli_runs_in_the_foreground_and_stops_on_sigterm(triton, tmp_path):
-    ports = [free_port(), free_port(), free_port()]
+    ports = free_ports(3)
     log_file = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "operations.cli", "triton", "--repo", str(triton.repo)]
     cmd += ["--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2])]
