@@ -303,6 +303,10 @@ class Serving:
     embedder: Embedder
     reranker: Reranker
     reranker_version: int = BASE_VERSION
+    pending_version: int = BASE_VERSION
+    """An encoder version being rolled out (its spaces are being filled): ingest writes its vectors too,
+    so a product added during the re-index is not missing from it after the switch."""
+    pending_embedder: Embedder | None = None
 
     def space(self, base: str) -> str:
         return encoder_space(base, self.version)
@@ -541,16 +545,20 @@ class Pipeline:
                 continue
             records.append((i, Record(items[i][0], {IMAGE: iv, TITLE: tv[0]})))
         serving = self.serving
-        if serving.version != BASE_VERSION and records:
-            # After a rollout the served version's spaces too, so a product ingested now is found by it
-            # (the base spaces stay written: they are the collection's required ones, and rollback's).
+        # Besides the base spaces (required, and rollback's): the served version's spaces after a rollout,
+        # and a version being rolled out, so a product ingested now is found by either.
+        versions = {serving.version: serving.embedder}
+        if serving.pending_embedder is not None:
+            versions.setdefault(serving.pending_version, serving.pending_embedder)
+        versions.pop(BASE_VERSION, None)
+        for version, embedder in versions.items() if records else ():
             extra = await asyncio.gather(
-                *(serving.embedder.embed_image(items[i][1], budget) for i, _ in records),
-                *(serving.embedder.embed_text(items[i][0].title, budget) for i, _ in records),
+                *(embedder.embed_image(items[i][1], budget) for i, _ in records),
+                *(embedder.embed_text(items[i][0].title, budget) for i, _ in records),
             )
             for k, (_, rec) in enumerate(records):
-                rec.vectors[serving.space(IMAGE)] = extra[k]
-                rec.vectors[serving.space(TITLE)] = extra[len(records) + k][0]
+                rec.vectors[encoder_space(IMAGE, version)] = extra[k]
+                rec.vectors[encoder_space(TITLE, version)] = extra[len(records) + k][0]
         # Upsert is by id: of several items with one id, the last embedded one is what a stream of
         # separate writes would leave, so only it is written (the index refuses a batch repeating an id).
         last = {rec.product.id: (i, rec) for i, rec in records}

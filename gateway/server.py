@@ -176,25 +176,37 @@ class Gateway:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
 
-    def set_versions(self, version: int, reranker_version: int = BASE_VERSION) -> None:
+    def set_versions(
+        self, version: int, reranker_version: int = BASE_VERSION, pending_version: int = BASE_VERSION
+    ) -> None:
         """Serve encoder ``version`` (its pinned ensembles and index spaces) and cross-encoder
-        ``reranker_version``, switched in one assignment."""
+        ``reranker_version``, and write ``pending_version``'s vectors on ingest while it is rolled out;
+        switched in one assignment."""
         current = self.pipeline.serving
-        if (version, reranker_version) != (current.version, current.reranker_version):
+        wanted = (version, reranker_version, pending_version)
+        if wanted != (current.version, current.reranker_version, current.pending_version):
             log.warning(
                 "serving model versions",
-                extra={"encoder_version": version, "reranker_version": reranker_version},
+                extra={
+                    "encoder_version": version,
+                    "reranker_version": reranker_version,
+                    "pending_version": pending_version,
+                },
             )
         embedder = self.triton if version == BASE_VERSION else PinnedEmbedder(self.triton, version)
         reranker = (
             self.triton if reranker_version == BASE_VERSION else PinnedReranker(self.triton, reranker_version)
         )
-        self.pipeline.serving = Serving(version, embedder, reranker, reranker_version)
+        pending = None if pending_version == BASE_VERSION else PinnedEmbedder(self.triton, pending_version)
+        self.pipeline.serving = Serving(
+            version, embedder, reranker, reranker_version, pending_version, pending
+        )
 
     def read_serving_file(self) -> None:
         """Follow ``serving_file`` (written atomically by ``vitrine adapt deploy``/``rollback``); an
         unreadable file keeps the versions being served. A file without ``reranker_version`` (written
-        before cross-encoders were versioned) means version 1."""
+        before cross-encoders were versioned) means version 1; ``pending_version`` is there while a
+        deploy re-embeds the catalog."""
         if not self.config.serving_file:
             return
         path = Path(self.config.serving_file)
@@ -202,12 +214,13 @@ class Gateway:
             state = json.loads(path.read_text())
             version = int(state["encoder_version"])
             reranker_version = int(state.get("reranker_version", BASE_VERSION))
+            pending_version = int(state.get("pending_version", BASE_VERSION))
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("serving file unreadable; versions unchanged", extra={"error": str(exc)[:200]})
             return
-        self.set_versions(version, reranker_version)
+        self.set_versions(version, reranker_version, pending_version)
 
     async def probe_once(self) -> bool:
         self.read_serving_file()

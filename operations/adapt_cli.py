@@ -82,6 +82,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 args.batch,
                 artifacts=Path(args.artifacts) if args.artifacts else None,
                 repo=Path(args.repo) if args.repo else None,
+                settle_s=args.settle_s,
             )
         )
     except RolloutError as exc:
@@ -149,6 +150,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             p.add_argument("--collection", default="products")
             p.add_argument("--index-kind", default="flat")
             p.add_argument("--batch", type=int, default=16, help="products embedded per batch")
+            p.add_argument(
+                "--settle-s", type=float, default=3.0,
+                help="seconds gateways get to see the pending version before the re-index (> their "
+                "--health-interval-s): what they ingest from then on gets its vectors too",
+            )  # fmt: skip
             p.add_argument("--artifacts", default="", help="with --repo: render the live repository first")
             p.add_argument("--repo", default="", help="the model repository the running Triton serves")
         p.set_defaults(func=func)

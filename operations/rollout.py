@@ -155,6 +155,24 @@ async def serve_version(triton_url: str, version: int, artifacts: Path, repo: Pa
         await models.close()
 
 
+async def prepare_spaces(target: RolloutTarget, version: int) -> None:
+    """Triton serving ``version`` and the index holding its (empty) spaces; a resumed deploy finds them."""
+    models = TritonModels(target.triton_url)
+    index = IndexRetriever(target.index_address, target.collection, (), target.index_kind)
+    try:
+        await _load(models, version)
+        for base in (IMAGE, TITLE):
+            try:
+                await index.add_space(encoder_space(base, version), EMBED_DIM, target.index_kind)
+            except GatewayError as exc:
+                message = str(exc).lower()
+                if "already" not in message and "exist" not in message:  # a space from an earlier step
+                    raise
+    finally:
+        await models.close()
+        await index.close()
+
+
 async def reembed(
     target: RolloutTarget,
     version: int,
@@ -168,13 +186,7 @@ async def reembed(
     index = IndexRetriever(target.index_address, target.collection, (), target.index_kind)
     started = time.perf_counter()
     try:
-        await _load(models, version)
-        for base in (IMAGE, TITLE):
-            try:
-                await index.add_space(encoder_space(base, version), EMBED_DIM, target.index_kind)
-            except GatewayError as exc:
-                if "exist" not in str(exc).lower():  # a resumed deploy finds its spaces already there
-                    raise
+        await prepare_spaces(target, version)
         missing: list[str] = []
         bar = tqdm(total=len(products), desc=f"re-embed v{version}", unit="product", disable=not progress)
         for start in range(0, len(products), batch):
@@ -209,17 +221,25 @@ async def deploy(
     progress: bool = True,
     artifacts: Path | None = None,
     repo: Path | None = None,
+    settle_s: float = 3.0,
 ) -> dict[str, Any]:
     """Re-embed the catalog with ``version``, then switch every gateway following the serving file: to
     the version's encoders and, when the version ships one, its cross-encoder (both in one file write).
     With ``artifacts`` and ``repo``, the live repository is rendered again first (the adapted version
-    exported into the artifacts by ``vitrine adapt export``) and Triton loads it while serving."""
+    exported into the artifacts by ``vitrine adapt export``) and Triton loads it while serving.
+    ``settle_s``: how long gateways get to see the pending version before the re-index starts (more than
+    their health interval, 1 s by default)."""
     state = read_serving(target.serving_file)
     current = _versions(state)
     if current[0] == version:
         raise RolloutError(f"encoder version {version} already serves")
     if artifacts is not None and repo is not None:
         render(artifacts, repo)
+    # Gateways learn the pending version first (its spaces exist by then), so what they ingest from now
+    # on gets its vectors too; the catalog file's products are re-embedded after they had time to see it.
+    await prepare_spaces(target, version)
+    write_serving(target.serving_file, {**state, "pending_version": version})
+    await asyncio.sleep(settle_s)
     report = await reembed(target, version, catalog_products(catalog), batch, progress=progress)
     models = TritonModels(target.triton_url)
     try:

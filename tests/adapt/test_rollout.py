@@ -194,7 +194,7 @@ async def test_deploy_under_concurrent_searches_then_rollback(live: Live) -> Non
                 failures.append(exc)
 
     tasks = [asyncio.create_task(searcher(q, rerank)) for q in QUERIES for rerank in (False, True)]
-    report = await deploy(live.target, 2, live.catalog, batch=8, progress=False)
+    report = await deploy(live.target, 2, live.catalog, batch=8, progress=False, settle_s=0.2)
     # The gateway follows the serving file within a health interval; searches keep running meanwhile.
     for _ in range(200):
         if handle.gateway.pipeline.serving.version == 2:
@@ -230,11 +230,45 @@ async def test_deploy_under_concurrent_searches_then_rollback(live: Live) -> Non
     assert read_serving(live.target.serving_file)["history"] == []
 
 
+async def test_a_product_ingested_during_a_deploy_is_in_the_new_spaces(live: Live) -> None:
+    """The catalog file the deploy walks does not hold a product ingested meanwhile; the gateway writes
+    the pending version's vectors for it, so after the switch it is found like every other product."""
+    handle = live.handle
+    deploying = asyncio.create_task(
+        deploy(live.target, 2, live.catalog, batch=8, progress=False, settle_s=0.5)
+    )
+    for _ in range(200):
+        if handle.gateway.pipeline.serving.pending_version == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert handle.gateway.pipeline.serving.pending_version == 2
+    assert handle.gateway.pipeline.serving.version == 1  # still answering with the old version
+    source = next(iter(handle.products.values()))
+    late = pb.Product(id="added-during-deploy", title=source.title, category=list(source.category), price=1.0)
+    try:
+        upserted = await handle.stub.UpsertProducts(
+            iter([pb.UpsertProductsRequest(product=late, image_bytes=handle.image(source.id))]), timeout=60
+        )
+        assert upserted.upserted == 1 and not upserted.errors
+        await deploying
+        for _ in range(200):
+            if handle.gateway.pipeline.serving.version == 2:
+                break
+            await asyncio.sleep(0.05)
+        serving = handle.gateway.pipeline.serving
+        assert (serving.version, serving.pending_version) == (2, 1)
+        similar = await handle.stub.SimilarItems(pb.SimilarItemsRequest(id=late.id, top_k=3), timeout=30)
+        assert len(similar.by_image) == 3 and len(similar.by_title) == 3  # it has version 2's vectors
+    finally:  # the collection outlives this test
+        await deploying
+        await handle.stub.DeleteProducts(pb.DeleteProductsRequest(ids=[late.id]), timeout=30)
+
+
 async def test_a_gateway_pinned_to_version_2_answers_with_it(
     live: Live, adapted_triton: Any, index_server: Any
 ) -> None:
     """A second gateway started with encoder_version=2 on the same catalog gives the deployed answers."""
-    await deploy(live.target, 2, live.catalog, batch=8, progress=False)
+    await deploy(live.target, 2, live.catalog, batch=8, progress=False, settle_s=0.2)
     for _ in range(200):
         if live.handle.gateway.pipeline.serving.version == 2:
             break
