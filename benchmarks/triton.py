@@ -252,12 +252,13 @@ def run_triton(
 ) -> tuple[list[Point], dict[str, str]]:
     """The points, and with ``trace`` each variant's Triton trace summary (``loadtest.trace``; the
     servers write their traces when they stop)."""
-    traces = {label: work / f"trace-{label.replace(' ', '-').replace('=', '-')}.json" for label in variants}
+    slug = {label: label.replace(" ", "-").replace("=", "-") for label in variants}
+    traces = {label: work / f"trace-{slug[label]}.json" for label in variants}
     with contextlib.ExitStack() as stack:
         urls = {}
         for label, options in variants.items():
             server = Stack(
-                work / f"variant-{label.replace(' ', '-').replace('=', '-')}",
+                work / f"variant-{slug[label]}",
                 artifacts,
                 render=options,
                 triton_trace=traces[label] if trace else None,

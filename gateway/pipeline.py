@@ -236,7 +236,7 @@ class PipelineSettings:
     rerank_parts: int = field(
         default=2,
         metadata={
-            "help": "concurrent cross-encoder requests one re-rank is split into (pools of 16+ pairs): "
+            "help": "concurrent cross-encoder requests one re-rank is split into (slices of 4+ pairs): "
             "the CPU target serves it as two single-thread instances that then share one re-rank; "
             "1 where one instance uses the whole device (docs/BENCHMARKS.md, re-ranking layout)"
         },
@@ -318,7 +318,6 @@ class Pipeline:
     ) -> None:
         self.embedder = embedder
         self.retriever = retriever
-        self.reranker = reranker
         self.settings = settings
         self.serving = Serving(BASE_VERSION, embedder, reranker)
 

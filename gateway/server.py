@@ -183,16 +183,20 @@ class Gateway:
         ``reranker_version``, and write ``pending_version``'s vectors on ingest while it is rolled out;
         switched in one assignment."""
         current = self.pipeline.serving
-        wanted = (version, reranker_version, pending_version)
-        if wanted != (current.version, current.reranker_version, current.pending_version):
-            log.warning(
-                "serving model versions",
-                extra={
-                    "encoder_version": version,
-                    "reranker_version": reranker_version,
-                    "pending_version": pending_version,
-                },
-            )
+        if (version, reranker_version, pending_version) == (
+            current.version,
+            current.reranker_version,
+            current.pending_version,
+        ):
+            return  # every health probe re-reads the serving file: nothing changed, nothing to rebuild
+        log.warning(
+            "serving model versions",
+            extra={
+                "encoder_version": version,
+                "reranker_version": reranker_version,
+                "pending_version": pending_version,
+            },
+        )
         embedder = self.triton if version == BASE_VERSION else PinnedEmbedder(self.triton, version)
         reranker = (
             self.triton if reranker_version == BASE_VERSION else PinnedReranker(self.triton, reranker_version)

@@ -166,7 +166,7 @@ async def prepare_spaces(target: RolloutTarget, version: int) -> None:
                 await index.add_space(encoder_space(base, version), EMBED_DIM, target.index_kind)
             except GatewayError as exc:
                 message = str(exc).lower()
-                if "already" not in message and "exist" not in message:  # a space from an earlier step
+                if "already" not in message and "exist" not in message:  # a resumed deploy finds them
                     raise
     finally:
         await models.close()
@@ -181,12 +181,12 @@ async def reembed(
     timeout: float = 120.0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write ``version``'s vectors of every product into its own spaces; the live spaces are untouched."""
+    """Write ``version``'s vectors of every product into its own spaces (``prepare_spaces`` made them and
+    had Triton load the version); the live spaces are untouched."""
     models = TritonModels(target.triton_url)
     index = IndexRetriever(target.index_address, target.collection, (), target.index_kind)
     started = time.perf_counter()
     try:
-        await prepare_spaces(target, version)
         missing: list[str] = []
         bar = tqdm(total=len(products), desc=f"re-embed v{version}", unit="product", disable=not progress)
         for start in range(0, len(products), batch):
