@@ -44,6 +44,7 @@ from vitrine.tokenization import (
     bundled_clip_bpe,
     write_pair_tokenizer_json,
 )
+from vitrine.torchscript import TorchSession
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,13 @@ class ExportConfig:
             "help": "also write graphs fused by onnxruntime's transformer optimizer, validated as fp32"
         },
     )
+    torch_fp16: bool = field(
+        default=False,
+        metadata={
+            "help": "also trace each tower in fp16 on the CUDA device (TorchScript), validated against "
+            "fp32: the GPU target's path where onnxruntime-gpu is missing (CUDA host)"
+        },
+    )
     opset: int = field(default=OPSET, metadata={"help": "ONNX opset (>= 17)"})
 
     def source_for(self, family: Family) -> str:
@@ -102,6 +110,7 @@ class ModelEntry:
     fp16: dict[str, Any] | None = None
     tensorrt: dict[str, Any] | None = None
     optimized: dict[str, Any] | None = None
+    torch_fp16: dict[str, Any] | None = None
 
 
 @dataclass
@@ -118,11 +127,16 @@ class Manifest:
         return self.models[model.value]
 
     def path(self, model: Model, variant: str = "fp32") -> Path:
-        """Absolute path of a model's graph; ``variant`` is fp32, int8, fp16 or optimized."""
+        """Absolute path of a model's graph; ``variant`` is fp32, int8, fp16, optimized or torch_fp16."""
         entry = self.entry(model)
         if variant == "fp32":
             return self.root / entry.path
-        extra = {"int8": entry.int8, "fp16": entry.fp16, "optimized": entry.optimized}.get(variant)
+        extra = {
+            "int8": entry.int8,
+            "fp16": entry.fp16,
+            "optimized": entry.optimized,
+            "torch_fp16": entry.torch_fp16,
+        }.get(variant)
         if not extra or "path" not in extra:
             raise KeyError(f"{model.value} has no {variant} graph in {self.root / MANIFEST}")
         return self.root / Path(entry.path).parent / extra["path"]
@@ -267,7 +281,7 @@ def export_all(cfg: ExportConfig) -> Manifest:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a half-written export must not look finished
-    steps = 2 + len(TOWERS) * (2 + cfg.int8 + cfg.fp16 + cfg.tensorrt + cfg.optimize)
+    steps = 2 + len(TOWERS) * (2 + cfg.int8 + cfg.fp16 + cfg.tensorrt + cfg.optimize + cfg.torch_fp16)
     durations: dict[str, float] = {}
     started = time.perf_counter()
     bar = tqdm(total=steps, desc="export", unit="step", disable=None)
@@ -423,6 +437,10 @@ def _export_tower(
         entry.optimized = step(f"optimize {name}", fuse)
         if not entry.optimized["servable"]:
             log.warning("fused %s not servable: %s", name, entry.optimized["status"])
+    if cfg.torch_fp16:
+        entry.torch_fp16 = step(
+            f"torch fp16 {name}", lambda: torch_fp16_variant(spec, module, path.parent, run_torch, probe)
+        )
     if cfg.tensorrt:
         reason = variants.tensorrt_unavailable()
         if reason:
@@ -440,6 +458,46 @@ def _export_tower(
 
 
 OPTIMIZED_FILE = "model.optimized.onnx"
+
+
+def torch_fp16_variant(
+    spec: TowerSpec,
+    module: torch.nn.Module,
+    folder: Path,
+    run_torch: Callable[[validate.Feeds], np.ndarray],
+    probe: validate.RankingProbe,
+    device: str = "cuda",
+) -> dict[str, Any]:
+    """The tower traced in fp16 on ``device`` and held to the fp16 rules against PyTorch fp32 plus the
+    fp32 rule's top-10 agreement (rank swaps only between scores closer than the measured fp16 noise);
+    served by the GPU-embedded target only where both hold (skipped without CUDA)."""
+    if device == "cuda" and (reason := variants.cuda_unavailable()) is not None:
+        log.warning("%s: %s", spec.model.value, reason)
+        return {"status": "skipped", "reason": reason, "servable": False}
+    dst = folder / variants.TORCH_FP16_FILE
+    variants.torchscript(module, _dummy(spec), dst, device, half=True)
+    session = TorchSession(dst, device)
+    run = functools.partial(_first_output, session)
+    try:
+        result = validate.validate_runner(spec, run, run_torch, probe, fp16=True, engine="torchscript")
+        status = "validated"
+    except ExportError as exc:
+        result, status = {"reason": str(exc)[:300]}, "failed"
+    agreement = result.get("top10_agreement_within_noise", 0.0)
+    return {
+        "path": dst.name,
+        "sha256": sha256(dst),
+        "device": device,
+        "status": status,
+        "validation": result,
+        "servable": status == "validated" and agreement >= 1.0,
+        "rule": "fp16 tolerances, and the top 10 of PyTorch fp32 wherever scores differ by more than the "
+        "measured fp16 noise",
+    }
+
+
+def _first_output(session: TorchSession, feeds: validate.Feeds) -> np.ndarray:
+    return np.asarray(session.run(None, feeds)[0])
 
 
 def _transformer_config(module: torch.nn.Module) -> Any:

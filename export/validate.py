@@ -202,9 +202,22 @@ def validate(
     """Contract check, per-output tolerance and ranking agreement of one graph against PyTorch."""
     check_graph(spec, onnx_path)
     sess = session(onnx_path)
-    got = run_batches(lambda f: sess.run(None, f)[0], probe.batches)
+    return validate_runner(spec, lambda f: sess.run(None, f)[0], torch_run, probe, fp16=fp16)
+
+
+def validate_runner(
+    spec: TowerSpec,
+    run: Callable[[Feeds], FloatArray],
+    torch_run: Callable[[Feeds], FloatArray],
+    probe: RankingProbe,
+    *,
+    fp16: bool = False,
+    engine: str = "",
+) -> dict[str, Any]:
+    """Per-output tolerance and ranking agreement of any engine's outputs against PyTorch fp32."""
+    got = run_batches(run, probe.batches)
     want = run_batches(torch_run, probe.batches)
-    label = f"{spec.model.value}{' fp16' if fp16 else ''}"
+    label = " ".join(filter(None, [spec.model.value, engine, "fp16" if fp16 else ""]))
     figures: dict[str, Any] = compare(
         spec,
         got,

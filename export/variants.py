@@ -1,12 +1,15 @@
-"""Derived graphs: int8 (dynamic quantisation, CPU), fp16 ONNX, and TensorRT engines on GPU hosts."""
+"""Derived graphs: int8 (dynamic quantisation, CPU), fp16 ONNX, TensorRT engines on GPU hosts, and the
+TorchScript fp16 trace that the GPU target falls back to where onnxruntime has no CUDA provider."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from export.errors import ExportError
@@ -92,6 +95,47 @@ def transformer_optimized(
     model.save_model_to_file(str(dst))
     fused = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
     return {"model_type": model_type, "fused": fused}
+
+
+TORCH_FP16_FILE = "model.cuda_fp16.pt"
+
+
+def cuda_unavailable() -> str | None:
+    """Why nothing can be traced or built on a CUDA device here, or None when it can."""
+    try:
+        import torch
+    except ImportError:
+        return "PyTorch is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA device; the fp16 trace is made on the GPU host (python -m export --torch-fp16)"
+    return None
+
+
+def torchscript(module: Any, example: dict[str, np.ndarray], dst: Path, device: str, *, half: bool) -> None:
+    """A TorchScript trace of one tower on ``device`` (weights and activations fp16 with ``half``): the
+    GPU-embedded target's PyTorch path where ``onnxruntime-gpu`` is missing (``model_repository.runtime
+    .TorchSession``). Traced on the device it serves on, because a trace records the device of tensors
+    the model creates inside ``forward`` (CLIP's causal mask). Inputs keep their names (the forward's
+    parameters) and fp32/int64 dtypes; the session casts float inputs to the weights' dtype."""
+    import copy
+
+    import torch
+
+    tower = copy.deepcopy(module).to(device).eval()
+    if half:
+        tower = tower.half()
+    dtype = torch.float16 if half else torch.float32
+    inputs = {
+        k: torch.from_numpy(v).to(device, dtype=dtype if v.dtype.kind == "f" else None)
+        for k, v in example.items()
+    }
+    # The tracer warns at every Python-side shape check it freezes (as the ONNX export does); they are
+    # expected here and held to account by the validation that follows.
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(tower, example_kwarg_inputs=inputs, check_trace=False)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(traced, str(dst))
 
 
 def tensorrt_unavailable() -> str | None:

@@ -2,13 +2,15 @@
 
 The ``tritonserver`` inside the ``nvidia-pytriton`` wheel is a CUDA build, but it carries no onnxruntime
 or TensorRT backend, so on a GPU host without Docker the encoders stay Python-backend models (the same
-``onnx_encoder.py``) and run their graphs through onnxruntime's CUDA provider (``onnxruntime-gpu``).
+``onnx_encoder.py``) and run their graphs through onnxruntime's CUDA provider (``onnxruntime-gpu``), or,
+where that is not installed, the export's TorchScript fp16 trace on PyTorch CUDA (``export --torch-fp16``).
 Everything else (tokenizers, image pre-processing, ensembles, versions) is exactly the CPU rendering;
 this module only rewrites each encoder's instance group, batching delay and device parameters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -19,13 +21,19 @@ from vitrine.contracts import Target
 
 DEVICE_PARAMETER = "device"
 """Encoder parameter: ``cuda`` makes ``onnx_encoder.py`` open a CUDA session on its instance's GPU."""
+TORCH_FILE_PARAMETER = "torch_file"
+"""Encoder parameter: the PyTorch fp16 trace beside the graph, run where onnxruntime has no CUDA provider."""
 
 
 def move_encoders_to_gpu(
-    repository: Path, dynamic_batching: bool = True, queue_delay_us: int | None = None
+    repository: Path,
+    dynamic_batching: bool = True,
+    queue_delay_us: int | None = None,
+    torch_files: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Rewrite every encoder's ``config.pbtxt`` under ``repository`` for the GPU (instances, the GPU's
-    batcher, even where the CPU rendering has none); returns their names."""
+    batcher, even where the CPU rendering has none); returns their names. ``torch_files`` names each
+    encoder's PyTorch fp16 trace (placed beside its graph), run where ``onnxruntime-gpu`` is missing."""
     moved = []
     for config_path in sorted(repository.glob("*/config.pbtxt")):
         config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
@@ -42,6 +50,8 @@ def move_encoders_to_gpu(
         if "intra_op_threads" in config.parameters:
             del config.parameters["intra_op_threads"]
         config.parameters[DEVICE_PARAMETER].string_value = "cuda"
+        if torch_files and config.name in torch_files:
+            config.parameters[TORCH_FILE_PARAMETER].string_value = torch_files[config.name]
         config_path.write_text(str(text_format.MessageToString(config)))
         moved.append(config.name)
     return moved

@@ -136,6 +136,23 @@ def _onnx_source(artifacts: Path, spec: ModelSpec, options: RenderOptions, manif
     return fp32
 
 
+def _place_torch_fallbacks(artifacts: Path, repository: Path) -> dict[str, str]:
+    """Beside each encoder's graph, the export's PyTorch fp16 trace where it was validated (``export
+    --torch-fp16`` on a CUDA host): what the GPU-embedded encoder runs without ``onnxruntime-gpu``.
+    Returns model name -> file name."""
+    placed: dict[str, str] = {}
+    models = load_manifest(artifacts).get("models", {})
+    for spec in SPECS:
+        entry = models.get(spec.model.value) or {}
+        trace = entry.get("torch_fp16")
+        if spec.role is not Role.ENCODER or not (isinstance(trace, dict) and trace.get("servable")):
+            continue
+        src = artifacts / Path(str(entry["path"])).parent / str(trace["path"])
+        _place(src, repository / spec.model.value / VERSION / src.name)
+        placed[spec.model.value] = src.name
+    return placed
+
+
 ADAPTED_DIR = "versions"
 """Adapted encoder versions live under ``<artifacts>/versions/<v>/<model>/model.onnx`` (``adapt.serving``)."""
 
@@ -200,7 +217,8 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
         from model_repository.gpu_embedded import move_encoders_to_gpu
 
         repository = render_repository(artifacts, out, replace(options, target=Target.CPU))
-        move_encoders_to_gpu(repository, options.dynamic_batching, options.queue_delay_us)
+        fallbacks = _place_torch_fallbacks(artifacts.resolve(), repository)
+        move_encoders_to_gpu(repository, options.dynamic_batching, options.queue_delay_us, fallbacks)
         return repository
     artifacts = artifacts.resolve()
     manifest = load_manifest(artifacts)

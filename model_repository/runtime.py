@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
+
+from vitrine.torchscript import TorchSession
 
 
 def available_cores() -> int:
@@ -42,21 +46,46 @@ class DeviceUnavailable(RuntimeError):
     """A GPU session where onnxruntime has no CUDA provider; the message says what to install."""
 
 
-def make_gpu_session(path: str | os.PathLike[str], device_id: int = 0) -> ort.InferenceSession:
-    """A CUDA session on one GPU (the Python-backend instance's device), for the GPU-embedded target.
+class Session(Protocol):
+    """What the batching runs: onnxruntime's ``run(output_names, feed)``, or ``vitrine.torchscript
+    .TorchSession``."""
 
-    Only ``onnxruntime-gpu`` has the CUDA provider; refusing plainly beats a silent CPU fallback that
-    would serve GPU traffic from two cores."""
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise DeviceUnavailable(
-            f"onnxruntime {ort.__version__} has no CUDA provider (available: "
-            f"{', '.join(ort.get_available_providers())}); "
-            "install onnxruntime-gpu for the gpu-embedded target"
-        )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> Sequence[Any]: ...
+
+
+def torch_cuda_unavailable() -> str | None:
+    """Why :class:`TorchSession` cannot run on a GPU here, or None when it can."""
+    try:
+        import torch
+    except ImportError:
+        return "PyTorch is not installed"
+    return None if torch.cuda.is_available() else f"PyTorch {torch.__version__} sees no CUDA device"
+
+
+def make_gpu_session(
+    path: str | os.PathLike[str], device_id: int = 0, torch_fallback: str | os.PathLike[str] | None = None
+) -> Session:
+    """A session on one GPU (the Python-backend instance's device), for the GPU-embedded target:
+    onnxruntime's CUDA provider where ``onnxruntime-gpu`` is installed, else the export's TorchScript
+    fp16 trace (``torch_fallback``) on PyTorch CUDA.
+
+    Refusing plainly beats a silent CPU fallback that would serve GPU traffic from two cores."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    reasons = [
+        f"onnxruntime {ort.__version__} has no CUDA provider (available: "
+        f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+    ]
+    if torch_fallback is None or not Path(torch_fallback).is_file():
+        reasons.append("no PyTorch fp16 trace in the repository (export with --torch-fp16 on a CUDA host)")
+    elif (why := torch_cuda_unavailable()) is not None:
+        reasons.append(why)
+    else:
+        return TorchSession(torch_fallback, f"cuda:{device_id}")
+    raise DeviceUnavailable("; ".join(reasons) + " for the gpu-embedded target")
 
 
 @dataclass(frozen=True)
@@ -68,6 +97,8 @@ class Result:
 
 
 def _batch_size(feed: Mapping[str, np.ndarray]) -> int | str:
+    if not feed:
+        return "the request has no inputs"
     sizes = {name: arr.shape[0] if arr.ndim else -1 for name, arr in feed.items()}
     if len(set(sizes.values())) != 1:
         listing = ", ".join(f"{k} {v}" for k, v in sizes.items())
@@ -93,7 +124,7 @@ class LengthSorting:
 
 
 def _run_length_sorted(
-    session: ort.InferenceSession,
+    session: Session,
     outputs: Sequence[str],
     batch: dict[str, np.ndarray],
     sorting: LengthSorting,
@@ -122,7 +153,7 @@ def _run_length_sorted(
 
 
 def run_batched(
-    session: ort.InferenceSession,
+    session: Session,
     feeds: Sequence[Mapping[str, np.ndarray]],
     outputs: Sequence[str],
     sorting: LengthSorting | None = None,
@@ -153,7 +184,7 @@ def run_batched(
             if sorting is not None and sorting.mask in batch and batch[sorting.mask].ndim == 2:
                 values = _run_length_sorted(session, outputs, batch, sorting)
             else:
-                values = session.run(list(outputs), batch)
+                values = list(session.run(list(outputs), batch))
         except Exception as exc:  # onnxruntime raises its own untyped errors for shape/type faults
             for i in members:
                 results[i] = Result(error=f"the model could not run this input: {exc}")

@@ -134,6 +134,8 @@ def export_models(cfg: StackConfig, artifacts: Path) -> dict[str, object]:
             "--out",
             str(artifacts),
         ]
+        if cfg.device == "gpu":  # the PyTorch fp16 path, for GPU hosts without onnxruntime-gpu
+            cmd.append("--torch-fp16")
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         manifest = _valid_export(artifacts, cfg.size)
         if manifest is None:

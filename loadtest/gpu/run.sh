@@ -5,7 +5,8 @@
 #
 # The embedded tritonserver of the nvidia-pytriton wheel is a CUDA build; the `gpu-embedded` rendering
 # keeps every model of the CPU default and moves the encoders to KIND_GPU, where they run their ONNX
-# graphs through onnxruntime-gpu. What it does:
+# graphs through onnxruntime-gpu, or, where no onnxruntime-gpu wheel is carried, the export's TorchScript
+# fp16 traces on PyTorch CUDA (validated against fp32 at export). What it does:
 #   1. names the hardware (nvidia-smi, CPU) beside the results;
 #   2. installs onnxruntime-gpu and faiss-gpu from wheels carried in $WHEELS, if that folder exists
 #      (pip --no-index: nothing is downloaded), into the Python environment $PY;
@@ -61,12 +62,17 @@ import faiss, onnxruntime as ort
 print("onnxruntime", ort.__version__, "providers:", ", ".join(ort.get_available_providers()))
 print("faiss GPUs:", faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0)
 if "CUDAExecutionProvider" not in ort.get_available_providers():
-    raise SystemExit("no CUDA provider: put an onnxruntime-gpu wheel in $WHEELS (see this script's header)")
+    import torch
+    if not torch.cuda.is_available():
+        raise SystemExit("neither onnxruntime's CUDA provider nor PyTorch CUDA: carry an onnxruntime-gpu wheel")
+    print("encoders: PyTorch", torch.__version__, "CUDA fp16 traces (no onnxruntime-gpu)")
+else:
+    print("encoders: onnxruntime CUDA provider")
 EOF
 
 if [ ! -f "$VAR/artifacts/manifest.json" ]; then
-  say "exporting full-size towers (source: $SOURCE)"
-  timeout 300 "$PY" -m export --out "$VAR/artifacts" --source "$SOURCE" --size full
+  say "exporting full-size towers (source: $SOURCE) with their fp16 traces"
+  timeout 300 "$PY" -m export --out "$VAR/artifacts" --source "$SOURCE" --size full --torch-fp16
 fi
 
 say "text, image and re-rank throughput through Triton (gpu-embedded)"
@@ -100,7 +106,8 @@ import json, sys
 from pathlib import Path
 from benchmarks.report import describe_hardware, table
 out = Path(sys.argv[1])
-print(f"Hardware: {describe_hardware()}; target gpu-embedded (wheel tritonserver, onnxruntime-gpu).\n")
+engine = (out / "providers.txt").read_text().splitlines()[-1]
+print(f"Hardware: {describe_hardware()}; target gpu-embedded (wheel tritonserver); {engine}.\n")
 print((out / "triton.md").read_text())
 rows = []
 for summary in sorted(out.glob("openloop-*/summary.json"), key=lambda p: float(p.parent.name.split("-")[1])):

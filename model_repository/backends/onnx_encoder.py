@@ -1,4 +1,5 @@
-"""Triton Python-backend model around one ONNX encoder (the CPU target's stand-in for the ORT backend).
+"""Triton Python-backend model around one ONNX encoder (the CPU target's stand-in for the ORT backend; on the
+gpu-embedded target its CUDA session, or the export's PyTorch fp16 trace where onnxruntime-gpu is missing).
 
 Thin by design: ``initialize`` opens the session once, ``execute`` hands the batch to
 ``model_repository.runtime.run_batched`` and returns one response per request; a request that cannot run
@@ -14,7 +15,13 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from model_repository.runtime import LengthSorting, make_gpu_session, make_session, run_batched
+from model_repository.runtime import (
+    LengthSorting,
+    Session,
+    make_gpu_session,
+    make_session,
+    run_batched,
+)
 from vitrine.contracts import Tensor
 
 
@@ -25,8 +32,14 @@ class TritonPythonModel:
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         path = os.path.join(args["model_repository"], args["model_version"], params["onnx_file"])
+        self.session: Session
         if params.get("device") == "cuda":  # the gpu-embedded target (model_repository.gpu_embedded)
-            self.session = make_gpu_session(path, int(args.get("model_instance_device_id", "0")))
+            fallback = params.get("torch_file")  # PyTorch fp16 trace, where onnxruntime-gpu is missing
+            self.session = make_gpu_session(
+                path,
+                int(args.get("model_instance_device_id", "0")),
+                os.path.join(os.path.dirname(path), fallback) if fallback else None,
+            )
         else:
             self.session = make_session(path, threads=int(params.get("intra_op_threads", "0")))
         rows = int(params.get("length_sorted_rows", "0"))
