@@ -205,6 +205,11 @@ loadtest-objective: venv protos ## the latency objective on the running stack: m
 	mkdir -p $(VAR) && flock $(BENCH_LOCK) \
 	  $(PY) -m loadtest objective $(LOADTEST_STACK) --out $(LOADTEST_OUT)/objective $(ARGS)
 
+.PHONY: loadtest-objective-openloop
+loadtest-objective-openloop: venv protos ## the objective with the open-loop generator: text edge, re-rank 10/50 at fixed rates
+	mkdir -p $(VAR) && flock $(BENCH_LOCK) \
+	  $(PY) -m loadtest openloop-objective $(LOADTEST_STACK) --out $(LOADTEST_OUT)/objective-openloop $(ARGS)
+
 .PHONY: loadtest-openloop
 loadtest-openloop: venv protos ## light open-loop generator: text-search edge, latency from each scheduled send
 	mkdir -p $(VAR) && flock $(BENCH_LOCK) \

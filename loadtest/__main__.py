@@ -1,5 +1,5 @@
-"""``python -m loadtest run|step|objective|openloop|compare``: load on the gateway or Triton, judged by an
-objective; every report states the load generator's own CPU use.
+"""``python -m loadtest run|step|objective|openloop|openloop-objective|compare``: load on the gateway or
+Triton, judged by an objective; every report states the load generator's own CPU use.
 
 Exit status: 0 the objective was met (step, objective: at some rate), 1 it was missed, 2 the run could
 not be made.
@@ -16,13 +16,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from loadtest import openloop, server_metrics
+from loadtest import openloop, server_metrics, triton_metrics
 from loadtest.config import (
     ENV_PREFIX,
     CompareConfig,
     LoadTarget,
     ObjectiveConfig,
     OpenLoopConfig,
+    OpenLoopObjectiveConfig,
     RunConfig,
     StepConfig,
 )
@@ -205,20 +206,7 @@ def objective(config: ObjectiveConfig) -> int:
         lines.append(_row([str(depth), f"{rate:g}", *cells]))
     inside = [(f"text search at {r['rate']:g} req/s", r["triton"]) for r in text["steps"] if r["triton"]]
     inside += [(f"re-rank {d} at {r:g} req/s", res.triton) for d, r, res in reranks if res.triton]
-    if inside:
-        lines += [
-            "",
-            "Inside Triton (its counters over each run; ms per request):",
-            "",
-            _row(["run", "model", "requests", "mean batch", "queue ms", "compute ms", "total ms"]),
-            _row(["---"] * 7),
-        ]
-        for run_name, models in inside:
-            for model, m in models.items():
-                lines.append(
-                    _row([run_name, model, f"{m['requests']:.0f}", f"{m['batch']:.2f}",
-                          f"{m['queue_ms']:.1f}", f"{m['compute_ms']:.1f}", f"{m['request_ms']:.1f}"])
-                )  # fmt: skip
+    lines += _inside_triton(inside)
     report = "\n".join(lines) + "\n"
     root.mkdir(parents=True, exist_ok=True)
     (root / "objective.md").write_text(report)
@@ -241,15 +229,39 @@ def objective(config: ObjectiveConfig) -> int:
     return 0 if best is not None else 1
 
 
+def _inside_triton(runs: list[tuple[str, dict[str, dict[str, float]]]]) -> list[str]:
+    """Triton's per-model counters over each run, as report lines (none when no run has them)."""
+    if not runs:
+        return []
+    lines = [
+        "",
+        "Inside Triton (its counters over each run; ms per request):",
+        "",
+        _row(["run", "model", "requests", "mean batch", "queue ms", "compute ms", "total ms"]),
+        _row(["---"] * 7),
+    ]
+    for run_name, models in runs:
+        for model, m in models.items():
+            lines.append(
+                _row([run_name, model, f"{m['requests']:.0f}", f"{m['batch']:.2f}",
+                      f"{m['queue_ms']:.1f}", f"{m['compute_ms']:.1f}", f"{m['request_ms']:.1f}"])
+            )  # fmt: skip
+    return lines
+
+
 def _query_data(catalog: str, size: int, seed: int) -> QueryData:
     if catalog and not Path(catalog).is_file():
         raise ValueError(f"catalog {catalog} not found: start the stack (`make up`) or pass --catalog")
     return QueryData.from_catalog(catalog, seed=seed) if catalog else QueryData.generated(size, seed)
 
 
-def _open_loop_once(config: OpenLoopConfig, data: QueryData, rate: float) -> dict[str, Any]:
-    """One open-loop run at ``rate``, with the gateway's server-side view of it when its metrics are given."""
+def _open_loop_once(
+    config: OpenLoopConfig, data: QueryData, rate: float, triton_url: str = ""
+) -> dict[str, Any]:
+    """One open-loop run at ``rate``, with the gateway's server-side view of it when its metrics are given
+    (and Triton's per-model counters with ``triton_url``)."""
     before = server_metrics.snapshot(config.gateway_metrics) if config.gateway_metrics else None
+    triton_before = triton_metrics.snapshot(triton_url) if triton_url else None
     result = asyncio.run(
         openloop.run(
             config.gateway,
@@ -269,6 +281,8 @@ def _open_loop_once(config: OpenLoopConfig, data: QueryData, rate: float) -> dic
     record = result.to_json(objective_)
     if before is not None:
         record["server"] = server_metrics.quantiles(before, server_metrics.snapshot(config.gateway_metrics))
+    if triton_before is not None:
+        record["triton"] = triton_metrics.per_model(triton_before, triton_metrics.snapshot(triton_url))
     return record
 
 
@@ -291,33 +305,99 @@ def open_loop(config: OpenLoopConfig) -> int:
         (root / "summary.json").write_text(json.dumps(record, indent=2))
         print(_open_loop_line(record))
         return 0 if record["verdict"]["passed"] else 1
+    summary = _open_loop_steps(config, data) | {"hardware": hardware(), "weights": weights}
+    (root / "step_summary.json").write_text(json.dumps(summary, indent=2))
+    report = _open_loop_report(config, summary)
+    (root / "openloop.md").write_text(report)
+    print(report)
+    if summary["best_rate"] is None:
+        print(f"no rate met the objective; the lowest tried, {config.rate:g} req/s, missed.")
+        return 1
+    print(f"highest rate meeting the objective: {summary['best_rate']:g} req/s (open loop). report: {root}")
+    return 0
+
+
+def _open_loop_steps(config: OpenLoopConfig, data: QueryData, triton_url: str = "") -> dict[str, Any]:
+    """The step search with the open-loop generator: rates raised until the objective breaks, then
+    bisected; every step's record kept."""
     records: list[dict[str, Any]] = []
 
     def measure(rate: float) -> Verdict:
-        record = _open_loop_once(config, data, rate)
+        record = _open_loop_once(config, data, rate, triton_url)
         records.append(record)
         print(f"step {len(records)}: {rate:g} req/s -> {_open_loop_line(record)}", flush=True)
         return _verdict_of(record)
 
     plan = StepPlan(config.rate, config.factor, config.max_rate, config.max_steps, config.refine)
     outcome = search(plan, measure)
-    summary = {
+    return {
         "best_rate": outcome.best_rate,
         "first_miss": outcome.first_miss,
         "steps": records,
         "config": _plain(config),
-        "hardware": hardware(),
-        "weights": weights,
     }
-    (root / "step_summary.json").write_text(json.dumps(summary, indent=2))
-    report = _open_loop_report(config, summary)
-    (root / "openloop.md").write_text(report)
+
+
+def open_loop_objective(config: OpenLoopObjectiveConfig) -> int:
+    """The objective measured with Poisson arrivals: the text-search edge, then re-rank 10 and 50 at
+    fixed offered rates; the same tables as ``objective`` without Locust's clumped sends."""
+    data = _query_data(config.catalog, config.catalog_size, config.seed)
+    root = Path(config.out)
+    root.mkdir(parents=True, exist_ok=True)
+    if config.warmup_s > 0:
+        # First calls pay for lazy initialisation (sessions, caches, connections) that no run should carry.
+        for scenario in ("text", "text_rerank10", "text_rerank50"):
+            warm = replace(config, mix=f"{scenario}=1", duration_s=config.warmup_s)
+            record = _open_loop_once(warm, data, 2.0)
+            print(f"warm-up {scenario}: {record['verdict']['stats']['requests']} requests", flush=True)
+    text_config = replace(config, mix="text=1")
+    text = _open_loop_steps(text_config, data, config.triton_metrics)
+    reranks: list[tuple[int, float, dict[str, Any]]] = []
+    for depth in (10, 50):
+        for rate in config.rerank_rates:
+            run_config = replace(config, mix=f"text_rerank{depth}=1", duration_s=config.rerank_duration_s)
+            record = _open_loop_once(run_config, data, rate, config.triton_metrics)
+            print(f"re-rank {depth} at {rate:g} req/s -> {_open_loop_line(record)}", flush=True)
+            reranks.append((depth, rate, record))
+    best = text["best_rate"]
+    lines = [
+        _open_loop_report(text_config, text | {"weights": weights_of(config)}).rstrip("\n"),
+        "",
+        f"Re-ranked text search at fixed offered rates ({config.rerank_duration_s:g} s each, same "
+        "generator):",
+        "",
+        _row(["re-rank depth", "offered req/s", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors",
+              "verdict", "gateway-side p95 ms", *CPU_HEADERS, "gateway stage means, ms"]),
+        _row(["---"] * 13),
+    ]  # fmt: skip
+    for depth, _rate, r in reranks:
+        s = r["verdict"]["stats"]
+        server = r.get("server", {}).get("method:Search")
+        lines.append(
+            _row([str(depth), f"{r['offered_rate']:.1f}", f"{s['rps']:.1f}", f"{s['p50_ms']:.1f}",
+                  f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}", f"{100 * s['error_rate']:.2f}%",
+                  "pass" if r["verdict"]["passed"] else "miss",
+                  f"{server['p95_ms']:.1f}" if server else "n/a",
+                  *_cpu_cells(r["cpu"]), _stage_means(r["stages"])])
+        )  # fmt: skip
+    inside = [
+        (f"text search at {r['offered_rate']:.1f} req/s", r["triton"])
+        for r in text["steps"]
+        if r.get("triton")
+    ]
+    inside += [(f"re-rank {d} at {r:g} req/s", rec["triton"]) for d, r, rec in reranks if rec.get("triton")]
+    lines += _inside_triton(inside)
+    report = "\n".join(lines) + "\n"
+    (root / "objective.md").write_text(report)
+    rerank_json = [{"depth": d, "rate": r, **rec} for d, r, rec in reranks]
+    (root / "objective.json").write_text(
+        json.dumps(
+            {"text_step": text, "rerank": rerank_json, "config": _plain(config), "hardware": hardware()},
+            indent=2,
+        )
+    )
     print(report)
-    if outcome.best_rate is None:
-        print(f"no rate met the objective; the lowest tried, {config.rate:g} req/s, missed.")
-        return 1
-    print(f"highest rate meeting the objective: {outcome.best_rate:g} req/s (open loop). report: {root}")
-    return 0
+    return 0 if best is not None else 1
 
 
 def _open_loop_report(config: OpenLoopConfig, summary: dict[str, Any]) -> str:
@@ -447,6 +527,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(
         commands.add_parser(
+            "openloop-objective",
+            help="the objective with the open-loop generator: text-search edge, re-rank 10/50 at fixed rates",
+        ),
+        OpenLoopObjectiveConfig,
+        ENV_PREFIX,
+    )
+    add_arguments(
+        commands.add_parser(
             "compare", help="Locust and the open-loop generator side by side on the same steps"
         ),
         CompareConfig,
@@ -461,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
             return step(from_namespace(StepConfig, args))
         if args.command == "openloop":
             return open_loop(from_namespace(OpenLoopConfig, args))
+        if args.command == "openloop-objective":
+            return open_loop_objective(from_namespace(OpenLoopObjectiveConfig, args))
         if args.command == "compare":
             return compare(from_namespace(CompareConfig, args))
         return objective(from_namespace(ObjectiveConfig, args))

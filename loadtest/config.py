@@ -133,6 +133,24 @@ class OpenLoopConfig:
 
 
 @dataclass(frozen=True)
+class OpenLoopObjectiveConfig(OpenLoopConfig):
+    """The objective with the open-loop generator (``python -m loadtest openloop-objective``): the
+    text-search edge by step search, then re-rank 10 and 50 at fixed offered rates, Poisson arrivals."""
+
+    out: str = field(default="var/loadtest/objective-openloop", metadata={"help": "report directory"})
+    rerank_rates: tuple[float, ...] = field(
+        default=(1.0, 2.0, 4.0), metadata={"help": "fixed offered rates (requests/s) of the re-rank runs"}
+    )
+    rerank_duration_s: float = field(default=30.0, metadata={"help": "scheduled time of each re-rank run"})
+    warmup_s: float = field(
+        default=10.0, metadata={"help": "unmeasured traffic of each scenario first, at 2 req/s (0: none)"}
+    )
+    triton_metrics: str = field(
+        default="", metadata={"help": "Triton metrics URL: its per-model counters around each run"}
+    )
+
+
+@dataclass(frozen=True)
 class CompareConfig(RunConfig):
     """Locust and the open-loop generator on the same paced steps, one after the other per step."""
 

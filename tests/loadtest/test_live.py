@@ -261,3 +261,31 @@ async def test_objective_command_writes_the_report(
     assert [r["depth"] for r in result["rerank"]] == [10, 50]
     assert "Inside Triton" in report and f"| re-rank 50 at 1 req/s | {Model.CROSS_ENCODER.value} |" in report
     assert all(r["verdict"]["stats"]["requests"] > 0 for r in result["rerank"])
+
+
+async def test_open_loop_objective_writes_the_same_tables(
+    gateway_stack: Any, gateway_triton: Any, small_catalog: Path, tmp_path: Path
+) -> None:
+    """The objective with Poisson arrivals, at toy durations: the text step, re-rank 10 and 50 at a fixed
+    rate through the real cross-encoder, the gateway's stages and Triton's counters per run."""
+    out = tmp_path / "objective-openloop"
+    code, text = await loadtest_async(
+        "openloop-objective", "--gateway", gateway_stack.address, "--catalog", str(small_catalog),
+        "--out", str(out), "--warmup-s", "1", "--rate", "2", "--max-steps", "1", "--duration-s", "3",
+        "--rerank-rates", "1", "--rerank-duration-s", "3", "--weights", "random (tiny)",
+        "--triton-metrics", gateway_triton.metrics_url, *LOOSE,
+    )  # fmt: skip
+    assert code == 0, text
+    report = (out / "objective.md").read_text()
+    assert "Highest offered rate meeting the objective: **2 req/s**" in report
+    assert "open loop, poisson arrivals" in report and "weights: random (tiny)" in report
+    rows = [line for line in report.splitlines() if line.startswith(("| 10 | ", "| 50 | "))]
+    assert len(rows) == 2 and all("rerank" in row and "embed_text" in row for row in rows), report
+    result = json.loads((out / "objective.json").read_text())
+    assert [(r["depth"], r["rate"]) for r in result["rerank"]] == [(10, 1.0), (50, 1.0)]
+    assert all(
+        r["verdict"]["stats"]["requests"] > 0 and r["cpu"]["generator_share"] < 1 for r in result["rerank"]
+    )
+    assert f"| re-rank 50 at 1 req/s | {Model.CROSS_ENCODER.value} |" in report
+    cross = result["rerank"][1]["triton"][Model.CROSS_ENCODER.value]
+    assert cross["requests"] >= result["rerank"][1]["verdict"]["stats"]["requests"]
