@@ -37,7 +37,7 @@ from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.report import describe_hardware, percentile, table
-from model_repository.render import Layout, RenderOptions, load_manifest
+from model_repository.render import Layout, Precision, RenderOptions, load_manifest
 from operations.stack import Stack
 from vitrine import logs
 from vitrine import triton as triton_request
@@ -366,6 +366,15 @@ def main(argv: list[str] | None = None) -> int:
         "MODEL=INSTANCESxTHREADS[u] (u: no batcher), e.g. cross_encoder=2x1 clip_text_encoder=1x2",
     )  # fmt: skip
     parser.add_argument(
+        "--precision", default=Precision.FP32.value, choices=[p.value for p in Precision],
+        help="precision of every variant's repository (a model without a servable graph of it stays fp32)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precisions", default="",
+        help="extra variants, each the spec rendered at one precision (comma-separated: int8, optimized); "
+        "a model without a servable graph of that precision stays fp32",
+    )  # fmt: skip
+    parser.add_argument(
         "--trace", action="store_true",
         help="run every server with Triton's request tracing and print where each model's time went",
     )  # fmt: skip
@@ -382,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"Hardware: {describe_hardware()}. "
         f"Weights: {weights}; size {manifest['size']}. "
-        "Triton: embedded tritonserver 2.51 (nvidia-pytriton 0.7.0), Python backend + onnxruntime fp32, "
+        "Triton: embedded tritonserver 2.51 (nvidia-pytriton 0.7.0), Python backend + onnxruntime "
+        f"{ns.precision} where servable, "
         f"{ns.target} rendering (instances and batching as model_repository/spec.py declares them)."
     )
     concurrencies = [int(c) for c in ns.concurrency.split(",")]
@@ -394,11 +404,16 @@ def main(argv: list[str] | None = None) -> int:
         work = ns.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vitrine-bench-")))
         work.mkdir(parents=True, exist_ok=True)
         names = [v.strip() for v in ns.variants.split(",")]
-        variants = {n: replace(VARIANTS[n], target=Target(ns.target)) for n in VARIANTS if n in names}
+        base = RenderOptions(target=Target(ns.target), precision=Precision(ns.precision))
+        variants = {
+            n: replace(VARIANTS[n], target=base.target, precision=base.precision)
+            for n in VARIANTS
+            if n in names
+        }
         for model, layout in ns.layouts:
-            variants[f"{model.value}={layout.label()}"] = RenderOptions(
-                target=Target(ns.target), layouts=((model, layout),)
-            )
+            variants[f"{model.value}={layout.label()}"] = replace(base, layouts=((model, layout),))
+        for precision in filter(None, (p.strip() for p in ns.precisions.split(","))):
+            variants[f"precision={precision}"] = replace(base, precision=Precision(precision))
         wanted = {w.strip() for w in ns.workloads.split(",")}
         workloads = [w for w in WORKLOADS if w.key in wanted]
         total_runs = len(variants) * len(workloads) * len(concurrencies) * ns.rounds
