@@ -209,10 +209,20 @@ SPECS: tuple[ModelSpec, ...] = (
         outputs=(Io(T.EMBEDDING, "TYPE_FP32", (EMBED_DIM,)),),
         max_batch_size=32,
         batching=Batching(
-            preferred=(4, 8, 16, 32), max_queue_delay_us=0, max_queue_size=128, gpu_queue_delay_us=2_000
+            preferred=(4, 8, 16, 32),
+            max_queue_delay_us=0,
+            max_queue_size=128,
+            gpu_queue_delay_us=2_000,
+            cpu=False,
         ),
         artifact="clip_image_encoder",
         versioned=True,
+        # CPU: two instances of two threads each, no batcher. Behind the batcher one 2-thread instance
+        # served *fewer* images/s at concurrency 8 than at 1 (10.7-11.8 vs 13.3-13.6); unbatched 2x2 keeps
+        # the lone photo on both cores (c=1 p50 72 ms either way) and serves 14.4/s at c=8, p95 599 vs
+        # 1,197 ms (docs/BENCHMARKS.md, "Images: the encoder's layout"). The GPU keeps its batcher.
+        instances={Target.CPU: 2, Target.GPU: 1},
+        cpu_threads=2,
     ),
     ModelSpec(
         **_public(EMBED_IMAGE_IO),  # type: ignore[arg-type]

@@ -98,18 +98,23 @@ def test_preprocessing_runs_in_python_on_cpu_for_both_targets(rendered):
                 assert (repo / spec.model.value / "1" / name).is_file()
 
 
-def test_cpu_text_and_cross_encoders_run_two_instances(rendered):
+def test_cpu_encoders_run_two_instances(rendered):
     target, _, configs = rendered
-    for model, threads in ((Model.CLIP_TEXT_ENCODER, "2"), (Model.CROSS_ENCODER, "1")):
+    layouts = (
+        (Model.CLIP_TEXT_ENCODER, "2", True),
+        (Model.CLIP_IMAGE_ENCODER, "2", False),
+        (Model.CROSS_ENCODER, "1", False),
+    )
+    for model, threads, cpu_batcher in layouts:
         config = configs[model.value]
         if target is Target.CPU:
             assert [g.count for g in config.instance_group] == [2], model
             assert config.parameters["intra_op_threads"].string_value == threads, model
+            assert config.HasField("dynamic_batching") is cpu_batcher, model
         else:
             assert [g.count for g in config.instance_group] == [1], model
             assert "intra_op_threads" not in config.parameters, model
-    # The image encoder keeps one instance using every core (parameter absent: onnxruntime sizes it).
-    assert "intra_op_threads" not in configs[Model.CLIP_IMAGE_ENCODER.value].parameters
+            assert config.HasField("dynamic_batching"), model  # merging pays on a GPU
 
 
 def test_ensemble_steps_connect_declared_tensors(rendered):
