@@ -83,6 +83,10 @@ def make_gpu_session(
         reasons.append("no PyTorch fp16 trace in the repository (export with --torch-fp16 on a CUDA host)")
     elif (why := torch_cuda_unavailable()) is not None:
         reasons.append(why)
+    elif device_id != 0:
+        # A trace keeps the device of tensors made inside forward (traced on cuda:0); loading it onto
+        # another GPU would fail per request instead of here.
+        reasons.append(f"the PyTorch fp16 trace runs on cuda:0 only, this instance is on cuda:{device_id}")
     else:
         return TorchSession(torch_fallback, f"cuda:{device_id}")
     raise DeviceUnavailable("; ".join(reasons) + " for the gpu-embedded target")
