@@ -237,14 +237,16 @@ def _inside_triton(runs: list[tuple[str, dict[str, dict[str, float]]]]) -> list[
         "",
         "Inside Triton (its counters over each run; ms per request):",
         "",
-        _row(["run", "model", "requests", "mean batch", "queue ms", "compute ms", "total ms"]),
-        _row(["---"] * 7),
-    ]
+        _row(["run", "model", "requests", "mean batch", "queue ms", "compute ms", "total ms",
+              "response-cache hits"]),
+        _row(["---"] * 8),
+    ]  # fmt: skip
     for run_name, models in runs:
         for model, m in models.items():
+            hits = f"{100 * m['cache_hit_rate']:.0f}%" if "cache_hit_rate" in m else "-"
             lines.append(
                 _row([run_name, model, f"{m['requests']:.0f}", f"{m['batch']:.2f}",
-                      f"{m['queue_ms']:.1f}", f"{m['compute_ms']:.1f}", f"{m['request_ms']:.1f}"])
+                      f"{m['queue_ms']:.1f}", f"{m['compute_ms']:.1f}", f"{m['request_ms']:.1f}", hits])
             )  # fmt: skip
     return lines
 

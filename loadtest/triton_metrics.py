@@ -21,6 +21,8 @@ COUNTERS = (
     "nv_inference_compute_input_duration_us",
     "nv_inference_compute_infer_duration_us",
     "nv_inference_compute_output_duration_us",
+    "nv_cache_num_hits_per_model",
+    "nv_cache_num_misses_per_model",
 )
 
 Snapshot = dict[str, dict[str, float]]
@@ -63,4 +65,7 @@ def per_model(before: Snapshot, after: Snapshot) -> dict[str, dict[str, float]]:
             "queue_ms": d["nv_inference_queue_duration_us"] / requests / 1000,
             "compute_ms": compute / requests / 1000,
         }
+        lookups = d["nv_cache_num_hits_per_model"] + d["nv_cache_num_misses_per_model"]
+        if lookups > 0:  # Triton's response cache is on for this model
+            out[model]["cache_hit_rate"] = d["nv_cache_num_hits_per_model"] / lookups
     return out

@@ -72,6 +72,9 @@ class RenderOptions:
     queue_delay_us: int | None = None  # None: the spec's measured choice
     layouts: tuple[tuple[Model, Layout], ...] = ()
     """CPU target: per-model instance count, onnxruntime threads and batcher, replacing the spec's."""
+    response_cache_mb: int = 0
+    """> 0: Triton's response cache (this many MB, ``response_cache_args``) answers repeated requests to
+    the cacheable ensembles (embed_text, embed_image, rerank) without running a model; 0: off."""
 
     def spec_for(self, spec: ModelSpec) -> ModelSpec:
         layout = dict(self.layouts).get(spec.model)
@@ -83,6 +86,13 @@ class RenderOptions:
             cpu_threads=layout.threads,
             batching=replace(spec.batching, cpu=True) if layout.batching and spec.batching else None,
         )
+
+
+def response_cache_args(options: RenderOptions) -> tuple[str, ...]:
+    """tritonserver flags for the repository ``options`` render: the local response cache, sized."""
+    if options.response_cache_mb <= 0:
+        return ()
+    return (f"--cache-config=local,size={options.response_cache_mb * 1024 * 1024}",)
 
 
 def load_manifest(artifacts: Path) -> dict[str, Any]:
@@ -206,7 +216,9 @@ def _render_pinned_ensembles(
     for v in sorted(common):
         name = ensemble_name(spec.model, v)
         (out / name / VERSION).mkdir(parents=True, exist_ok=True)
-        config = render_config(spec, options.target, versions=[v], name=name)
+        config = render_config(
+            spec, options.target, versions=[v], name=name, response_cache=options.response_cache_mb > 0
+        )
         (out / name / "config.pbtxt").write_text(to_pbtxt(config))
 
 
@@ -264,6 +276,7 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
             queue_delay_us=options.queue_delay_us,
             parameters=params,
             versions=[int(VERSION), *adapted.get(spec.model, [])] if spec.versioned else (),
+            response_cache=options.response_cache_mb > 0,
         )
         (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
         if spec.role is Role.ENSEMBLE:

@@ -104,6 +104,7 @@ def triton_command(
         str(triton_home() / "bin" / "tritonserver"),
         f"--model-repository={Path(repo).resolve()}",
         f"--backend-directory={prepare_backends(backends)}",
+        f"--cache-directory={triton_home() / 'caches'}",  # the wheel's local response cache, when configured
         # Loopback unless asked: Triton has no authentication, and its models are internal to the stack.
         f"--grpc-address={endpoints.host}",
         f"--http-address={endpoints.host}",

@@ -114,6 +114,10 @@ class ModelSpec:
     """An encoder served in several pinned versions side by side: version 1 from the export, version v
     (an adapted tower) from ``<artifacts>/versions/<v>/<model>/`` (``version_policy: specific``), and each
     ensemble over it rendered once per version with its step pinned (``ensemble_name``)."""
+    cacheable: bool = False
+    """Its answer is a pure function of its inputs, so Triton's response cache may answer a repeated
+    request (``RenderOptions.response_cache_mb``); pinned versions keep separate entries (the key holds
+    the model name and version)."""
 
 
 TWO_INSTANCES = {Target.CPU: 2, Target.GPU: 2}
@@ -138,6 +142,7 @@ def _public(io: EnsembleIO, reshape: dict[Tensor, tuple[int, ...]] | None = None
         "inputs": tuple(_io(t) for t in io.input_specs),
         "outputs": tuple(_io(t, reshape.get(t.name)) for t in io.output_specs),
         "max_batch_size": io.max_batch_size,
+        "cacheable": True,  # tokenize/decode -> encoder: the same inputs always give the same outputs
     }
 
 
@@ -360,6 +365,7 @@ def render_config(
     parameters: dict[str, str] | None = None,
     versions: Sequence[int] = (),
     name: str | None = None,
+    response_cache: bool = False,
 ) -> mc.ModelConfig:
     """The ``ModelConfig`` of one model on one target.
 
@@ -367,9 +373,12 @@ def render_config(
     the baseline the benchmark compares against; ``queue_delay_us`` overrides every batcher's delay (for
     measuring the choice); ``parameters`` adds per-render values (file names). ``versions``: a versioned
     encoder serves exactly these; a versioned ensemble pins its versioned steps to ``versions[0]`` under
-    ``name`` (default: version 1 under the model's own name).
+    ``name`` (default: version 1 under the model's own name). ``response_cache`` enables Triton's
+    response cache on cacheable models (the server needs ``--cache-config``).
     """
     config = mc.ModelConfig(name=name or spec.model.value, max_batch_size=spec.max_batch_size)
+    if response_cache and spec.cacheable:
+        config.response_cache.enable = True
     config.input.extend(_io_message(io, mc.ModelInput) for io in spec.inputs)
     config.output.extend(_io_message(io, mc.ModelOutput) for io in spec.outputs)
 

@@ -24,7 +24,7 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.recommend import RecommendSettings
 from index_service.config import IndexServiceConfig
-from model_repository.render import RenderOptions, render_repository
+from model_repository.render import RenderOptions, render_repository, response_cache_args
 from model_repository.server import Endpoints
 from operations.launcher import LaunchError
 from operations.servers import GatewayServer, IndexServer, TritonServer
@@ -76,6 +76,13 @@ class StackConfig:
         metadata={
             "help": "cpu, or gpu: encoders on the GPU through the wheel's tritonserver (gpu-embedded target, "
             "needs onnxruntime-gpu); the index uses faiss-gpu wherever it is installed"
+        },
+    )
+    response_cache_mb: int = field(
+        default=0,
+        metadata={
+            "help": "Triton's response cache in MB (0: off): a repeated text query, photo or re-rank is "
+            "answered without running the models"
         },
     )
     triton_trace: str = field(
@@ -206,7 +213,9 @@ class Stack:
             self.endpoints,
             workdir=self.work / "triton",
             log_file=self.logs / "tritonserver.log",
-            extra_args=RELOADABLE_MODELS + (trace_args(self.triton_trace) if self.triton_trace else ()),
+            extra_args=RELOADABLE_MODELS
+            + response_cache_args(self.render)
+            + (trace_args(self.triton_trace) if self.triton_trace else ()),
         )
         return self.triton.start()
 
@@ -269,7 +278,10 @@ def main_stack(cfg: StackConfig) -> Stack:
         var,
         var / "artifacts",
         endpoints=Endpoints(cfg.triton_grpc_port, cfg.triton_http_port, cfg.triton_metrics_port),
-        render=RenderOptions(target=Target.GPU_EMBEDDED if cfg.device == "gpu" else Target.CPU),
+        render=RenderOptions(
+            target=Target.GPU_EMBEDDED if cfg.device == "gpu" else Target.CPU,
+            response_cache_mb=cfg.response_cache_mb,
+        ),
         triton_trace=Path(cfg.triton_trace) if cfg.triton_trace else None,
         index=IndexServiceConfig(
             port=cfg.index_port, metrics_port=cfg.index_metrics_port, data_dir=str(var / "index")

@@ -40,6 +40,8 @@ BEFORE: dict[str, float] = {
     "nv_inference_compute_input_duration_us": 1_000,
     "nv_inference_compute_infer_duration_us": 150_000,
     "nv_inference_compute_output_duration_us": 1_000,
+    "nv_cache_num_hits_per_model": 0,
+    "nv_cache_num_misses_per_model": 10,
 }
 # 40 more requests in 20 executions (batches of 2), 100 ms each: 30 ms queued, 1 + 55 ms computing.
 AFTER: dict[str, float] = {
@@ -51,6 +53,8 @@ AFTER: dict[str, float] = {
     "nv_inference_compute_input_duration_us": 41_000,
     "nv_inference_compute_infer_duration_us": 2_350_000,
     "nv_inference_compute_output_duration_us": 1_000,
+    "nv_cache_num_hits_per_model": 10,  # the response cache answered 10 of the 40, 30 missed
+    "nv_cache_num_misses_per_model": 40,
 }
 
 
@@ -68,3 +72,4 @@ def test_per_model_over_an_interval() -> None:
     assert m["request_ms"] == pytest.approx(100.0)
     assert m["queue_ms"] == pytest.approx(30.0)
     assert m["compute_ms"] == pytest.approx(56.0)
+    assert m["cache_hit_rate"] == pytest.approx(0.25)
