@@ -325,7 +325,11 @@ def _open_loop_steps(config: OpenLoopConfig, data: QueryData, triton_url: str = 
     records: list[dict[str, Any]] = []
 
     def measure(rate: float) -> Verdict:
-        record = _open_loop_once(config, data, rate, triton_url)
+        # Fresh queries each step (its own seed): a step never replays the previous one's requests, which
+        # a response cache would otherwise answer from what the last step stored.
+        step_config = replace(config, seed=config.seed + len(records))
+        record = _open_loop_once(step_config, data, rate, triton_url)
+        record["seed"] = step_config.seed
         records.append(record)
         print(f"step {len(records)}: {rate:g} req/s -> {_open_loop_line(record)}", flush=True)
         return _verdict_of(record)
