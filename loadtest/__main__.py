@@ -353,7 +353,9 @@ def open_loop_objective(config: OpenLoopObjectiveConfig) -> int:
     if config.warmup_s > 0:
         # First calls pay for lazy initialisation (sessions, caches, connections) that no run should carry.
         for scenario in ("text", "text_rerank10", "text_rerank50"):
-            warm = replace(config, mix=f"{scenario}=1", duration_s=config.warmup_s)
+            # Its own seed: warm-up traffic must not be the measured requests (a response cache would
+            # then answer them all).
+            warm = replace(config, mix=f"{scenario}=1", duration_s=config.warmup_s, seed=config.seed + 10_000)
             record = _open_loop_once(warm, data, 2.0)
             print(f"warm-up {scenario}: {record['verdict']['stats']['requests']} requests", flush=True)
     text_config = replace(config, mix="text=1")
@@ -361,7 +363,12 @@ def open_loop_objective(config: OpenLoopObjectiveConfig) -> int:
     reranks: list[tuple[int, float, dict[str, Any]]] = []
     for depth in (10, 50):
         for rate in config.rerank_rates:
-            run_config = replace(config, mix=f"text_rerank{depth}=1", duration_s=config.rerank_duration_s)
+            run_config = replace(
+                config,
+                mix=f"text_rerank{depth}=1",
+                duration_s=config.rerank_duration_s,
+                seed=config.seed + 1_000 + len(reranks),  # fresh queries per run, as in the step search
+            )
             record = _open_loop_once(run_config, data, rate, config.triton_metrics)
             print(f"re-rank {depth} at {rate:g} req/s -> {_open_loop_line(record)}", flush=True)
             reranks.append((depth, rate, record))
