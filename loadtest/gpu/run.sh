@@ -11,7 +11,9 @@
 #   2. installs onnxruntime-gpu and faiss-gpu from wheels carried in $WHEELS, if that folder exists
 #      (pip --no-index: nothing is downloaded), into the Python environment $PY;
 #   3. exports full-size towers (architecture-identical seeded random weights unless $SOURCE names a
-#      checkpoint directory: the report says which), unless $VAR/artifacts already holds an export;
+#      checkpoint directory: the report says which) with their fp16 traces, unless $VAR/artifacts
+#      already holds an export, then runs the GPU-marked tests where pytest is installed
+#      ($OUT/gpu-tests.txt);
 #   4. benchmarks.triton on the gpu-embedded repository: text, image and re-rank-50 throughput, p50, p95
 #      at a few concurrencies;
 #   5. `vitrine up --device gpu` (index on the GPU where faiss-gpu is installed) over a demo catalog, then
@@ -73,6 +75,11 @@ EOF
 if [ ! -f "$VAR/artifacts/manifest.json" ]; then
   say "exporting full-size towers (source: $SOURCE) with their fp16 traces"
   timeout 300 "$PY" -m export --out "$VAR/artifacts" --source "$SOURCE" --size full --torch-fp16
+fi
+
+if "$PY" -c "import pytest" 2>/dev/null; then
+  say "GPU-marked tests (CUDA sessions, the fp16 traces against fp32)"
+  timeout 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt" >&2 || true
 fi
 
 say "text, image and re-rank throughput through Triton (gpu-embedded)"
