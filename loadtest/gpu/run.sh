@@ -79,7 +79,7 @@ fi
 
 if "$PY" -c "import pytest" 2>/dev/null; then
   say "GPU-marked tests (CUDA sessions, the fp16 traces against fp32)"
-  timeout 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt" >&2 || true
+  timeout 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt" >&2 || true
 fi
 
 say "text, image and re-rank throughput through Triton (gpu-embedded)"
