@@ -477,9 +477,10 @@ def torch_fp16_variant(
     dst = folder / variants.TORCH_FP16_FILE
     variants.torchscript(module, _dummy(spec), dst, device, half=True)
     session = TorchSession(dst, device)
-    run = functools.partial(_first_output, session)
     try:
-        result = validate.validate_runner(spec, run, run_torch, probe, fp16=True, engine="torchscript")
+        result = validate.validate_runner(
+            spec, lambda f: session.run(None, f)[0], run_torch, probe, fp16=True, engine="torchscript"
+        )
         status = "validated"
     except ExportError as exc:
         result, status = {"reason": str(exc)[:300]}, "failed"
@@ -494,10 +495,6 @@ def torch_fp16_variant(
         "rule": "fp16 tolerances, and the top 10 of PyTorch fp32 wherever scores differ by more than the "
         "measured fp16 noise",
     }
-
-
-def _first_output(session: TorchSession, feeds: validate.Feeds) -> np.ndarray:
-    return np.asarray(session.run(None, feeds)[0])
 
 
 def _transformer_config(module: torch.nn.Module) -> Any:

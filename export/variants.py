@@ -14,6 +14,7 @@ import onnx
 
 from export.errors import ExportError
 from export.specs import TowerSpec
+from vitrine.torchscript import cuda_unavailable as torch_cuda_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +102,9 @@ TORCH_FP16_FILE = "model.cuda_fp16.pt"
 
 
 def cuda_unavailable() -> str | None:
-    """Why nothing can be traced or built on a CUDA device here, or None when it can."""
-    try:
-        import torch
-    except ImportError:
-        return "PyTorch is not installed"
-    if not torch.cuda.is_available():
-        return "no CUDA device; the fp16 trace is made on the GPU host (python -m export --torch-fp16)"
-    return None
+    """Why the fp16 trace cannot be made here, or None when it can."""
+    why = torch_cuda_unavailable()
+    return f"{why}; the fp16 trace is made on the GPU host (python -m export --torch-fp16)" if why else None
 
 
 def torchscript(module: Any, example: dict[str, np.ndarray], dst: Path, device: str, *, half: bool) -> None:

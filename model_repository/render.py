@@ -76,6 +76,10 @@ class RenderOptions:
     """> 0: Triton's response cache (this many MB, ``response_cache_args``) answers repeated requests to
     the cacheable ensembles (embed_text, embed_image, rerank) without running a model; 0: off."""
 
+    @property
+    def response_cache(self) -> bool:
+        return self.response_cache_mb > 0
+
     def spec_for(self, spec: ModelSpec) -> ModelSpec:
         layout = dict(self.layouts).get(spec.model)
         if layout is None or self.target is not Target.CPU:
@@ -90,7 +94,7 @@ class RenderOptions:
 
 def response_cache_args(options: RenderOptions) -> tuple[str, ...]:
     """tritonserver flags for the repository ``options`` render: the local response cache, sized."""
-    if options.response_cache_mb <= 0:
+    if not options.response_cache:
         return ()
     return (f"--cache-config=local,size={options.response_cache_mb * 1024 * 1024}",)
 
@@ -217,7 +221,7 @@ def _render_pinned_ensembles(
         name = ensemble_name(spec.model, v)
         (out / name / VERSION).mkdir(parents=True, exist_ok=True)
         config = render_config(
-            spec, options.target, versions=[v], name=name, response_cache=options.response_cache_mb > 0
+            spec, options.target, versions=[v], name=name, response_cache=options.response_cache
         )
         (out / name / "config.pbtxt").write_text(to_pbtxt(config))
 
@@ -276,7 +280,7 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
             queue_delay_us=options.queue_delay_us,
             parameters=params,
             versions=[int(VERSION), *adapted.get(spec.model, [])] if spec.versioned else (),
-            response_cache=options.response_cache_mb > 0,
+            response_cache=options.response_cache,
         )
         (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
         if spec.role is Role.ENSEMBLE:

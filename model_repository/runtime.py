@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from vitrine.torchscript import TorchSession
+from vitrine.torchscript import TorchSession, cuda_unavailable
 
 
 def available_cores() -> int:
@@ -53,15 +53,6 @@ class Session(Protocol):
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> Sequence[Any]: ...
 
 
-def torch_cuda_unavailable() -> str | None:
-    """Why :class:`TorchSession` cannot run on a GPU here, or None when it can."""
-    try:
-        import torch
-    except ImportError:
-        return "PyTorch is not installed"
-    return None if torch.cuda.is_available() else f"PyTorch {torch.__version__} sees no CUDA device"
-
-
 def make_gpu_session(
     path: str | os.PathLike[str], device_id: int = 0, torch_fallback: str | os.PathLike[str] | None = None
 ) -> Session:
@@ -81,7 +72,7 @@ def make_gpu_session(
     ]
     if torch_fallback is None or not Path(torch_fallback).is_file():
         reasons.append("no PyTorch fp16 trace in the repository (export with --torch-fp16 on a CUDA host)")
-    elif (why := torch_cuda_unavailable()) is not None:
+    elif (why := cuda_unavailable()) is not None:
         reasons.append(why)
     elif device_id != 0:
         # A trace keeps the device of tensors made inside forward (traced on cuda:0); loading it onto

@@ -43,3 +43,13 @@ class TorchSession:
         if output_names is not None and len(output_names) != len(values):
             raise ValueError(f"the model returns {len(values)} outputs, {len(output_names)} were asked")
         return values
+
+
+def cuda_unavailable() -> str | None:
+    """Why PyTorch cannot run on a CUDA device here, or None when it can (the export's trace and the
+    GPU target's serving ask the same question)."""
+    try:
+        import torch
+    except ImportError:
+        return "PyTorch is not installed"
+    return None if torch.cuda.is_available() else f"PyTorch {torch.__version__} sees no CUDA device"
