@@ -379,20 +379,10 @@ def open_loop_objective(config: OpenLoopObjectiveConfig) -> int:
         f"Re-ranked text search at fixed offered rates ({config.rerank_duration_s:g} s each, same "
         "generator):",
         "",
-        _row(["re-rank depth", "offered req/s", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors",
-              "verdict", "gateway-side p95 ms", *CPU_HEADERS, "gateway stage means, ms"]),
-        _row(["---"] * 13),
-    ]  # fmt: skip
-    for depth, _rate, r in reranks:
-        s = r["verdict"]["stats"]
-        server = r.get("server", {}).get("method:Search")
-        lines.append(
-            _row([str(depth), f"{r['offered_rate']:.1f}", f"{s['rps']:.1f}", f"{s['p50_ms']:.1f}",
-                  f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}", f"{100 * s['error_rate']:.2f}%",
-                  "pass" if r["verdict"]["passed"] else "miss",
-                  f"{server['p95_ms']:.1f}" if server else "n/a",
-                  *_cpu_cells(r["cpu"]), _stage_means(r["stages"])])
-        )  # fmt: skip
+        _row(["re-rank depth", *OPEN_LOOP_HEADERS]),
+        _row(["---"] * (1 + len(OPEN_LOOP_HEADERS))),
+    ]
+    lines += [_row([str(depth), *_open_loop_cells(r)]) for depth, _rate, r in reranks]
     inside = [
         (f"text search at {r['offered_rate']:.1f} req/s", r["triton"])
         for r in text["steps"]
@@ -425,21 +415,29 @@ def _open_loop_report(config: OpenLoopConfig, summary: dict[str, Any]) -> str:
         f"Highest offered rate meeting the objective: **{best:g} req/s**" if best is not None else
         f"No rate met the objective (first step {config.rate:g} req/s).",
         "",
-        _row(["offered req/s", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors", "verdict",
-              "gateway-side p95 ms", "send lag p99 ms", *CPU_HEADERS, "gateway stage means, ms"]),
-        _row(["---"] * 13),
+        _row(list(OPEN_LOOP_HEADERS)),
+        _row(["---"] * len(OPEN_LOOP_HEADERS)),
     ]  # fmt: skip
-    for r in summary["steps"]:
-        s = r["verdict"]["stats"]
-        server = r.get("server", {}).get("method:Search")
-        lines.append(
-            _row([f"{r['offered_rate']:.1f}", f"{s['rps']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}",
-                  f"{s['p99_ms']:.1f}", f"{100 * s['error_rate']:.2f}%",
-                  "pass" if r["verdict"]["passed"] else "miss",
-                  f"{server['p95_ms']:.1f}" if server else "n/a", f"{r['send_lag_ms']['p99']:.1f}",
-                  *_cpu_cells(r["cpu"]), _stage_means(r["stages"])])
-        )  # fmt: skip
+    lines += [_row(_open_loop_cells(r)) for r in summary["steps"]]
     return "\n".join(lines) + "\n"
+
+
+OPEN_LOOP_HEADERS = (
+    "offered req/s", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors", "verdict",
+    "gateway-side p95 ms", "send lag p99 ms", *CPU_HEADERS, "gateway stage means, ms",
+)  # fmt: skip
+
+
+def _open_loop_cells(r: dict[str, Any]) -> list[str]:
+    """One open-loop run as table cells under ``OPEN_LOOP_HEADERS``: the client's view, the gateway's own,
+    what the generator cost."""
+    s = r["verdict"]["stats"]
+    server = r.get("server", {}).get("method:Search")
+    return [f"{r['offered_rate']:.1f}", f"{s['rps']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}",
+            f"{s['p99_ms']:.1f}", f"{100 * s['error_rate']:.2f}%",
+            "pass" if r["verdict"]["passed"] else "miss",
+            f"{server['p95_ms']:.1f}" if server else "n/a", f"{r['send_lag_ms']['p99']:.1f}",
+            *_cpu_cells(r["cpu"]), _stage_means(r["stages"])]  # fmt: skip
 
 
 def _verdict_of(record: dict[str, Any]) -> Verdict:
