@@ -21,7 +21,7 @@ import grpc
 
 from benchmarks.report import describe_hardware, table
 from demo.catalog import write_generated
-from gateway.client import Connection, ingest
+from operations.client import Connection, ingest
 from operations.rollout import RolloutTarget, deploy
 from operations.stack import Stack
 from vitrine.gateway.v1 import gateway_pb2 as pb

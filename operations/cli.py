@@ -12,7 +12,7 @@ from vitrine import config as vconfig
 from vitrine import logs
 
 if TYPE_CHECKING:
-    from gateway.client import Connection
+    from operations.client import Connection
 
 DEFAULT_GATEWAY = "127.0.0.1:50050"
 
@@ -24,7 +24,7 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _connection(args: argparse.Namespace) -> Connection:
-    from gateway.client import Connection
+    from operations.client import Connection
 
     return Connection(args.gateway, args.api_key, args.tls_ca)
 
@@ -40,7 +40,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from gateway.client import ingest
+    from operations.client import ingest
 
     summary = ingest(_connection(args), args.catalog, batch=args.batch, progress=not args.quiet)
     print(summary.render())
@@ -50,7 +50,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     import grpc
 
-    from gateway.client import render_results, search_request
+    from operations.client import render_results, search_request
     from vitrine.gateway.v1 import gateway_pb2_grpc
 
     if not args.text and not args.image:
@@ -80,7 +80,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from gateway.client import evaluate
+    from operations.client import evaluate
 
     print(evaluate(_connection(args), args.queries, k=args.k, depth=args.depth, text_matches=args.text_match))
     return 0

@@ -329,7 +329,7 @@ def ingested_count(index_address: str, collection: str) -> int:
 
 
 def demo_searches(address: str, catalog: Path) -> None:
-    from gateway.client import Connection, render_results, search_request
+    from operations.client import Connection, render_results, search_request
     from vitrine.catalog import Product, read_catalog
     from vitrine.gateway.v1 import gateway_pb2_grpc
 
@@ -347,8 +347,8 @@ def demo_searches(address: str, catalog: Path) -> None:
 
 def demo_recommendations(cfg: StackConfig, stack: Stack, var: Path, catalog: Path) -> None:
     """A demo history loaded, a recommender trained and deployed (each once), one user's recommendations."""
-    from gateway.client import Connection
     from operations import recommend as rec
+    from operations.client import Connection
 
     assert stack.triton is not None and stack.index is not None
     events = var / "events" / "demo.jsonl"
@@ -385,7 +385,7 @@ def demo_recommendations(cfg: StackConfig, stack: Stack, var: Path, catalog: Pat
 
 
 def up(cfg: StackConfig) -> int:
-    from gateway.client import Connection, ingest
+    from operations.client import Connection, ingest
 
     var = Path(cfg.var).resolve()
     var.mkdir(parents=True, exist_ok=True)

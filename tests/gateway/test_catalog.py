@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from demo.catalog import generate_catalog, write_generated
-from gateway.evaluation import mean_scores, score_query
 from gateway.pipeline import Candidate, Fusion, fuse
+from operations.evaluation import mean_scores, score_query
 from vitrine.catalog import BadRow, Product, iter_catalog, read_catalog, read_queries, write_catalog
 
 PRODUCTS = [

@@ -19,9 +19,9 @@ import torch
 import tritonclient.grpc as triton_grpc
 
 from demo.behaviour import generate_behaviour
-from gateway.client import Connection
 from gateway.recommend import RecommendSettings
 from operations import recommend as rec
+from operations.client import Connection
 from operations.servers import GatewayServer
 from operations.stack import Stack
 from recommend.train import random_user_inputs

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 
-from gateway.evaluation import Scores, format_table, mean_scores, score_query
 from gateway.messages import product_to_pb
+from operations.evaluation import Scores, format_table, mean_scores, score_query
 from vitrine.catalog import BadRow, Product, iter_catalog, read_queries, resolve_image
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
