@@ -23,7 +23,9 @@ Batching choices (measured by ``python -m benchmarks.triton``, see docs/BENCHMAR
   with UNAVAILABLE at once instead of queueing until every caller's deadline has passed.
 * ``rerank`` has ``max_batch_size 0`` (one query and n passages per request); its tokenizer emits the
   n pairs as a batch of n for the ``cross_encoder``, which batches pairs of concurrent requests when
-  their length bucket matches.
+  their length bucket matches. PASSAGES holds at most ``MAX_PASSAGES``; dims cannot bound a variable
+  axis, so the ensemble and its tokenizer (which refuses more) state the limit in a config parameter
+  (``MAX_PASSAGES_PARAMETER``), where a client reading only Triton's model config finds it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from vitrine.contracts import (
     EMBED_IMAGE_IO,
     EMBED_TEXT_IO,
     MAX_PASSAGES,
+    MAX_PASSAGES_PARAMETER,
     RERANK_IO,
     USER_TOWER_IO,
     EnsembleIO,
@@ -145,6 +148,9 @@ def _public(io: EnsembleIO, reshape: dict[Tensor, tuple[int, ...]] | None = None
         "cacheable": True,  # tokenize/decode -> encoder: the same inputs always give the same outputs
     }
 
+
+PASSAGE_LIMIT = {MAX_PASSAGES_PARAMETER: str(MAX_PASSAGES)}
+"""Stated by the ``rerank`` ensemble and the tokenizer that enforces it."""
 
 T = Tensor
 SPECS: tuple[ModelSpec, ...] = (
@@ -252,6 +258,7 @@ SPECS: tuple[ModelSpec, ...] = (
         artifact="tokenizers/cross_encoder",
         files=("tokenizer.json",),
         instances={Target.CPU: 2, Target.GPU: 2},
+        parameters=PASSAGE_LIMIT,
     ),
     ModelSpec(
         Model.CROSS_ENCODER,
@@ -288,6 +295,7 @@ SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
         # The head emits [n, 1]; the ensemble's reshape hands clients SCORES [n] (verified on 2.51).
         **_public(RERANK_IO, reshape={T.SCORES: (-1, 1)}),  # type: ignore[arg-type]
+        parameters=PASSAGE_LIMIT,
         steps=(
             Step(
                 Model.RERANK_TOKENIZE,
@@ -381,6 +389,10 @@ def render_config(
         config.response_cache.enable = True
     config.input.extend(_io_message(io, mc.ModelInput) for io in spec.inputs)
     config.output.extend(_io_message(io, mc.ModelOutput) for io in spec.outputs)
+    if target is Target.CPU and spec.role is Role.ENCODER and spec.cpu_threads:
+        config.parameters["intra_op_threads"].string_value = str(spec.cpu_threads)
+    for key, value in {**spec.parameters, **(parameters or {})}.items():
+        config.parameters[key].string_value = value
 
     if spec.role is Role.ENSEMBLE:
         config.platform = "ensemble"
@@ -416,10 +428,6 @@ def render_config(
     if spec.batching is not None and dynamic_batching and (spec.batching.cpu or target is not Target.CPU):
         set_batching(config, spec.batching, target, queue_delay_us)
 
-    if target is Target.CPU and spec.role is Role.ENCODER and spec.cpu_threads:
-        config.parameters["intra_op_threads"].string_value = str(spec.cpu_threads)
-    for key, value in {**spec.parameters, **(parameters or {})}.items():
-        config.parameters[key].string_value = value
     return config
 
 

@@ -46,6 +46,10 @@ MIN_IMAGE_SIDE = 8
 MAX_PASSAGES = 256
 """Most passages one ``rerank`` request may carry (also the cross-encoder's max batch size)."""
 
+MAX_PASSAGES_PARAMETER = "max_passages"
+"""The ``rerank`` config parameter that states ``MAX_PASSAGES`` to clients: Triton's dims cannot bound a
+variable axis (``-1`` is unbounded, a number fixes the shape), so the limit travels as a parameter."""
+
 MAX_TEXT_CHARS = 100_000
 """Text longer than this is refused outright; anything shorter is tokenized and truncated if needed."""
 

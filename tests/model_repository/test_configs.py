@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from model_repository.render import Precision, RenderError, RenderOptions, render_repository
 from model_repository.spec import SPEC_BY_MODEL, SPECS, Role
-from vitrine.contracts import ENSEMBLES, Model, Target
+from vitrine.contracts import ENSEMBLES, MAX_PASSAGES, MAX_PASSAGES_PARAMETER, Model, Target, Tensor
 
 ONNX_TO_TRITON: dict[int, int] = {
     onnx.TensorProto.FLOAT: mc.TYPE_FP32,
@@ -196,6 +196,19 @@ def test_rendered_ensembles_are_what_clients_are_told(rendered):
             assert [(t.name.value, t.dtype, list(t.dims)) for t in declared] == [
                 (t.name, wire[t.data_type], list(t.dims)) for t in rendered_io
             ], io.model
+
+
+def test_rerank_states_its_passage_limit(rendered):
+    """A client reading only Triton's model config learns how many passages one request may carry: the
+    public ensemble and the tokenizer that refuses more state the limit, and the cross-encoder batches
+    that many pairs."""
+    _, _, configs = rendered
+    for model in (Model.RERANK, Model.RERANK_TOKENIZE):
+        limit = configs[model.value].parameters[MAX_PASSAGES_PARAMETER].string_value
+        assert limit == str(MAX_PASSAGES), model
+    assert configs[Model.CROSS_ENCODER.value].max_batch_size == MAX_PASSAGES
+    (passages,) = (t for t in configs[Model.RERANK.value].input if t.name == Tensor.PASSAGES.value)
+    assert list(passages.dims) == [-1]  # the axis stays variable: dims cannot bound it
 
 
 def test_a_layout_override_replaces_one_models_cpu_layout(tiny_artifacts, tmp_path):

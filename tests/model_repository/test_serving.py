@@ -27,7 +27,7 @@ from tests.model_repository.client import (
     statistics,
 )
 from tests.model_repository.images import photo, png_bomb, truncated_jpeg
-from vitrine.contracts import EMBED_DIM, MAX_PASSAGES, Model, Tensor
+from vitrine.contracts import EMBED_DIM, MAX_PASSAGES, MAX_PASSAGES_PARAMETER, Model, Tensor
 
 pytestmark = pytest.mark.slow
 
@@ -194,6 +194,11 @@ async def test_too_many_passages_are_refused(client):
     )
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert f"at most {MAX_PASSAGES} per request" in error.message()
+
+
+async def test_the_passage_limit_is_read_from_tritons_model_config(client):
+    config = (await client.get_model_config(Model.RERANK.value)).config
+    assert config.parameters[MAX_PASSAGES_PARAMETER].string_value == str(MAX_PASSAGES)
 
 
 async def test_several_queries_in_one_rerank_are_refused(client):
