@@ -15,7 +15,8 @@ from pathlib import Path
 
 from adapt.run import CATALOG, RERANKER, AdaptConfig, evaluate_all, load_heads, train_all, trained_reranker
 from adapt.serving import export_version
-from benchmarks.report import describe_hardware, table
+from vitrine.measure import describe_hardware
+from vitrine.tables import markdown_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 round(seconds, 1),
             ]
         )
-    lines += table(
+    lines += markdown_table(
         [
             "data",
             "val metric",
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             [m, f"{e['validation']['min_cosine']:.6f}", c["tower_ms"], c["fused_ms"],
              c["tower_then_head_ms"], c["head_alone_ms"]]
         )  # fmt: skip
-    lines += table(headers, served_rows)
+    lines += markdown_table(headers, served_rows)
     ce = served["models"].get("cross_encoder")
     if ce:
         v = ce["validation"]

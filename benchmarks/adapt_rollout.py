@@ -19,13 +19,14 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.report import describe_hardware, table
 from demo.catalog import write_generated
 from operations.client import Connection, ingest
 from operations.rollout import RolloutTarget, deploy
 from operations.stack import Stack
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from vitrine.measure import describe_hardware
+from vitrine.tables import markdown_table
 
 QUERIES = ("red leather ankle boots", "blue canvas sneakers", "striped cotton t-shirt", "silk midi dress",
            "black leather handbag", "green wool scarf")  # fmt: skip
@@ -85,7 +86,7 @@ async def run(artifacts: Path, n: int, clients: int, work: Path) -> list[str]:
     finally:
         stack.stop()
     lines = [f"Hardware: {describe_hardware()}. Full-size towers ({artifacts}); {n} generated products.", ""]
-    lines += table(
+    lines += markdown_table(
         ["products", "ingest (v1) s", "re-index (v2) s", "products/s", "searches during deploy",
          "failed", "mixed versions", "queries whose answer changed", "search clients' CPU"],
         [[summary.upserted, round(ingest_s, 1), round(reindex_s, 1), round(n / reindex_s, 1), len(seen),

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import describe_hardware, percentile, table
 from demo.catalog import generate_catalog, render_product_image
 from model_repository.preprocess import normalize, open_image, resize_and_crop
 from model_repository.runtime import make_session
 from vitrine.contracts import CLIP_IMAGE_SIZE
+from vitrine.measure import describe_hardware, percentile
+from vitrine.tables import markdown_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Hardware: {describe_hardware()}; {len(photos)} demo JPEGs {args.size}x{args.size} (quality 90), "
         f"{args.rounds} interleaved rounds, one thread; decode + resize + crop per photo.",
         "",
-        *table(["pre-processing", "p50 ms", "p95 ms", "photos/s per core", "vs full"], rows, "lrrrr"),
+        *markdown_table(
+            ["pre-processing", "p50 ms", "p95 ms", "photos/s per core", "vs full"], rows, "lrrrr"
+        ),
         "",
         f"Image tower ({manifest.get('size', '?')} size, {weights} weights) on draft vs full pixels: "
         f"cosine min {cosine.min():.6f}, mean {cosine.mean():.6f}.",

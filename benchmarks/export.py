@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.report import describe_hardware, percentile, table
 from export import validate
 from export.pipeline import Manifest, _torch_runner
 from export.specs import CLIP_IMAGE, CLIP_TEXT, TOWERS, Family, TowerSpec
 from export.towers import ClipImageTower, ClipTextTower, CrossEncoderTower, load_clip, load_cross_encoder
 from vitrine import logs
 from vitrine.contracts import CLIP_IMAGE_SIZE, Model, Tensor
+from vitrine.measure import describe_hardware, percentile
+from vitrine.tables import markdown_table
 from vitrine.tokenization import ClipTokenizer, PairTokenizer
 
 SEQ = {Model.CLIP_TEXT_ENCODER: 16, Model.CROSS_ENCODER: 64}
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     servable = {None: "", True: "yes", False: "no"}
     lines = [header, ""]
-    lines += table(
+    lines += markdown_table(
         ("model", "batch", "seq", "engine", "median ms", "p90 ms", "items/s", "vs PyTorch", "vs ORT fp32",
          "int8 servable"),
         ((r["model"], r["batch"], r["seq"] or "-", r["engine"], r["median_ms"], r["p90_ms"], r["items_per_s"],
@@ -172,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer_rows.append((label, n, f"{median:.3f}", f"{median * 1000 / n:.0f}"))
     lines += [
         "",
-        *table(("tokenizer (vitrine.tokenization)", "texts", "median ms", "per text us"), tokenizer_rows),
+        *markdown_table(
+            ("tokenizer (vitrine.tokenization)", "texts", "median ms", "per text us"), tokenizer_rows
+        ),
     ]
     print("\n".join(lines))
     if ns.json:

@@ -34,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import describe_hardware, percentile, table
 from demo.catalog import generate_catalog, generate_queries
 from vitrine.catalog import Product
 from vitrine.contracts import CLIP_CONTEXT_LENGTH, EMBED_DIM, RERANK_MAX_LENGTH
+from vitrine.measure import describe_hardware, percentile
+from vitrine.tables import markdown_table
 
 
 @dataclass
@@ -350,7 +351,7 @@ def render(rows: Sequence[Row], agreement: dict[int, float], weights: dict[str, 
             f"{100 * g.client_cpu:.0f}%",
         ))  # fmt: skip
     has_base = any(r.system == "baseline" for r in rows)
-    lines += table(
+    lines += markdown_table(
         ("re-rank", "conc", "gateway p50 / p95 ms", *(("baseline p50 / p95 ms",) if has_base else ()),
          "naive p50 / p95 ms", "gateway rps", *(("baseline rps",) if has_base else ()), "naive rps",
          "p95 naive/gateway", "rps gateway/naive",
@@ -369,7 +370,7 @@ def render(rows: Sequence[Row], agreement: dict[int, float], weights: dict[str, 
     if scaling:
         lines += [
             "",
-            *table(
+            *markdown_table(
                 ("system", "re-rank", "concurrency", "throughput vs lowest", "p95 / p50 at lowest"), scaling
             ),
         ]

@@ -31,12 +31,13 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.datasets import clustered, recall_at
-from benchmarks.report import describe_hardware, percentile
 from index_service.config import ENV_PREFIX, IndexServiceConfig
 from operations.servers import IndexServer
 from vitrine import config as vconfig
 from vitrine.index.v2 import index_pb2 as pb
 from vitrine.index.v2 import index_pb2_grpc
+from vitrine.measure import describe_hardware, percentile
+from vitrine.tables import markdown_table
 
 DIM = 512
 K = 10
@@ -347,39 +348,40 @@ def hardware() -> str:
 
 
 def print_rows(rows: list[Row], header: bool = True) -> None:
-    if header:
-        print("| size | index | via | batch | p50 ms | p95 ms | QPS | recall@10 | build s |")
-        print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r.size:,} | {r.index} | {r.where} | {r.batch} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | "
-            f"{r.qps:,.0f} | {r.recall10:.3f} | {r.build_s:.1f} |",
-            flush=True,
-        )
+    """Rows as they are measured; the header once, before the first."""
+    cells = [
+        [f"{r.size:,}", r.index, r.where, r.batch, f"{r.p50_ms:.2f}", f"{r.p95_ms:.2f}", f"{r.qps:,.0f}",
+         f"{r.recall10:.3f}", f"{r.build_s:.1f}"]
+        for r in rows
+    ]  # fmt: skip
+    headers = ["size", "index", "via", "batch", "p50 ms", "p95 ms", "QPS", "recall@10", "build s"]
+    lines = markdown_table(headers, cells, "rllrrrrrr")
+    print("\n".join(lines if header else lines[2:]), flush=True)
 
 
 def report(result: dict[str, Any]) -> str:
     rows = [Row(**r) for r in result["rows"]]
     lines = [f"Hardware: {result['hardware']}. Data: {result['weights']}.", ""]
-    lines.append(
-        "| size | index | batch | FAISS p50 ms | FAISS p95 ms | FAISS QPS | gRPC p50 ms | gRPC p95 ms "
-        "| gRPC QPS | gRPC/FAISS p50 | recall@10 | build s |"
-    )
-    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    headers = [
+        "size", "index", "batch", "FAISS p50 ms", "FAISS p95 ms", "FAISS QPS", "gRPC p50 ms", "gRPC p95 ms",
+        "gRPC QPS", "gRPC/FAISS p50", "recall@10", "build s",
+    ]  # fmt: skip
     by_key = {(r.size, r.index, r.where, r.batch): r for r in rows}
+    cells = []
     for r in rows:
         if r.where != "faiss":
             continue
         g = by_key.get((r.size, r.index, "grpc", r.batch))
-        grpc_cols = (
-            f"{g.p50_ms:.2f} | {g.p95_ms:.2f} | {g.qps:,.0f} | {g.p50_ms / r.p50_ms:.2f}x"
+        grpc_cells = (
+            [f"{g.p50_ms:.2f}", f"{g.p95_ms:.2f}", f"{g.qps:,.0f}", f"{g.p50_ms / r.p50_ms:.2f}x"]
             if g
-            else "- | - | - | -"
+            else ["-"] * 4
         )
-        lines.append(
-            f"| {r.size:,} | {r.index} | {r.batch} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.qps:,.0f} "
-            f"| {grpc_cols} | {r.recall10:.3f} | {r.build_s:.1f} |"
-        )
+        cells.append(
+            [f"{r.size:,}", r.index, r.batch, f"{r.p50_ms:.2f}", f"{r.p95_ms:.2f}", f"{r.qps:,.0f}",
+             *grpc_cells, f"{r.recall10:.3f}", f"{r.build_s:.1f}"]
+        )  # fmt: skip
+    lines += markdown_table(headers, cells, "rlrrrrrrrrrr")
     lines.append("")
     for name, extra in result["service"].items():
         parts = [f"upsert {extra['upsert_items_per_s']:,.0f} items/s ({extra['upsert_s']:.1f} s)"]

@@ -18,9 +18,10 @@ from collections import Counter
 
 import grpc
 
-from benchmarks.report import describe_hardware, percentile, table
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from vitrine.measure import describe_hardware, percentile
+from vitrine.tables import markdown_table
 
 
 def _cpu_s() -> float:
@@ -106,7 +107,7 @@ def main() -> int:
         for r in results
     ]
     headers = ["req/s", "sent", "p50 ms", "p95 ms", "p99 ms", "errors", "answered by", "generator CPU"]
-    print("\n".join(table(headers, rows, "rrrrrrlr")))
+    print("\n".join(markdown_table(headers, rows, "rrrrrrlr")))
     return 0
 
 

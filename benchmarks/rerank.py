@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import describe_hardware, percentile, table
 from demo.catalog import generate_catalog, generate_queries
 from model_repository.runtime import LengthSorting, make_session, run_batched
 from vitrine.catalog import Product
 from vitrine.contracts import Tensor
+from vitrine.measure import describe_hardware, percentile
+from vitrine.tables import markdown_table
 from vitrine.tokenization import PairTokenizer
 
 
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{base / p50:.2f}x",
             ]
         )
-    lines += table(
+    lines += markdown_table(
         ["passages", "description words", "mean pair tokens", "sorted sub-batch", "p50 ms", "p95 ms",
          "pairs/s", "vs whole, unsorted"],
         rows_out,

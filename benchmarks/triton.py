@@ -36,12 +36,13 @@ import tritonclient.grpc.aio as grpcclient
 from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
-from benchmarks.report import describe_hardware, percentile, table
 from model_repository.render import Layout, Precision, RenderOptions, load_manifest
 from operations.stack import Stack
 from vitrine import logs
 from vitrine import triton as triton_request
 from vitrine.contracts import EMBED_IMAGE_IO, EMBED_TEXT_IO, RERANK_IO, Model, Target, Tensor
+from vitrine.measure import describe_hardware, percentile
+from vitrine.tables import markdown_table
 
 RERANK_PASSAGES = 50
 
@@ -297,7 +298,7 @@ def engines_table(artifacts: Path, rounds: int, budget_s: float) -> str:
 
 
 def triton_table(points: list[Point]) -> str:
-    lines = table(
+    lines = markdown_table(
         ("workload", "concurrency", "batching", "requests", "errors", "req/s", "p50 ms", "p95 ms",
          "mean encoder batch"),
         ((p.workload, p.concurrency, p.batching, p.requests, p.errors, p.throughput_rps, p.p50_ms, p.p95_ms,
@@ -315,7 +316,9 @@ def triton_table(points: list[Point]) -> str:
     if ratios:
         lines += [
             "",
-            *table(("workload", "concurrency", "batching", "throughput vs off", "p95 vs off"), ratios),
+            *markdown_table(
+                ("workload", "concurrency", "batching", "throughput vs off", "p95 vs off"), ratios
+            ),
         ]
     scaling = []
     for p in points:
@@ -330,7 +333,7 @@ def triton_table(points: list[Point]) -> str:
     if scaling:
         lines += [
             "",
-            *table(
+            *markdown_table(
                 ("workload", "variant", "concurrency", "throughput vs lowest", "p95 / p50 at lowest"), scaling
             ),
         ]

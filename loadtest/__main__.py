@@ -35,6 +35,7 @@ from loadtest.step import StepPlan, search, users_for
 from vitrine import logs
 from vitrine.config import add_arguments, from_namespace
 from vitrine.measure import describe_hardware
+from vitrine.tables import markdown_table
 
 
 def _plain(config: Any) -> dict[str, Any]:
@@ -102,10 +103,6 @@ def _stage_means(stages: dict[str, dict[str, float]]) -> str:
     return ", ".join(f"{name} {s['mean_ms']:.1f}" for name, s in ranked) or "n/a"
 
 
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
 def _cpu_cells(cpu: dict[str, Any]) -> list[str]:
     """Generator CPU share (flagged above its limit), machine busy share, 1-min load before -> after."""
     if not cpu:
@@ -119,12 +116,15 @@ def _cpu_cells(cpu: dict[str, Any]) -> list[str]:
 
 
 CPU_HEADERS = ["generator CPU", "machine busy", "load 1m"]
+RESULT_HEADERS = ["achieved", "p50 ms", "p95 ms", "p99 ms", "errors", "verdict", *CPU_HEADERS,
+                  "gateway stage means, ms"]  # fmt: skip
 
 
 def _result_cells(
     verdict: dict[str, Any], stages: dict[str, dict[str, float]], cpu: dict[str, Any] | None = None
 ) -> list[str]:
-    """One run's figures as table cells, from ``Verdict.to_json()`` (what the step records keep)."""
+    """One run's figures as table cells under ``RESULT_HEADERS``, from ``Verdict.to_json()`` (what the step
+    records keep)."""
     s = verdict["stats"]
     return [
         f"{s['rps']:.1f}",
@@ -156,6 +156,13 @@ def objective(config: ObjectiveConfig) -> int:
             reranks.append((depth, rate, result))
     best = text["best_rate"]
     headline = f"**{best:g} req/s**" if best is not None else f"none (missed at {config.start_rate:g} req/s)"
+    step_rows = [
+        [f"{r['rate']:g}", *_result_cells(r["verdict"], r["stages"], r.get("cpu"))] for r in text["steps"]
+    ]
+    rerank_rows = [
+        [str(depth), f"{rate:g}", *_result_cells(result.verdict.to_json(), result.stages, result.cpu)]
+        for depth, rate, result in reranks
+    ]
     lines = [
         f"Hardware: {hardware()}; weights: {weights_of(config)}; objective p95 < {config.p95_ms:g} ms and "
         f"errors <= {100 * config.max_error_rate:g}%; {config.duration_s:g} s per step, "
@@ -165,45 +172,10 @@ def objective(config: ObjectiveConfig) -> int:
         "",
         f"Text search without re-ranking, highest paced rate meeting the objective: {headline}",
         "",
-        _row(
-            [
-                "text search, offered req/s",
-                "achieved",
-                "p50 ms",
-                "p95 ms",
-                "p99 ms",
-                "errors",
-                "verdict",
-                *CPU_HEADERS,
-                "gateway stage means, ms",
-            ]
-        ),
-        _row(["---"] * 11),
-    ]
-    for record in text["steps"]:
-        cells = _result_cells(record["verdict"], record["stages"], record.get("cpu"))
-        lines.append(_row([f"{record['rate']:g}", *cells]))
-    lines += [
+        *markdown_table(["text search, offered req/s", *RESULT_HEADERS], step_rows),
         "",
-        _row(
-            [
-                "re-rank depth",
-                "offered req/s",
-                "achieved",
-                "p50 ms",
-                "p95 ms",
-                "p99 ms",
-                "errors",
-                "verdict",
-                *CPU_HEADERS,
-                "gateway stage means, ms",
-            ]
-        ),
-        _row(["---"] * 12),
+        *markdown_table(["re-rank depth", "offered req/s", *RESULT_HEADERS], rerank_rows),
     ]
-    for depth, rate, result in reranks:
-        cells = _result_cells(result.verdict.to_json(), result.stages, result.cpu)
-        lines.append(_row([str(depth), f"{rate:g}", *cells]))
     inside = [(f"text search at {r['rate']:g} req/s", r["triton"]) for r in text["steps"] if r["triton"]]
     inside += [(f"re-rank {d} at {r:g} req/s", res.triton) for d, r, res in reranks if res.triton]
     lines += _inside_triton(inside)
@@ -233,22 +205,17 @@ def _inside_triton(runs: list[tuple[str, dict[str, dict[str, float]]]]) -> list[
     """Triton's per-model counters over each run, as report lines (none when no run has them)."""
     if not runs:
         return []
-    lines = [
-        "",
-        "Inside Triton (its counters over each run; ms per request):",
-        "",
-        _row(["run", "model", "requests", "mean batch", "queue ms", "compute ms", "total ms",
-              "response-cache hits"]),
-        _row(["---"] * 8),
+    rows = [
+        [run_name, model, f"{m['requests']:.0f}", f"{m['batch']:.2f}", f"{m['queue_ms']:.1f}",
+         f"{m['compute_ms']:.1f}", f"{m['request_ms']:.1f}",
+         f"{100 * m['cache_hit_rate']:.0f}%" if "cache_hit_rate" in m else "-"]
+        for run_name, models in runs
+        for model, m in models.items()
     ]  # fmt: skip
-    for run_name, models in runs:
-        for model, m in models.items():
-            hits = f"{100 * m['cache_hit_rate']:.0f}%" if "cache_hit_rate" in m else "-"
-            lines.append(
-                _row([run_name, model, f"{m['requests']:.0f}", f"{m['batch']:.2f}",
-                      f"{m['queue_ms']:.1f}", f"{m['compute_ms']:.1f}", f"{m['request_ms']:.1f}", hits])
-            )  # fmt: skip
-    return lines
+    headers = ["run", "model", "requests", "mean batch", "queue ms", "compute ms", "total ms",
+               "response-cache hits"]  # fmt: skip
+    title = "Inside Triton (its counters over each run; ms per request):"
+    return ["", title, "", *markdown_table(headers, rows)]
 
 
 def _query_data(catalog: str, size: int, seed: int) -> QueryData:
@@ -379,10 +346,11 @@ def open_loop_objective(config: OpenLoopObjectiveConfig) -> int:
         f"Re-ranked text search at fixed offered rates ({config.rerank_duration_s:g} s each, same "
         "generator):",
         "",
-        _row(["re-rank depth", *OPEN_LOOP_HEADERS]),
-        _row(["---"] * (1 + len(OPEN_LOOP_HEADERS))),
+        *markdown_table(
+            ["re-rank depth", *OPEN_LOOP_HEADERS],
+            ([str(depth), *_open_loop_cells(r)] for depth, _rate, r in reranks),
+        ),
     ]
-    lines += [_row([str(depth), *_open_loop_cells(r)]) for depth, _rate, r in reranks]
     inside = [
         (f"text search at {r['offered_rate']:.1f} req/s", r["triton"])
         for r in text["steps"]
@@ -415,10 +383,8 @@ def _open_loop_report(config: OpenLoopConfig, summary: dict[str, Any]) -> str:
         f"Highest offered rate meeting the objective: **{best:g} req/s**" if best is not None else
         f"No rate met the objective (first step {config.rate:g} req/s).",
         "",
-        _row(list(OPEN_LOOP_HEADERS)),
-        _row(["---"] * len(OPEN_LOOP_HEADERS)),
+        *markdown_table(OPEN_LOOP_HEADERS, (_open_loop_cells(r) for r in summary["steps"])),
     ]  # fmt: skip
-    lines += [_row(_open_loop_cells(r)) for r in summary["steps"]]
     return "\n".join(lines) + "\n"
 
 
@@ -497,20 +463,21 @@ def _compare_report(config: CompareConfig, rows: list[dict[str, Any]]) -> str:
         "send time. Gateway-side p95 from the gateway's own histograms over the same run "
         "(interpolated inside a bucket).",
         "",
-        _row(["offered req/s", "generator", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors",
-              "gateway-side p95 ms", *CPU_HEADERS]),
-        _row(["---"] * 11),
-    ]  # fmt: skip
+    ]
+    cells = []
     for row in rows:
         for name in ("locust", "openloop"):
             r = row[name]
             s = r["verdict"]["stats"]
             search_ = r.get("server", {}).get("method:Search")
-            lines.append(
-                _row([f"{row['rate']:g}", name, f"{s['rps']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}",
-                      f"{s['p99_ms']:.1f}", f"{100 * s['error_rate']:.2f}%",
-                      f"{search_['p95_ms']:.1f}" if search_ else "n/a", *_cpu_cells(r["cpu"])])
+            cells.append(
+                [f"{row['rate']:g}", name, f"{s['rps']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}",
+                 f"{s['p99_ms']:.1f}", f"{100 * s['error_rate']:.2f}%",
+                 f"{search_['p95_ms']:.1f}" if search_ else "n/a", *_cpu_cells(r["cpu"])]
             )  # fmt: skip
+    headers = ["offered req/s", "generator", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors",
+               "gateway-side p95 ms", *CPU_HEADERS]  # fmt: skip
+    lines += markdown_table(headers, cells)
     return "\n".join(lines) + "\n"
 
 

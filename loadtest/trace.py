@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitrine.measure import percentile
+from vitrine.tables import markdown_table
 
 QUEUE_START, COMPUTE_START, COMPUTE_END = "QUEUE_START", "COMPUTE_START", "COMPUTE_END"
 REQUEST_START, REQUEST_END = "REQUEST_START", "REQUEST_END"
@@ -125,17 +126,14 @@ def summary(spans: Sequence[Span], slowest: int = 5) -> str:
         if not span.children:
             add(span.model, "queue", span.queue_ms)
             add(span.model, "compute", span.compute_ms)
-    lines = [
-        "| model | requests | span p50 / p95 / max ms | queued p50 / p95 / max | computing p50 / p95 / max "
-        "| ensemble hand-off p50 / p95 / max |",
-        "|---|---:|---|---|---|---|",
-    ]
-    for model, kinds in rows.items():
-        lines.append(
-            f"| {model} | {len(kinds.get('total', []))} | {_stats(kinds.get('total', []))} | "
-            f"{_stats(kinds.get('queue', []))} | {_stats(kinds.get('compute', []))} | "
-            f"{_stats(kinds.get('handoff', []))} |"
-        )
+    headers = ["model", "requests", "span p50 / p95 / max ms", "queued p50 / p95 / max",
+               "computing p50 / p95 / max", "ensemble hand-off p50 / p95 / max"]  # fmt: skip
+    cells = [
+        [model, len(kinds.get("total", [])),
+         *(_stats(kinds.get(kind, [])) for kind in ("total", "queue", "compute", "handoff"))]
+        for model, kinds in rows.items()
+    ]  # fmt: skip
+    lines = markdown_table(headers, cells, "lr")
     ranked = sorted((s for s in spans if s.total_ms is not None), key=lambda s: -(s.total_ms or 0.0))
     if slowest and ranked:
         lines += ["", f"Slowest {min(slowest, len(ranked))} of {len(ranked)} requests (ms):", ""]
