@@ -348,7 +348,7 @@ def generate_catalog(n: int, seed: int = 0, image_size: int = 640) -> Iterator[t
             category=kind.path,
             brand=brand,
             price=price,
-            image=f"images/{pid}.jpg",
+            image_uri=f"images/{pid}.jpg",
             attributes={"color": colour, "material": material, "pattern": pattern},
         )
         yield product, (kind.shape, _COLOURS[colour], pattern, seed * 1_000_003 + i, image_size)
@@ -385,7 +385,7 @@ def write_generated(
     for product, spec in tqdm(
         generate_catalog(n, seed, image_size), total=n, desc="catalog", unit="product", disable=not progress
     ):
-        target = out / product.image
+        target = out / product.image_uri
         if not target.exists():
             buf = io.BytesIO()
             render_product_image(*spec).save(buf, format="JPEG", quality=90)

@@ -253,7 +253,7 @@ def product_out(p: Product) -> ProductOut:
         category=list(p.category),
         brand=p.brand,
         price=p.price,
-        image_uri=p.image,
+        image_uri=p.image_uri,
         attributes=dict(p.attributes),
         image_url=f"/v1/products/{quote(p.id, safe='')}/image",
     )
@@ -554,7 +554,7 @@ def create_app(
     async def product_image(product_id: str) -> Response:
         async with gate.call("GetProductImage"):
             product = (await pipeline.get([product_id], timeout))[0]
-            path = await asyncio.to_thread(image_file, product.image, roots)
+            path = await asyncio.to_thread(image_file, product.image_uri, roots)
             if path is None:
                 raise NotFound(f"product {product_id!r} has no image under the gateway's image roots")
             mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

@@ -101,7 +101,7 @@ def item_of(
         numbers={"price": float(p.price)},
         keywords=keywords,
         tags=category_tags(p.category),
-        payload=ipb.Payload(title=p.title, description=p.description, image_uri=p.image, extra=extra),
+        payload=ipb.Payload(title=p.title, description=p.description, image_uri=p.image_uri, extra=extra),
     )
 
 
@@ -117,7 +117,7 @@ def product_of(item: ipb.Item, pid: str = "") -> Product:
         category=category,
         brand=extra.get("brand", ""),
         price=float(extra.get("price", "0") or 0.0),
-        image=p.image_uri,
+        image_uri=p.image_uri,
         attributes={k[len(ATTR_PREFIX) :]: v for k, v in extra.items() if k.startswith(ATTR_PREFIX)},
     )
 

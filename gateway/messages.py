@@ -14,7 +14,7 @@ def product_to_pb(p: Product) -> pb.Product:
         category=list(p.category),
         brand=p.brand,
         price=p.price,
-        image_uri=p.image,
+        image_uri=p.image_uri,
         attributes=p.attributes,
     )
 
@@ -27,6 +27,6 @@ def product_from_pb(p: pb.Product, image_uri: str = "") -> Product:
         category=tuple(p.category),
         brand=p.brand,
         price=p.price,
-        image=p.image_uri or image_uri,
+        image_uri=p.image_uri or image_uri,
         attributes=dict(p.attributes),
     )

@@ -98,12 +98,16 @@ def ingest(
                     continue
                 path = resolve_image(row, catalog.parent)
                 if path is None:
-                    summary.bad.append(BadRow(line, row.id, f"missing image (no local path: {row.image!r})"))
+                    summary.bad.append(
+                        BadRow(line, row.id, f"missing image (no local path: {row.image_uri!r})")
+                    )
                     continue
                 try:
                     data = path.read_bytes()
                 except OSError as exc:
-                    summary.bad.append(BadRow(line, row.id, f"missing image {row.image!r}: {exc.strerror}"))
+                    summary.bad.append(
+                        BadRow(line, row.id, f"missing image {row.image_uri!r}: {exc.strerror}")
+                    )
                     continue
                 messages.append(pb.UpsertProductsRequest(product=product_to_pb(row), image_bytes=data))
                 lines.append(line)

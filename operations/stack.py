@@ -340,7 +340,7 @@ def demo_searches(address: str, catalog: Path) -> None:
         text = "red leather ankle boots"
         resp = stub.Search(search_request(text, top_k=5, rerank=True, depth=50), timeout=120)
         print("\n" + render_results(resp, f'text search: "{text}" (re-ranked, depth 50)'))
-        image = catalog.parent / first.image
+        image = catalog.parent / first.image_uri
         resp = stub.Search(search_request(image=str(image), top_k=5), timeout=120)
         print("\n" + render_results(resp, f"image search: {image.name} ({first.title})") + "\n", flush=True)
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 CATEGORY_SEPARATOR = " > "
-CORE_COLUMNS = ("id", "title", "description", "category", "brand", "price", "image")
+CORE_COLUMNS = ("id", "title", "description", "category", "brand", "price", "image_uri")
+LEGACY_COLUMNS = {"image": "image_uri"}
+"""Columns an earlier catalog format named differently, read as their current name."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Product:
     category: tuple[str, ...] = ()
     brand: str = ""
     price: float = 0.0
-    image: str = ""
+    image_uri: str = ""
     """A local path (relative paths resolve against the catalog file's directory) or a file:// URI."""
     attributes: dict[str, str] = field(default_factory=dict)
 
@@ -52,7 +54,7 @@ class Product:
             "category": list(self.category),
             "brand": self.brand,
             "price": self.price,
-            "image": self.image,
+            "image_uri": self.image_uri,
             "attributes": dict(self.attributes),
         }
 
@@ -75,7 +77,9 @@ def _category(value: Any) -> tuple[str, ...]:
 
 
 def product_from_mapping(row: dict[str, Any]) -> Product:
-    """Lenient on types (CSV gives strings), strict on what a product cannot do without."""
+    """Lenient on types (CSV gives strings), strict on what a product cannot do without. A column under
+    its earlier name (``LEGACY_COLUMNS``) reads as the current one, so older catalog files still load."""
+    row = {LEGACY_COLUMNS.get(k, k): v for k, v in row.items()}
     pid = str(row.get("id") or "").strip()
     if not pid:
         raise ValueError("missing id")
@@ -100,7 +104,7 @@ def product_from_mapping(row: dict[str, Any]) -> Product:
         category=_category(row.get("category")),
         brand=str(row.get("brand") or ""),
         price=price,
-        image=str(row.get("image") or ""),
+        image_uri=str(row.get("image_uri") or ""),
         attributes=attributes,
     )
 
@@ -159,7 +163,7 @@ def write_catalog(path: str | Path, products: Sequence[Product]) -> None:
                         "category": p.category_path(),
                         "brand": p.brand,
                         "price": f"{p.price:.2f}",
-                        "image": p.image,
+                        "image_uri": p.image_uri,
                         **p.attributes,
                     }
                 )
@@ -170,7 +174,7 @@ def write_catalog(path: str | Path, products: Sequence[Product]) -> None:
 
 def resolve_image(product: Product, catalog_dir: Path) -> Path | None:
     """The local file behind a product's image reference, or None when it is not a local file."""
-    ref = product.image
+    ref = product.image_uri
     if not ref:
         return None
     if ref.startswith("file://"):

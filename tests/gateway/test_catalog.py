@@ -38,6 +38,22 @@ def test_round_trip(tmp_path: Path, suffix: str) -> None:
     assert list(read_catalog(path)) == PRODUCTS
 
 
+def test_files_write_image_uri_and_still_read_the_legacy_image_column(tmp_path: Path) -> None:
+    write_catalog(tmp_path / "new.jsonl", PRODUCTS[:1])
+    assert json.loads((tmp_path / "new.jsonl").read_text())["image_uri"] == "img/a1.jpg"
+    write_catalog(tmp_path / "new.csv", PRODUCTS[:1])
+    assert (tmp_path / "new.csv").read_text().splitlines()[0].split(",")[-2:] == ["image_uri", "color"]
+
+    legacy_jsonl = tmp_path / "legacy.jsonl"
+    legacy_jsonl.write_text(json.dumps({"id": "a1", "title": "Red boots", "image": "img/a1.jpg"}) + "\n")
+    legacy_csv = tmp_path / "legacy.csv"
+    legacy_csv.write_text("id,title,image,color\na1,Red boots,img/a1.jpg,red\n")
+    assert list(read_catalog(legacy_jsonl)) == [Product("a1", "Red boots", image_uri="img/a1.jpg")]
+    assert list(read_catalog(legacy_csv)) == [
+        Product("a1", "Red boots", image_uri="img/a1.jpg", attributes={"color": "red"})
+    ]
+
+
 def test_bad_rows_are_reported_with_their_line(tmp_path: Path) -> None:
     path = tmp_path / "catalog.jsonl"
     path.write_text(
@@ -88,7 +104,7 @@ def test_generator_is_seeded_and_realistic(tmp_path: Path) -> None:
     assert len(products) == 14 and len({p.id for p in products}) == 14
     assert len({p.category for p in products}) == 12  # every category appears
     for p in products:
-        data = (a.parent / p.image).read_bytes()
+        data = (a.parent / p.image_uri).read_bytes()
         assert 20_000 < len(data) < 400_000
         img = Image.open(io.BytesIO(data))
         assert (img.format, img.size) == ("JPEG", (640, 640))

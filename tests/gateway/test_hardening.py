@@ -331,7 +331,7 @@ async def test_image_path_reads_only_regular_files_under_the_roots(hard: Hardene
 
 
 async def test_image_path_is_refused_without_ingest_roots(gateway_stack: GatewayHandle) -> None:
-    existing = gateway_stack.catalog_dir / next(iter(gateway_stack.products.values())).image
+    existing = gateway_stack.catalog_dir / next(iter(gateway_stack.products.values())).image_uri
     resp = await gateway_stack.stub.UpsertProducts(
         iter([pb.UpsertProductsRequest(product=pb.Product(id="nr", title="x"), image_path=str(existing))]),
         timeout=30,

@@ -208,7 +208,7 @@ async def test_upsert_get_delete_round_trip(stack: HttpStack) -> None:
         "category": ["Bags", "Backpacks"],
         "brand": "Northwind",
         "price": 79.5,
-        "image_uri": stack.grpc.products["p000006"].image,
+        "image_uri": stack.grpc.products["p000006"].image_uri,
         "attributes": {"color": "green"},
     }
     resp = await stack.http.put(

@@ -223,7 +223,7 @@ async def test_text_search_shows_images_and_a_filter_narrows(driver: Any, site: 
 
 async def test_upload_and_drop_searches(driver: Any, site: Site) -> None:
     pid = "p000005"
-    photo = site.catalog_dir / site.handle.products[pid].image
+    photo = site.catalog_dir / site.handle.products[pid].image_uri
     hybrid = await site.handle.stub.Search(
         pb.SearchRequest(text="canvas sneakers", image=photo.read_bytes(), image_weight=0.9, top_k=24),
         timeout=30,
