@@ -1,40 +1,13 @@
-"""Retrieval metrics per query, and percentile-bootstrap intervals over queries.
+"""Retrieval metrics over embedding matrices, one value per query.
 
-Every metric returns one value per query so intervals come from resampling queries (1,000 resamples,
-95%), as the seeds' tables report them; a table then shows ``mean [low, high]``.
+Every metric returns one value per query so :func:`vitrine.ranking.bootstrap` can resample queries for
+an interval, as the seeds' tables report them; ranked-list metrics (NDCG@K, MRR over a re-ranked pool)
+are :mod:`vitrine.ranking`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
 import numpy as np
-
-RESAMPLES = 1000
-
-
-@dataclass(frozen=True)
-class Estimate:
-    mean: float
-    low: float
-    high: float
-
-    def overlaps(self, other: Estimate) -> bool:
-        return not (self.low > other.high or other.low > self.high)
-
-    def __str__(self) -> str:
-        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
-
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": round(self.mean, 4), "low": round(self.low, 4), "high": round(self.high, 4)}
-
-
-def bootstrap(values: np.ndarray, seed: int = 0, resamples: int = RESAMPLES) -> Estimate:
-    values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
-    return Estimate(float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
 
 
 def instance_ranks(text: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -78,18 +51,3 @@ def class_metrics(
             prec.append(float(rel.mean()))
     correct = (np.argmax(image @ prompts.T, axis=1) == labels).astype(float)
     return {"mAP@10": np.asarray(ap), "P@10": np.asarray(prec), "accuracy": correct}
-
-
-def ndcg_at(order: Sequence[str], grades: Mapping[str, float], k: int = 10) -> float:
-    gains = [float(grades.get(pid, 0.0)) for pid in order[:k]]
-    dcg = sum((2**g - 1) / np.log2(i + 2) for i, g in enumerate(gains))
-    ideal = sorted(grades.values(), reverse=True)[:k]
-    idcg = sum((2**g - 1) / np.log2(i + 2) for i, g in enumerate(ideal))
-    return float(dcg / idcg) if idcg > 0 else 0.0
-
-
-def reciprocal_rank(order: Sequence[str], grades: Mapping[str, float]) -> float:
-    for i, pid in enumerate(order):
-        if grades.get(pid, 0.0) > 0:
-            return 1.0 / (i + 1)
-    return 0.0

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adapt import metrics
 from adapt.features import session
 from demo.catalog import generate_queries
+from vitrine import ranking
 from vitrine.catalog import LabelledQuery, Product
 from vitrine.contracts import RERANK_MAX_LENGTH, Tensor
 from vitrine.tokenization import PairTokenizer
@@ -249,9 +249,11 @@ def ranking_metrics(
     orders: Sequence[Sequence[str]], queries: Sequence[LabelledQuery]
 ) -> dict[str, np.ndarray]:
     return {
-        "NDCG@10": np.asarray([metrics.ndcg_at(o, q.relevant) for o, q in zip(orders, queries, strict=True)]),
+        "NDCG@10": np.asarray(
+            [ranking.ndcg_at(o, q.relevant, 10) for o, q in zip(orders, queries, strict=True)]
+        ),
         "MRR": np.asarray(
-            [metrics.reciprocal_rank(o, q.relevant) for o, q in zip(orders, queries, strict=True)]
+            [ranking.reciprocal_rank(o, q.relevant) for o, q in zip(orders, queries, strict=True)]
         ),
     }
 

@@ -25,7 +25,9 @@ from adapt.features import Encoders, Features
 from adapt.heads import AdapterPair, HeadKind
 from adapt.reranker import RerankSpec
 from adapt.train import TrainSpec, apply, class_prompt_vectors, train, validation_score
+from vitrine import ranking
 from vitrine.catalog import Product
+from vitrine.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -260,14 +262,14 @@ def evaluate_all(cfg: AdaptConfig) -> dict[str, Any]:
     for name, entry in manifest["datasets"].items():
         ds = load_dataset(cfg, name)
         feats = split_features(cfg, enc, ds, name)["test"]
-        rows: dict[str, dict[str, metrics.Estimate]] = {}
+        rows: dict[str, dict[str, ranking.Estimate]] = {}
         for method, path in ((ZERO_SHOT, None), (NAIVE, "naive.pt"), (RESIDUAL, "residual.pt")):
             model = load_heads(cfg.out / name / path)[0] if path else None
             label = method
             if method == RESIDUAL:
                 label = f"{method} (a={entry['runs'][RESIDUAL]['chosen_alpha']})"
             per_query = test_metrics(model, feats, entry["level"])
-            rows[label] = {k: metrics.bootstrap(v, seed=1) for k, v in per_query.items()}
+            rows[label] = {k: ranking.bootstrap(v, seed=1) for k, v in per_query.items()}
         results["datasets"][name] = {
             "description": entry["description"],
             "level": entry["level"],
@@ -318,7 +320,7 @@ def evaluate_reranker(cfg: AdaptConfig, ds: data.Dataset, enc: Encoders, feats: 
         for sc, pool in zip(int8_scores, pools, strict=True)
     ]
     rows = {
-        label: {k: metrics.bootstrap(v, seed=2) for k, v in reranker.ranking_metrics(o, queries).items()}
+        label: {k: ranking.bootstrap(v, seed=2) for k, v in reranker.ranking_metrics(o, queries).items()}
         for label, o in orders.items()
     }
     return {
@@ -330,12 +332,11 @@ def evaluate_reranker(cfg: AdaptConfig, ds: data.Dataset, enc: Encoders, feats: 
     }
 
 
-def table(rows: dict[str, dict[str, metrics.Estimate]]) -> str:
+def table(rows: dict[str, dict[str, ranking.Estimate]]) -> str:
+    """One row per method, ``mean [low, high]`` per metric."""
     names = list(next(iter(rows.values())))
-    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for method, est in rows.items():
-        lines.append(f"| {method} | " + " | ".join(str(est[n]) for n in names) + " |")
-    return "\n".join(lines)
+    cells = [[method, *(est[n] for n in names)] for method, est in rows.items()]
+    return "\n".join(markdown_table(["method", *names], cells))
 
 
 def render_report(results: dict[str, Any], manifest: dict[str, Any]) -> str:

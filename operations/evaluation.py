@@ -1,17 +1,16 @@
-"""Retrieval quality: Recall@K, MRR, NDCG@K and Precision@K over a labelled query file.
+"""``vitrine eval``'s scores: Recall@K, MRR, NDCG@K and Precision@K per labelled query, and their table.
 
-Definitions follow the usual IR conventions (as BEIR and the MS MARCO leaderboards report them):
-relevance grades come from the query file (a plain list of ids means grade 1 each); Recall@K divides
-by the number of relevant products (capped at K, so a query with 40 relevant products can still reach
-1.0 at K=10); MRR uses the first relevant hit at any depth returned; NDCG@K uses gains of
-``2^grade - 1`` with a log2 discount against the ideal ordering of the labelled grades.
+The metrics are :mod:`vitrine.ranking`'s (relevance grades come from the query file; a plain list of ids
+means grade 1 each); this module only gathers them per query and prints them in the shape retrieval
+papers use.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from vitrine import ranking
 
 
 @dataclass(frozen=True)
@@ -23,21 +22,13 @@ class Scores:
 
 
 def score_query(ranked: Sequence[str], relevant: Mapping[str, float], k: int) -> Scores:
-    top = list(ranked[:k])
-    hits = [pid for pid in top if relevant.get(pid, 0.0) > 0]
-    n_rel = sum(1 for g in relevant.values() if g > 0)
-    recall = len(hits) / min(n_rel, k) if n_rel else 0.0
-    precision = len(hits) / k
-    mrr = 0.0
-    for rank, pid in enumerate(ranked, start=1):
-        if relevant.get(pid, 0.0) > 0:
-            mrr = 1.0 / rank
-            break
-    dcg = sum((2 ** relevant.get(pid, 0.0) - 1) / math.log2(i + 2) for i, pid in enumerate(top))
-    ideal = sorted((g for g in relevant.values() if g > 0), reverse=True)[:k]
-    idcg = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
-    ndcg = dcg / idcg if idcg else 0.0
-    return Scores(recall, mrr, ndcg, precision)
+    """One query's figures; MRR looks at every hit returned, the others at the top ``k``."""
+    return Scores(
+        recall=ranking.recall_at(ranked, relevant, k),
+        mrr=ranking.reciprocal_rank(ranked, relevant),
+        ndcg=ranking.ndcg_at(ranked, relevant, k),
+        precision=ranking.precision_at(ranked, relevant, k),
+    )
 
 
 def mean_scores(scores: Sequence[Scores]) -> Scores:

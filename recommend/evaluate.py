@@ -19,13 +19,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from recommend.data import Case, Split
 from recommend.items import ItemTable
+from vitrine import ranking
 from vitrine.events import EVENT_WEIGHT, Event
+from vitrine.tables import markdown_table
 
 K = 10
 MRR_DEPTH = 100
@@ -44,15 +47,14 @@ def rank_lists(scores: np.ndarray, cases: Sequence[Case], k: int = MRR_DEPTH) ->
 
 
 def ranking_metrics(lists: np.ndarray, cases: Sequence[Case], k: int = K) -> dict[str, np.ndarray]:
+    """HitRate, NDCG and MRR per case; every target counts as relevant with the same gain (binary)."""
     hit, ndcg, mrr = [], [], []
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
     for row, c in zip(lists, cases, strict=True):
-        rel = np.asarray([1.0 if int(i) in c.targets else 0.0 for i in row])
-        hit.append(float(rel[:k].any()))
-        ideal = discounts[: min(len(c.targets), k)].sum()
-        ndcg.append(float((rel[:k] * discounts[: len(rel[:k])]).sum() / ideal))
-        first = np.flatnonzero(rel)
-        mrr.append(1.0 / (first[0] + 1) if len(first) else 0.0)
+        ranked = row.tolist()
+        targets = dict.fromkeys(c.targets, 1.0)
+        hit.append(ranking.hit_at(ranked, targets, k))
+        ndcg.append(ranking.ndcg_at(ranked, targets, k))
+        mrr.append(ranking.reciprocal_rank(ranked, targets))
     return {"hit": np.asarray(hit), "ndcg": np.asarray(ndcg), "mrr": np.asarray(mrr)}
 
 
@@ -69,17 +71,17 @@ def _novelty(top: np.ndarray, share: np.ndarray) -> np.ndarray:
     return np.asarray([float(np.mean(-np.log2(share[row]))) for row in top])
 
 
-def bootstrap(values: np.ndarray, seed: int = 0, n: int = 1000) -> tuple[float, float]:
-    if len(values) == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+@dataclass(frozen=True)
+class Summary:
+    """One method's figures: per-user metrics with intervals, coverage (a property of the whole set, so
+    without one) and the per-user NDCG kept for paired comparisons."""
+
+    per_user: dict[str, ranking.Estimate]
+    coverage: float
+    ndcg_per_user: np.ndarray
 
 
-def summarise(
-    lists: np.ndarray, cases: Sequence[Case], table: ItemTable, share: np.ndarray
-) -> dict[str, Any]:
+def summarise(lists: np.ndarray, cases: Sequence[Case], table: ItemTable, share: np.ndarray) -> Summary:
     m = ranking_metrics(lists, cases)
     top = lists[:, :K]
     per_user = {
@@ -89,12 +91,11 @@ def summarise(
         "diversity": _diversity(top, table),
         "novelty": _novelty(top, share),
     }
-    out: dict[str, Any] = {
-        name: {"mean": float(v.mean()), "ci95": bootstrap(v)} for name, v in per_user.items()
-    }
-    out["coverage"] = {"mean": len(np.unique(top)) / len(table), "ci95": None}
-    out["_ndcg_per_user"] = m["ndcg"]
-    return out
+    return Summary(
+        per_user={name: ranking.bootstrap(v) for name, v in per_user.items()},
+        coverage=len(np.unique(top)) / len(table),
+        ndcg_per_user=m["ndcg"],
+    )
 
 
 # ---- methods: each returns [cases, items] scores ---------------------------------------------------------
@@ -156,7 +157,7 @@ def evaluate_model(model: Any, table: ItemTable, cases: Sequence[Case]) -> dict[
     }
 
 
-def compare(model: Any, table: ItemTable, data: Split) -> dict[str, dict[str, Any]]:
+def compare(model: Any, table: ItemTable, data: Split) -> dict[str, Summary]:
     """Every method on ``data.test``; keys in table order."""
     from recommend.train import score_cases
 
@@ -187,33 +188,36 @@ def _users_per_item(events: Sequence[Event]) -> dict[str, int]:
 EVENT_WEIGHT_BY_CODE = {0: 0.0, **{i + 1: w for i, w in enumerate(EVENT_WEIGHT.values())}}
 
 
-def paired_gain(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, tuple[float, float]]:
+def paired_gain(a: np.ndarray, b: np.ndarray, seed: int = 0) -> ranking.Estimate:
     """Mean per-user difference a - b with its bootstrap interval (same users, paired)."""
-    d = a - b
-    return float(d.mean()), bootstrap(d, seed)
+    return ranking.bootstrap(a - b, seed)
 
 
-def render_table(results: dict[str, dict[str, Any]]) -> str:
-    def cell(m: dict[str, Any]) -> str:
-        if m["ci95"] is None:
-            return f"{m['mean']:.3f}"
-        lo, hi = m["ci95"]
-        return f"{m['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+COLUMNS = {
+    "hitrate@10": "HitRate@10",
+    "ndcg@10": "NDCG@10",
+    "mrr": "MRR",
+    "coverage": "coverage",
+    "diversity": "intra-list diversity",
+    "novelty": "novelty",
+}
+"""The table's columns: a figure's key in :class:`Summary` -> its heading."""
 
-    cols = ["hitrate@10", "ndcg@10", "mrr", "coverage", "diversity", "novelty"]
-    lines = [
-        "| method | HitRate@10 | NDCG@10 | MRR | coverage | intra-list diversity | novelty |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(cell(m[c]) for c in cols) + " |")
+
+def _cells(s: Summary) -> list[object]:
+    return [f"{s.coverage:.3f}" if key == "coverage" else s.per_user[key] for key in COLUMNS]
+
+
+def render_table(results: dict[str, Summary]) -> str:
+    lines = markdown_table(["method", *COLUMNS.values()], [[name, *_cells(s)] for name, s in results.items()])
     tower = results.get("two-tower")
     if tower is not None:
-        for name, m in results.items():
+        for name, s in results.items():
             if name == "two-tower":
                 continue
-            gain, (lo, hi) = paired_gain(tower["_ndcg_per_user"], m["_ndcg_per_user"])
-            base = m["ndcg@10"]["mean"]
-            ratio = f"{tower['ndcg@10']['mean'] / base:.2f}x" if base > 0 else "n/a"
-            lines.append(f"\ntwo-tower vs {name}: NDCG@10 {gain:+.3f} [{lo:+.3f}, {hi:+.3f}] ({ratio})")
+            gain = paired_gain(tower.ndcg_per_user, s.ndcg_per_user)
+            base = s.per_user["ndcg@10"].mean
+            ratio = f"{tower.per_user['ndcg@10'].mean / base:.2f}x" if base > 0 else "n/a"
+            interval = f"[{gain.low:+.3f}, {gain.high:+.3f}]"
+            lines.append(f"\ntwo-tower vs {name}: NDCG@10 {gain.mean:+.3f} {interval} ({ratio})")
     return "\n".join(lines)
