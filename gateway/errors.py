@@ -5,6 +5,7 @@ Dependencies fail in their own dialects (``grpc.aio.AioRpcError`` from the index
 typed errors once, at the client boundary, naming the dependency; ``status_of`` turns a typed error into
 the gRPC status the caller sees, once, in the servicer. Nothing in between inspects status codes.
 The HTTP/JSON API reports the same status through ``HTTP_STATUS``: same code name, same message.
+The base class and the message bounds are the kernel's (``vitrine.errors``), shared with the index service.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from enum import Enum
 
 import grpc
 
+from vitrine.errors import ServiceError, bounded
+
 
 class Dependency(str, Enum):
     TRITON = "triton"
     INDEX = "index"
 
 
-class GatewayError(Exception):
+class GatewayError(ServiceError):
     """Base of every error the gateway reports on purpose."""
-
-    code = grpc.StatusCode.INTERNAL
 
 
 class InvalidInput(GatewayError):
@@ -130,14 +131,6 @@ def from_dependency(dependency: Dependency, exc: BaseException) -> GatewayError:
     if mapped == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidInput(f"{dependency.value} rejected the input: {detail}")
     return DependencyError(dependency, mapped, detail)
-
-
-MAX_MESSAGE_CHARS = 1024
-"""Messages echo caller input (a filter field, a decoder's complaint); a caller never gets more back."""
-
-
-def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

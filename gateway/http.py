@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.auth import ApiKeys
 from gateway.auth import Scope as KeyScope
 from gateway.config import GatewayConfig
-from gateway.errors import HTTP_STATUS, InvalidInput, NotFound, bounded
+from gateway.errors import HTTP_STATUS, InvalidInput, NotFound
 from gateway.events import EventIngest, parse_event
 from gateway.messages import product_from_pb
 from gateway.pipeline import FieldFilter, Hit, Pipeline, SearchQuery
@@ -57,6 +57,7 @@ from gateway.requests import (
 )
 from vitrine.catalog import Product
 from vitrine.contracts import MAX_IMAGE_BYTES
+from vitrine.errors import bounded
 from vitrine.gateway.v1 import gateway_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from gateway.clients import check_image_header
-from gateway.errors import DependencyError, GatewayError, InvalidInput, Overloaded, bounded, status_of
+from gateway.errors import DependencyError, GatewayError, InvalidInput, Overloaded, status_of
 from gateway.ingest import IngestRoots
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import (
@@ -34,6 +34,7 @@ from gateway.pipeline import (
 )
 from vitrine.catalog import Product
 from vitrine.contracts import MAX_TEXT_CHARS
+from vitrine.errors import bounded
 
 log = logging.getLogger(__name__)
 

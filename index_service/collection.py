@@ -42,8 +42,9 @@ from index_service.config import (
     MAX_TRAIN_MIN,
     MIN_HNSW_M,
 )
-from index_service.errors import InvalidArgument, quoted
+from index_service.errors import InvalidArgument
 from index_service.gpu import GpuMirror
+from vitrine.errors import quoted
 from vitrine.index.v2 import index_pb2 as pb
 
 NAME_HELP = "letters, digits, '-', '_' or '.'"

@@ -41,8 +41,9 @@ from index_service.config import (
     MAX_QUERIES,
     MAX_SPACES,
 )
-from index_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, quoted
+from index_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from index_service.storage import Snapshot, Storage, StoredCollection
+from vitrine.errors import quoted
 from vitrine.index.v2 import index_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -1,31 +1,16 @@
-"""Domain errors, each carrying the gRPC status it becomes at the transport boundary (servicer.py)."""
+"""Domain errors, each carrying the gRPC status it becomes at the transport boundary (servicer.py).
+
+The base, the message bounds and ``quoted``/``bounded`` are the kernel's (``vitrine.errors``)."""
 
 from __future__ import annotations
 
 import grpc
 
-MAX_ECHO_CHARS = 80
-"""Most characters of one caller-supplied value (an id, a name) a message repeats."""
-
-MAX_MESSAGE_CHARS = 1024
-"""Most characters of any status message, far below gRPC's 8 KiB metadata limit."""
+from vitrine.errors import ServiceError
 
 
-def quoted(value: object, limit: int = MAX_ECHO_CHARS) -> str:
-    """``repr`` of a value taken from a request, cut with an ellipsis when long: a 10,000-character id
-    must not come back whole inside a status message."""
-    text = str(value)
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
-
-
-def capped(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    return message if len(message) <= limit else message[: limit - 3] + "..."
-
-
-class IndexServiceError(Exception):
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+class IndexServiceError(ServiceError):
+    """Base of every error the index service reports on purpose."""
 
 
 class InvalidArgument(IndexServiceError):

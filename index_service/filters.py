@@ -13,7 +13,8 @@ from typing import Protocol
 import numpy as np
 
 from index_service.config import MAX_FILTER_NODES
-from index_service.errors import InvalidArgument, quoted
+from index_service.errors import InvalidArgument
+from vitrine.errors import quoted
 from vitrine.index.v2 import index_pb2 as pb
 
 MAX_DEPTH = 32

@@ -17,7 +17,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from index_service.engine import Engine, Found
-from index_service.errors import MAX_ECHO_CHARS, IndexServiceError, capped
+from index_service.errors import IndexServiceError
+from vitrine.errors import MAX_ECHO_CHARS, bounded
 from vitrine.grpc_decode import Undecodable
 from vitrine.index.v2 import index_pb2 as pb
 from vitrine.index.v2 import index_pb2_grpc as pb_grpc
@@ -85,7 +86,7 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             return await method(self, request, context)
         except IndexServiceError as exc:
             code = exc.code
-            await context.abort(code, capped(str(exc)))
+            await context.abort(code, bounded(str(exc)))
             raise  # unreachable: abort raises
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -193,7 +194,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             nonlocal refused
             refused += 1
             if len(errors) < MAX_STREAM_ERRORS:
-                errors.append(pb.ItemError(position=at, id=item_id[:MAX_ECHO_CHARS], message=capped(why)))
+                errors.append(pb.ItemError(position=at, id=item_id[:MAX_ECHO_CHARS], message=bounded(why)))
 
         try:
             async for request in request_iterator:
@@ -213,7 +214,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
                 (("vitrine-upserted", str(total)), ("vitrine-stream-position", str(position)))
             )
             raise type(exc)(
-                f"stream message {message}: {capped(str(exc), 600)} ({total} items committed; every item "
+                f"stream message {message}: {bounded(str(exc), 600)} ({total} items committed; every item "
                 f"before stream position {position} was committed or refused, none after)"
             ) from exc
         return pb.UpsertResponse(upserted=total, count=count, errors=errors, refused=refused)

@@ -29,7 +29,8 @@ from pathlib import Path
 import faiss
 from google.protobuf.message import DecodeError
 
-from index_service.errors import AlreadyExists, NotFound, quoted
+from index_service.errors import AlreadyExists, NotFound
+from vitrine.errors import quoted
 from vitrine.index.v2 import index_pb2 as pb
 
 SCHEMA_VERSION = 3

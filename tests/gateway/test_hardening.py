@@ -24,7 +24,7 @@ from PIL import Image
 
 from gateway.auth import ApiKeys, KeyFileError, Scope
 from gateway.config import ENV_PREFIX, GatewayConfig
-from gateway.errors import API_KEY_MESSAGE, MAX_MESSAGE_CHARS
+from gateway.errors import API_KEY_MESSAGE
 from gateway.ingest import REFUSED
 from gateway.requests import REFUSED_KEY, SETTLED_KEY, UPSERTED_KEY
 from operations import servers
@@ -32,6 +32,7 @@ from tests.fixtures.stack import GatewayHandle, gateway_config_for, start_gatewa
 from tests.model_repository.images import png_header
 from vitrine.config import secret_env, to_argv
 from vitrine.contracts import MAX_IMAGE_BYTES
+from vitrine.errors import MAX_MESSAGE_CHARS
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
 

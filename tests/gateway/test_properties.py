@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gateway.errors import MAX_MESSAGE_CHARS
 from tests.fixtures.stack import GatewayHandle, gateway_config_for, start_gateway, stop_gateway
 from tests.model_repository.images import png_header
+from vitrine.errors import MAX_MESSAGE_CHARS
 from vitrine.gateway.v1 import gateway_pb2 as pb
 
 pytestmark = pytest.mark.slow

@@ -18,8 +18,8 @@ import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from index_service.errors import MAX_MESSAGE_CHARS
 from tests.index_service.builders import items, spec
+from vitrine.errors import MAX_MESSAGE_CHARS
 from vitrine.index.v2 import index_pb2 as pb
 from vitrine.index.v2 import index_pb2_grpc
 
