@@ -1,23 +1,24 @@
 """The gateway's API keys: which scope each method needs, one check for gRPC and HTTP.
 
-The key format, the file and environment sources and the digest comparison are the kernel's
-(``vitrine.api_keys``, shared with the index service). The gateway adds its one extra source, ``api_key``
-(the original single key; it may read and write), and the table of scopes: reads (Search, SimilarItems,
-GetProducts, Recommend and the product image) need ``read``, writes (UpsertProducts, DeleteProducts,
-RecordEvents) ``write``. A method missing from the table needs ``write``: a new RPC is closed to
-read-only keys until someone decides otherwise. A missing or unknown key is UNAUTHENTICATED; a known key
-without the scope is PERMISSION_DENIED.
+The key format, the file and environment sources, the digest comparison and the refusal's words are the
+kernel's (``vitrine.api_keys``, shared with the index service); on gRPC the kernel's interceptor
+(``vitrine.grpc_server``) applies ``scope_of`` to every ProductSearch method. The gateway adds its one
+extra source, ``api_key`` (the original single key; it may read and write), and the table of scopes:
+reads (Search, SimilarItems, GetProducts, Recommend and the product image) need ``read``, writes
+(UpsertProducts, DeleteProducts, RecordEvents) ``write``. A method missing from the table needs
+``write``: a new RPC is closed to read-only keys until someone decides otherwise. A missing or unknown
+key is UNAUTHENTICATED; a known key without the scope is PERMISSION_DENIED.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.errors import API_KEY_MESSAGE, GatewayError, PermissionDenied, Unauthenticated
+from gateway.errors import GatewayError, PermissionDenied, Unauthenticated
 from vitrine import api_keys
-from vitrine.api_keys import Denied, KeyFileError, Scope, bearer
+from vitrine.api_keys import Denied, KeyFileError, Scope, refusal_message
 
-__all__ = ["METHOD_SCOPES", "ApiKeys", "KeyFileError", "Scope", "bearer"]
+__all__ = ["METHOD_SCOPES", "ApiKeys", "KeyFileError", "Scope", "scope_of"]
 
 METHOD_SCOPES: dict[str, Scope] = {
     "Search": Scope.READ,
@@ -32,11 +33,16 @@ METHOD_SCOPES: dict[str, Scope] = {
 """The scope each API method needs, by its gRPC method name (HTTP routes count under the same names)."""
 
 
+def scope_of(method: str) -> Scope:
+    return METHOD_SCOPES.get(method, Scope.WRITE)
+
+
 class ApiKeys:
-    """The configured keys; ``check`` is the one decision both transports ask for."""
+    """The configured keys (``keys``, the kernel's, which the gRPC interceptor takes); ``check`` is the
+    decision as a gateway error, for the HTTP routes."""
 
     def __init__(self, keys: api_keys.ApiKeys) -> None:
-        self._keys = keys
+        self.keys = keys
 
     @classmethod
     def from_config(cls, api_key: str = "", entries: Iterable[str] = (), path: str = "") -> ApiKeys:
@@ -45,16 +51,15 @@ class ApiKeys:
 
     @property
     def enabled(self) -> bool:
-        return self._keys.enabled
+        return self.keys.enabled
 
     def check(self, token: str | None, method: str) -> GatewayError | None:
         """None when ``token`` (the bearer credential) may call ``method``, else the error to answer."""
-        return self.check_scope(token, METHOD_SCOPES.get(method, Scope.WRITE), method)
+        return self.check_scope(token, scope_of(method), method)
 
     def check_scope(self, token: str | None, needed: Scope, what: str) -> GatewayError | None:
-        denied = self._keys.check(token or "", needed)
+        denied = self.keys.check(token or "", needed)
         if denied is None:
             return None
-        if denied is Denied.UNAUTHENTICATED:
-            return Unauthenticated(API_KEY_MESSAGE)
-        return PermissionDenied(f"this API key may not call {what[:80]}: it needs the {needed.value} scope")
+        error = Unauthenticated if denied is Denied.UNAUTHENTICATED else PermissionDenied
+        return error(refusal_message(denied, needed, what))

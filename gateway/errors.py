@@ -50,9 +50,6 @@ class PermissionDenied(GatewayError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
-API_KEY_MESSAGE = "missing or wrong API key (authorization: Bearer)"
-
-
 class DependencyError(GatewayError):
     """A dependency failed; ``code`` is what the caller sees, ``dependency`` says which one."""
 

@@ -12,19 +12,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import grpc
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
-from gateway.auth import ApiKeys, bearer
+from gateway.auth import ApiKeys, scope_of
 from gateway.clients import PinnedEmbedder, PinnedReranker, TritonModels
 from gateway.config import GatewayConfig
-from gateway.errors import Dependency, DependencyError, GatewayError
+from gateway.errors import Dependency, DependencyError
 from gateway.events import EventIngest, EventStore
 from gateway.index_client import IndexRetriever
 from gateway.ingest import IngestRoots
@@ -34,7 +30,7 @@ from gateway.recommend import Recommender
 from gateway.servicer import ProductSearchServicer
 from vitrine.contracts import BASE_VERSION
 from vitrine.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from vitrine.grpc_decode import DecodeErrors
+from vitrine.grpc_server import ServerSpec, build_server
 
 if TYPE_CHECKING:
     from gateway.http import HttpServer
@@ -42,46 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["ProductSearch"].full_name
-UPSERT_METHOD = f"/{SERVICE_NAME}/UpsertProducts"
-_OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-
-
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """API keys and their scopes (``gateway.auth``) on every API method; health and reflection stay open
-    for probes and tools."""
-
-    def __init__(self, keys: ApiKeys) -> None:
-        self.keys = keys
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method or ""
-        if method.startswith(_OPEN_PREFIXES):
-            return await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        refusal = self.keys.check(bearer(str(metadata.get("authorization", ""))), method.rsplit("/", 1)[-1])
-        handler = await continuation(handler_call_details)
-        if refusal is None or handler is None:
-            return handler
-        return _denying(handler, refusal)
-
-
-def _denying(handler: grpc.RpcMethodHandler, refusal: GatewayError) -> grpc.RpcMethodHandler:
-    """A handler of the same kind that answers ``refusal`` without reading the request."""
-
-    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(refusal.code, str(refusal))
-
-    if handler.request_streaming and not handler.response_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny)
-    if handler.request_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny)
-    return grpc.unary_unary_rpc_method_handler(deny)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest gRPC message either way: an upsert stream message carries one product with its image."""
 
 
 class Gateway:
@@ -101,7 +59,6 @@ class Gateway:
         self.pipeline = Pipeline(self.triton, self.index, self.triton, config.pipeline)
         self.set_versions(config.encoder_version, config.reranker_version)
         self.read_serving_file()
-        self.health = health_aio.HealthServicer()
         rec = config.recommend
         self.event_ingest = EventIngest(
             lambda: EventStore(rec.events_path, rec.events_retention_days, rec.trending_window_days),
@@ -122,36 +79,22 @@ class Gateway:
         self.servicer.event_ingest = self.event_ingest
         self.servicer.recommender = self.recommender
         self.keys = ApiKeys.from_config(config.api_key, config.api_keys, config.api_keys_file)
-        # Keys first: a caller without one learns nothing, not even how its bytes decode. An
-        # undecodable upsert item is reported at its stream position like any other bad item.
-        interceptors: list[grpc.aio.ServerInterceptor] = [DecodeErrors(per_item=(UPSERT_METHOD,))]
-        if self.keys.enabled:
-            interceptors.insert(0, ApiKeyInterceptor(self.keys))
-        self.server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ],
+        spec = ServerSpec(
+            service=SERVICE_NAME,
+            host=config.host,
+            port=config.port,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            keys=self.keys.keys,
+            scope_of=scope_of,
+            # An undecodable stream message is reported at its position, like any bad item.
+            per_item=("UpsertProducts",),
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
         )
-        gateway_pb2_grpc.add_ProductSearchServicer_to_server(self.servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.server,
+        served = build_server(
+            spec, lambda server: gateway_pb2_grpc.add_ProductSearchServicer_to_server(self.servicer, server)
         )
-        address = f"{config.host}:{config.port}"
-        if config.tls_cert and config.tls_key:
-            creds = grpc.ssl_server_credentials(
-                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
-            )
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        self.server, self.health, self.port = served.server, served.health, served.port
         self.up: dict[Dependency, bool] = {Dependency.TRITON: False, Dependency.INDEX: False}
         self._probe_task: asyncio.Task[None] | None = None
         self._probe_now = asyncio.Event()

@@ -1,4 +1,5 @@
-"""Builds the index gRPC server: servicer, health, reflection, metrics, a sized executor."""
+"""Builds the index gRPC server: the engine, a sized executor, metrics, and the servicer served through
+the kernel's server kit (``vitrine.grpc_server``: keys, decode errors, health, reflection)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,15 @@ from dataclasses import dataclass
 
 import faiss
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from index_service.auth import RequireApiKey
+from index_service import auth
 from index_service.config import MAX_MESSAGE_BYTES, Device, IndexServiceConfig
 from index_service.engine import Engine
 from index_service.servicer import IndexServicer, Metrics
 from vitrine.api_keys import ApiKeys
-from vitrine.grpc_decode import DecodeErrors
+from vitrine.grpc_server import ServerSpec, build_server
 from vitrine.index.v2 import index_pb2, index_pb2_grpc
 from vitrine.metrics import service_registry
 
@@ -86,33 +85,24 @@ async def create_server(config: IndexServiceConfig) -> tuple[IndexServer, int]:
         http_server, _thread = start_http_server(config.metrics_port, addr=config.host, registry=registry)
         metrics_port = int(http_server.server_port)
 
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ]
-    # A request grpcio cannot decode is INVALID_ARGUMENT saying why, never UNKNOWN naming a class.
-    # Keys first: a caller without one learns nothing about how its bytes decode. UpsertStream reports
-    # an undecodable message like a bad item and goes on.
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    keys = ApiKeys.from_config(config.api_keys, config.api_keys_file)
-    if keys.enabled:
-        interceptors.append(RequireApiKey(keys))
-    interceptors.append(DecodeErrors(per_item=[f"/{SERVICE_NAME}/UpsertStream"]))
-    server = grpc.aio.server(
-        options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs, interceptors=interceptors
+    servicer = IndexServicer(engine, executor, metrics, coalesce=config.coalesce)
+    spec = ServerSpec(
+        service=SERVICE_NAME,
+        host=config.host,
+        port=config.port,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        keys=ApiKeys.from_config(config.api_keys, config.api_keys_file),
+        scope_of=auth.scope_of,
+        per_item=("UpsertStream",),  # an undecodable stream message is reported like a bad item
+        max_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    index_pb2_grpc.add_IndexServiceServicer_to_server(
-        IndexServicer(engine, executor, metrics, coalesce=config.coalesce), server
+    served = build_server(
+        spec, lambda server: index_pb2_grpc.add_IndexServiceServicer_to_server(servicer, server)
     )
-    health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
+    await served.server.start()
+    await served.set_serving(True)
+    log.info(
+        "index service listening", extra={"port": served.port, "metrics_port": metrics_port, "device": device}
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("index service listening", extra={"port": port, "metrics_port": metrics_port, "device": device})
-    return IndexServer(server, port, engine, executor, health_servicer, metrics_port, registry), port
+    server = IndexServer(served.server, served.port, engine, executor, served.health, metrics_port, registry)
+    return server, served.port

@@ -7,8 +7,9 @@ is open. Keys are held and compared by SHA-256 digest; neither a key nor its dig
 echoed, and errors name the entry's place (``file:line``), never its text.
 
 A service maps each of its methods to the scope it needs and answers a missing or unknown key with
-UNAUTHENTICATED and a known key without the scope with PERMISSION_DENIED (``check``). The index service
-does so in ``index_service/auth.py``; the gateway can share this module the same way.
+UNAUTHENTICATED and a known key without the scope with PERMISSION_DENIED (``check``), in the words of
+``refusal_message``. On gRPC, ``vitrine.grpc_server`` does this for every service; the gateway's HTTP
+routes ask ``check`` themselves.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import enum
 import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from vitrine.errors import MAX_ECHO_CHARS
 
 UNAUTHENTICATED_MESSAGE = "missing or wrong API key (authorization: Bearer)"
 
@@ -94,3 +97,10 @@ def bearer(value: str | None) -> str:
     """The credential of an ``authorization: Bearer <key>`` header (empty when absent or another scheme)."""
     value = value or ""
     return value[7:] if value[:7].lower() == "bearer " else ""
+
+
+def refusal_message(denied: Denied, needed: Scope, what: str) -> str:
+    """What a caller refused by ``check`` is told; ``what`` names the method or route it called."""
+    if denied is Denied.UNAUTHENTICATED:
+        return UNAUTHENTICATED_MESSAGE
+    return f"this API key may not call {what[:MAX_ECHO_CHARS]}: it needs the {needed.value} scope"

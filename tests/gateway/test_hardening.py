@@ -24,12 +24,12 @@ from PIL import Image
 
 from gateway.auth import ApiKeys, KeyFileError, Scope
 from gateway.config import ENV_PREFIX, GatewayConfig
-from gateway.errors import API_KEY_MESSAGE
 from gateway.ingest import REFUSED
 from gateway.requests import REFUSED_KEY, SETTLED_KEY, UPSERTED_KEY
 from operations import servers
 from tests.fixtures.stack import GatewayHandle, gateway_config_for, start_gateway, stop_gateway
 from tests.model_repository.images import png_header
+from vitrine.api_keys import UNAUTHENTICATED_MESSAGE
 from vitrine.config import secret_env, to_argv
 from vitrine.contracts import MAX_IMAGE_BYTES
 from vitrine.errors import MAX_MESSAGE_CHARS
@@ -349,7 +349,7 @@ async def test_scopes_on_grpc(hard: Hardened) -> None:
     for md in ((), auth("unknown"), (("authorization", READ),)):
         details = await expect(stub.Search(pb.SearchRequest(text="x"), timeout=10, metadata=md),
                                grpc.StatusCode.UNAUTHENTICATED)  # fmt: skip
-        assert details == API_KEY_MESSAGE
+        assert details == UNAUTHENTICATED_MESSAGE
     for key in (READ, BOTH, LEGACY):
         await still_serves(stub, key)
     details = await expect(
