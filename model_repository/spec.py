@@ -285,7 +285,7 @@ SPECS: tuple[ModelSpec, ...] = (
         # CPU: two single-threaded instances. Two 1-thread sessions on two cores re-rank ~14% more pairs
         # per second than one 2-thread session, and the gateway splits each re-rank in two halves
         # (``PipelineSettings.rerank_parts``), so one request still uses both cores (docs/BENCHMARKS.md,
-        # "Re-ranking: layout").
+        # "Re-ranking layout").
         instances={Target.CPU: 2, Target.GPU: 1},
         cpu_threads=1,
         # Pairs run length-sorted, 16 at a time, each sub-batch padded to its own bucket: short pairs stop
