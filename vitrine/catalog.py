@@ -8,19 +8,20 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 CATEGORY_SEPARATOR = " > "
-CORE_COLUMNS = ("id", "title", "description", "category", "brand", "price", "image_uri")
-LEGACY_COLUMNS = {"image": "image_uri"}
-"""Columns an earlier catalog format named differently, read as their current name."""
 
 
 @dataclass(frozen=True)
 class Product:
+    """A product, declared once. Catalog files (below), the gateway's protobuf and JSON messages and the
+    index item are derived from these fields or checked against them (``tests/test_shapes.py``), so a
+    field added here without its mappings fails a test instead of being dropped on some wire."""
+
     id: str
     title: str
     description: str = ""
@@ -30,6 +31,7 @@ class Product:
     image_uri: str = ""
     """A local path (relative paths resolve against the catalog file's directory) or a file:// URI."""
     attributes: dict[str, str] = field(default_factory=dict)
+    """Free-form ``name -> value`` pairs; a CSV file spreads them into columns of their own."""
 
     def category_path(self) -> str:
         return CATEGORY_SEPARATOR.join(self.category)
@@ -47,16 +49,21 @@ class Product:
         return f"{self.title}. {description}".strip()
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "title": self.title,
-            "description": self.description,
-            "category": list(self.category),
-            "brand": self.brand,
-            "price": self.price,
-            "image_uri": self.image_uri,
-            "attributes": dict(self.attributes),
-        }
+        """The product as a JSONL catalog line writes it: every field under its own name."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+ATTRIBUTES = "attributes"
+CORE_COLUMNS = tuple(f.name for f in fields(Product) if f.name != ATTRIBUTES)
+"""A CSV catalog's own columns, in field order; any other column is an attribute."""
+LEGACY_COLUMNS = {"image": "image_uri"}
+"""Columns an earlier catalog format named differently, read under their current name."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return dict(value) if isinstance(value, dict) else value
 
 
 @dataclass(frozen=True)
@@ -76,37 +83,68 @@ def _category(value: Any) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(sep) if part.strip())
 
 
+def _required(name: str) -> Callable[[Any], str]:
+    def read(value: Any) -> str:
+        text = str(value or "").strip()
+        if not text:
+            raise ValueError(f"missing {name}")
+        return text
+
+    return read
+
+
+def _text(value: Any) -> str:
+    return str(value or "")
+
+
+def _amount(name: str) -> Callable[[Any], float]:
+    def read(value: Any) -> float:
+        try:
+            number = float(value) if value not in (None, "") else 0.0
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} is not a number: {value!r}") from None
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"{name} must be a finite non-negative number: {value!r}")
+        return number
+
+    return read
+
+
+def _reader(f: Field[Any], kind: Any) -> Callable[[Any], Any]:
+    """How a catalog row's value becomes field ``f`` of type ``kind``; a field of a type no reader knows
+    fails here, when the module loads, not on some row later."""
+    if kind is str:
+        required = f.default is MISSING and f.default_factory is MISSING
+        return _required(f.name) if required else _text
+    if kind == tuple[str, ...]:
+        return _category
+    if kind is float:
+        return _amount(f.name)
+    raise TypeError(f"Product.{f.name}: no catalog reader for {kind}")
+
+
+_READERS = {
+    f.name: _reader(f, get_type_hints(Product)[f.name]) for f in fields(Product) if f.name != ATTRIBUTES
+}
+
+
+def _cell(value: Any) -> str:
+    """A field's CSV cell: the category as its path, the price to the cent."""
+    if isinstance(value, tuple):
+        return CATEGORY_SEPARATOR.join(value)
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def product_from_mapping(row: dict[str, Any]) -> Product:
     """Lenient on types (CSV gives strings), strict on what a product cannot do without. A column under
     its earlier name (``LEGACY_COLUMNS``) reads as the current one, so older catalog files still load."""
     row = {LEGACY_COLUMNS.get(k, k): v for k, v in row.items()}
-    pid = str(row.get("id") or "").strip()
-    if not pid:
-        raise ValueError("missing id")
-    title = str(row.get("title") or "").strip()
-    if not title:
-        raise ValueError("missing title")
-    raw_price = row.get("price")
-    try:
-        price = float(raw_price) if raw_price not in (None, "") else 0.0
-    except (TypeError, ValueError):
-        raise ValueError(f"price is not a number: {raw_price!r}") from None
-    if not math.isfinite(price) or price < 0:
-        raise ValueError(f"price must be a finite non-negative number: {raw_price!r}")
-    attributes = {str(k): str(v) for k, v in (row.get("attributes") or {}).items()}
+    values = {name: read(row.get(name)) for name, read in _READERS.items()}
+    attributes = {str(k): str(v) for k, v in (row.get(ATTRIBUTES) or {}).items()}
     for key, value in row.items():
-        if key not in CORE_COLUMNS and key != "attributes" and value not in (None, ""):
+        if key not in _READERS and key != ATTRIBUTES and value not in (None, ""):
             attributes[str(key)] = str(value)
-    return Product(
-        id=pid,
-        title=title,
-        description=str(row.get("description") or ""),
-        category=_category(row.get("category")),
-        brand=str(row.get("brand") or ""),
-        price=price,
-        image_uri=str(row.get("image_uri") or ""),
-        attributes=attributes,
-    )
+    return Product(**values, attributes=attributes)
 
 
 def read_catalog(path: str | Path) -> Iterator[Product | BadRow]:
@@ -155,18 +193,7 @@ def write_catalog(path: str | Path, products: Sequence[Product]) -> None:
             writer = csv.DictWriter(fh, fieldnames=[*CORE_COLUMNS, *extra])
             writer.writeheader()
             for p in products:
-                writer.writerow(
-                    {
-                        "id": p.id,
-                        "title": p.title,
-                        "description": p.description,
-                        "category": p.category_path(),
-                        "brand": p.brand,
-                        "price": f"{p.price:.2f}",
-                        "image_uri": p.image_uri,
-                        **p.attributes,
-                    }
-                )
+                writer.writerow({**{c: _cell(getattr(p, c)) for c in CORE_COLUMNS}, **p.attributes})
         else:
             for p in products:
                 fh.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")

@@ -1,7 +1,7 @@
 """Shopper events: the record, its types and weights, the JSONL interchange format and the store's schema.
 
 One event is one thing a shopper did to one product: ``view``, ``click``, ``favorite``, ``cart``,
-``contact`` (asked the seller) or ``purchase``. The gateway records them (``gateway.events``, SQLite),
+``contact`` (asked the seller) or ``purchase``. The gateway records them (``gateway.event_store``, SQLite),
 the behaviour generator writes them (``demo.behaviour``) and the trainer reads them (``recommend``), all
 through this module, so the three cannot disagree on a field or a weight.
 
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from vitrine.contracts import REC_HISTORY
 
@@ -60,6 +60,9 @@ MAX_QUERY_CHARS = 512
 
 @dataclass(frozen=True)
 class Event:
+    """A shopper event, declared once: the JSONL format, the store's columns and the gateway's protobuf
+    and JSON messages are derived from these fields or checked against them (``tests/test_shapes.py``)."""
+
     event_id: str
     user_id: str
     session_id: str
@@ -76,6 +79,10 @@ class Event:
         return out
 
 
+COLUMNS = tuple(f.name for f in fields(Event))
+"""The event's fields in declared order: the JSONL keys and the events table's columns."""
+
+
 def parse_ts(value: Any) -> float:
     """Unix seconds from a number or an ISO-8601 string (a zone is required: naive times are ambiguous)."""
     if isinstance(value, bool):
@@ -90,25 +97,45 @@ def parse_ts(value: Any) -> float:
     raise ValueError("ts must be a number or an ISO-8601 string")
 
 
+def parse_type(value: Any) -> EventType:
+    """An event type from its name, in any case; ``ValueError`` lists the names there are."""
+    try:
+        return EventType(str(value).strip().lower())
+    except ValueError:
+        names = ", ".join(t.value for t in EventType)
+        raise ValueError(f"unknown event type {str(value)[:40]!r}; one of {names}") from None
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _reader(name: str, kind: Any) -> Callable[[Any], Any]:
+    """How an imported value becomes field ``name``, by its type; an unknown type fails at import."""
+    readers: dict[Any, Callable[[Any], Any]] = {str: _text, EventType: parse_type, float: parse_ts}
+    if kind not in readers:
+        raise TypeError(f"Event.{name}: no import reader for {kind}")
+    return readers[kind]
+
+
+_READERS = {f.name: _reader(f.name, get_type_hints(Event)[f.name]) for f in fields(Event)}
+
+
 def event_from_json(row: dict[str, Any]) -> Event:
     """One event from a JSONL object; ``ValueError`` says what is wrong with it."""
-    try:
-        kind = EventType(str(row.get("type", "")).lower())
-    except ValueError:
-        raise ValueError(
-            f"unknown event type {str(row.get('type'))[:40]!r}; "
-            f"one of {', '.join(t.value for t in EventType)}"
-        ) from None
-    return Event(
-        event_id=str(row.get("event_id", "")),
-        user_id=str(row.get("user_id", "")),
-        session_id=str(row.get("session_id", "")),
-        item_id=str(row.get("item_id", "")),
-        type=kind,
-        ts=parse_ts(row.get("ts")),
-        device=str(row.get("device", "") or ""),
-        query=str(row.get("query", "") or ""),
-    )
+    return Event(**{name: read(row.get(name)) for name, read in _READERS.items()})
+
+
+def event_row(event: Event) -> tuple[Any, ...]:
+    """The event as the store's columns (``COLUMNS``) hold it: the type by its name."""
+    values = event.to_json()
+    return tuple(values[name] for name in COLUMNS)
+
+
+def event_of_row(row: Sequence[Any]) -> Event:
+    """An event from the store's columns (``COLUMNS``, in order)."""
+    values = dict(zip(COLUMNS, row, strict=True))
+    return Event(**{**values, "type": EventType(values["type"])})
 
 
 def read_events(path: str | Path) -> Iterator[Event]:
@@ -154,7 +181,7 @@ CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE INDEX IF NOT EXISTS events_item ON events (item_id, ts DESC);
 CREATE INDEX IF NOT EXISTS events_session ON events (session_id);
 """
-"""The events store's one table (``gateway.events`` writes it; trainers read it with ``read_store``)."""
+"""The events store's one table (``gateway.event_store`` writes it; trainers read it with ``read_store``)."""
 
 
 def read_store(path: str | Path) -> Iterator[Event]:
@@ -163,11 +190,7 @@ def read_store(path: str | Path) -> Iterator[Event]:
     uri = f"file:{Path(path).resolve()}?mode=ro"
     conn = sqlite3.connect(uri, uri=True)
     try:
-        rows = conn.execute(
-            "SELECT event_id, user_id, session_id, item_id, type, ts, device, query FROM events "
-            "ORDER BY ts, seq"
-        )
-        for row in rows:
-            yield Event(row[0], row[1], row[2], row[3], EventType(row[4]), row[5], row[6], row[7])
+        for row in conn.execute(f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY ts, seq"):
+            yield event_of_row(row)
     finally:
         conn.close()
