@@ -7,10 +7,10 @@ import asyncio
 import json
 from pathlib import Path
 
+from operations import defaults
 from vitrine import config as vconfig
 
 ENV_PREFIX = "VITRINE_ADAPT"
-DEFAULT_SERVING_FILE = "var/serving.json"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -130,8 +130,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p.set_defaults(func=func)
 
     ex = cmds.add_parser("export", help="fuse the trained adapter into the towers as encoder VERSION")
-    ex.add_argument("--artifacts", default="var/artifacts")
-    ex.add_argument("--adapt", default="var/adapt", help="where `vitrine adapt train` wrote the heads")
+    ex.add_argument("--artifacts", default=str(AdaptConfig.artifacts))
+    ex.add_argument(
+        "--adapt", default=str(AdaptConfig.out), help="where `vitrine adapt train` wrote the heads"
+    )
     ex.add_argument("--data", default="catalog", help="which data set's adapter to serve")
     ex.add_argument("--version", type=int, default=2)
     ex.set_defaults(func=cmd_export)
@@ -141,14 +143,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ("rollback", cmd_rollback, "serve the previous encoder version again"),
     ):
         p = cmds.add_parser(name, help=text)
-        p.add_argument("--serving-file", default=DEFAULT_SERVING_FILE, help="the gateways' --serving-file")
+        p.add_argument(
+            "--serving-file", default=str(defaults.SERVING_FILE), help="the gateways' --serving-file"
+        )
         if name == "deploy":
             p.add_argument("--catalog", required=True, help="the catalog that was ingested (JSONL or CSV)")
             p.add_argument("--version", type=int, default=2)
-            p.add_argument("--triton", default="127.0.0.1:8001", help="Triton gRPC endpoint")
-            p.add_argument("--index", default="127.0.0.1:50051", help="index service address")
-            p.add_argument("--collection", default="products")
-            p.add_argument("--index-kind", default="flat")
+            p.add_argument("--triton", default=defaults.TRITON, help="Triton gRPC endpoint")
+            p.add_argument("--index", default=defaults.INDEX, help="index service address")
+            p.add_argument("--collection", default=defaults.COLLECTION)
+            p.add_argument("--index-kind", default=defaults.INDEX_KIND)
             p.add_argument("--batch", type=int, default=16, help="products embedded per batch")
             p.add_argument(
                 "--settle-s", type=float, default=3.0,

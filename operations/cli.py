@@ -8,17 +8,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from operations import defaults
 from vitrine import config as vconfig
 from vitrine import logs
 
 if TYPE_CHECKING:
     from operations.client import Connection
 
-DEFAULT_GATEWAY = "127.0.0.1:50050"
-
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address (default: %(default)s)")
+    parser.add_argument("--gateway", default=defaults.GATEWAY, help="gateway address (default: %(default)s)")
     parser.add_argument("--api-key", default="", help="bearer token when the gateway requires one")
     parser.add_argument("--tls-ca", default="", help="CA certificate (PEM) when the gateway serves TLS")
 
@@ -252,12 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--host",
-        default="127.0.0.1",
+        default=defaults.HOST,
         help="address to bind (Triton has no authentication: open it with care)",
     )
-    tr.add_argument("--grpc-port", type=int, default=8001)
-    tr.add_argument("--http-port", type=int, default=8000)
-    tr.add_argument("--metrics-port", type=int, default=8002)
+    tr.add_argument("--grpc-port", type=int, default=defaults.TRITON_GRPC_PORT)
+    tr.add_argument("--http-port", type=int, default=defaults.TRITON_HTTP_PORT)
+    tr.add_argument("--metrics-port", type=int, default=defaults.TRITON_METRICS_PORT)
     tr.add_argument("--workdir", default="", help="backend links and default log (default: beside the repo)")
     tr.add_argument("--log-file", default="", help="tritonserver log (default: WORKDIR/tritonserver.log)")
     tr.add_argument("--ready-timeout", type=float, default=120.0)
@@ -268,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="events_command", required=True
     )
     eg = events.add_parser("generate", help="seeded demo behaviour over a catalog (JSONL import format)")
-    eg.add_argument("--catalog", default="var/catalog/catalog.jsonl")
-    eg.add_argument("--out", default="var/events/demo.jsonl")
+    eg.add_argument("--catalog", default=str(defaults.CATALOG))
+    eg.add_argument("--out", default=str(defaults.EVENTS))
     eg.add_argument("--users", type=int, default=1000)
     eg.add_argument("--seed", type=int, default=0)
     eg.set_defaults(func=cmd_events_generate)
@@ -288,24 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", "HitRate/NDCG/MRR/coverage/diversity/novelty vs popularity, co-visitation, content"),
     ):
         rp = rec.add_parser(name, help=helptext)
-        rp.add_argument("--events", default="var/events/demo.jsonl", help="JSONL or the events store")
-        rp.add_argument("--catalog", default="var/catalog/catalog.jsonl", help="which products exist")
-        rp.add_argument("--index", default="127.0.0.1:50051", help="index service (content vectors)")
-        rp.add_argument("--collection", default="products")
+        rp.add_argument("--events", default=str(defaults.EVENTS), help="JSONL or the events store")
+        rp.add_argument("--catalog", default=str(defaults.CATALOG), help="which products exist")
+        rp.add_argument("--index", default=defaults.INDEX, help="index service (content vectors)")
+        rp.add_argument("--collection", default=defaults.COLLECTION)
         if name == "train":
-            rp.add_argument("--out", default="var/recommender")
+            rp.add_argument("--out", default=str(defaults.RECOMMENDER))
             rp.add_argument("--tiny", action="store_true", help="seconds-long run (tests, tiny demos)")
             rp.add_argument("--seed", type=int, default=0)
             rp.set_defaults(func=cmd_recommend_train)
         else:
-            rp.add_argument("--artifacts", default="var/recommender")
+            rp.add_argument("--artifacts", default=str(defaults.RECOMMENDER))
             rp.set_defaults(func=cmd_recommend_eval)
     rd = rec.add_parser("deploy", help="deploy a trained recommender as the next version, while serving")
-    rd.add_argument("--artifacts", default="var/recommender")
-    rd.add_argument("--repo", default="var/model_repository", help="the running Triton's repository")
-    rd.add_argument("--triton", default="127.0.0.1:8001")
-    rd.add_argument("--index", default="127.0.0.1:50051")
-    rd.add_argument("--collection", default="products")
+    rd.add_argument("--artifacts", default=str(defaults.RECOMMENDER))
+    rd.add_argument("--repo", default=str(defaults.MODEL_REPOSITORY), help="the running Triton's repository")
+    rd.add_argument("--triton", default=defaults.TRITON)
+    rd.add_argument("--index", default=defaults.INDEX)
+    rd.add_argument("--collection", default=defaults.COLLECTION)
     rd.set_defaults(func=cmd_recommend_deploy)
     rs = rec.add_parser("show", help="print a shopper's recommendations")
     rs.add_argument("--user", default="u00000")
@@ -314,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_recommend_show)
 
     dn = sub.add_parser("down", help="stop a running `vitrine up`")
-    dn.add_argument("--var", default="var")
+    dn.add_argument("--var", default=str(defaults.VAR))
     dn.set_defaults(func=cmd_down)
 
     from operations import adapt_cli
