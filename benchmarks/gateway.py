@@ -189,7 +189,8 @@ def load_index(address: str, collection: str, vectors: np.ndarray, products: Seq
     """Writes vectors, attributes and payload exactly as the gateway's ingestion would, minus embedding."""
     from gateway.index_client import IndexRetriever
     from gateway.items import SPACES
-    from gateway.pipeline import PipelineSettings, Record
+    from gateway.pipeline import PipelineSettings
+    from gateway.types import Record
 
     async def go() -> None:
         settings = PipelineSettings(collection=collection)
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.triton import parse_layout
     from gateway.config import GatewayConfig
-    from gateway.pipeline import PipelineSettings, TextMatch
+    from gateway.pipeline import PipelineSettings
+    from gateway.types import TextMatch
     from index_service.config import IndexServiceConfig
     from model_repository.render import RenderOptions
     from operations.stack import Stack

@@ -14,10 +14,11 @@ import grpc
 import numpy as np
 
 from gateway import items
-from gateway.clients import CHANNEL_OPTIONS
 from gateway.errors import Dependency, from_dependency
-from gateway.pipeline import Candidate, FieldFilter, Record
+from gateway.triton_client import CHANNEL_OPTIONS
+from gateway.types import Candidate, Record
 from vitrine.catalog import Product
+from vitrine.filters import FieldFilter
 from vitrine.index.v2 import index_pb2 as ipb
 from vitrine.index.v2 import index_pb2_grpc as ipb_grpc
 
@@ -93,6 +94,7 @@ class IndexRetriever:
             queries=[ipb.Query(vector=np.asarray(v, dtype=np.float32).tolist()) for v in vectors],
             k=k,
             include_payload=True,
+            include_attributes=True,  # the price is a stored number (gateway.items)
         )
         flt = items.index_filter(filters)
         if flt is not None:

@@ -19,155 +19,41 @@ it, so a slow dependency becomes DEADLINE_EXCEEDED rather than work nobody waits
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
-from gateway.errors import DeadlineExceeded, InvalidInput, NotFound
+from gateway.errors import InvalidInput, NotFound
 from gateway.items import IMAGE, TITLE, encoder_space
+from gateway.timing import Deadline, Timer
+from gateway.types import (
+    MAX_RERANK_DEPTH,
+    MAX_TOP_K,
+    Candidate,
+    Embedder,
+    Fusion,
+    Hit,
+    Record,
+    Reranker,
+    Retriever,
+    SearchQuery,
+    SearchResult,
+    SimilarResult,
+    TextMatch,
+    check_ids,
+    check_image_header,
+    check_product,
+)
 from vitrine.catalog import Product
-from vitrine.contracts import BASE_VERSION
+from vitrine.contracts import BASE_VERSION, MAX_TEXT_CHARS
+from vitrine.filters import FieldFilter, FilterError, check_filters
 
 T = TypeVar("T")
-
-
-class TextMatch(str, Enum):
-    IMAGE = "image"  # text query vs product image vectors (CLIP's cross-modal space)
-    TITLE = "title"  # text query vs product title vectors
-    FUSION = "fusion"  # both, fused
-
-
-class Fusion(str, Enum):
-    RRF = "rrf"
-    WEIGHTED = "weighted"
-
-
-BUILTIN_FILTER_FIELDS = ("category", "brand", "price")
-MAX_TOP_K = 100
-MAX_RERANK_DEPTH = 200
-DEFAULT_TOP_K = 10
-DEFAULT_RERANK_DEPTH = 50
-MAX_ID_CHARS = 512
-"""Longest product id accepted; longer ones are refused before they reach the index."""
-MAX_IDS = 1000
-"""Most ids one get or delete may name."""
-
-
-def check_ids(ids: Sequence[str]) -> None:
-    """Ids a call names: at least one, none empty, each of bounded length. Messages say which position
-    failed and never repeat an id, so a hostile id cannot inflate a status."""
-    if not ids:
-        raise InvalidInput("give at least one non-empty product id")
-    if len(ids) > MAX_IDS:
-        raise InvalidInput(f"{len(ids)} ids; at most {MAX_IDS} per call")
-    for i, pid in enumerate(ids):
-        if not pid:
-            raise InvalidInput(f"id {i} is empty")
-        if len(pid) > MAX_ID_CHARS:
-            raise InvalidInput(f"id {i} is {len(pid)} characters; the limit is {MAX_ID_CHARS}")
-
-
-@dataclass(frozen=True)
-class FieldFilter:
-    field: str
-    any_of: tuple[str, ...] = ()
-    min: float | None = None
-    max: float | None = None
-
-
-@dataclass(frozen=True)
-class Candidate:
-    id: str
-    score: float
-    product: Product
-
-
-@dataclass(frozen=True)
-class Record:
-    """One product as the index stores it: its vector in every space (``gateway.items.SPACES``)."""
-
-    product: Product
-    vectors: dict[str, np.ndarray]
-
-
-class Embedder(Protocol):
-    async def embed_text(self, text: str, timeout: float | None) -> tuple[np.ndarray, bool]:
-        """Unit-norm 512-d embedding and whether the text was truncated."""
-        ...
-
-    async def embed_image(self, image: bytes, timeout: float | None) -> np.ndarray: ...
-
-
-class Reranker(Protocol):
-    async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray: ...
-
-
-class ItemSource(Protocol):
-    """One catalog, read: products with a vector in each named space (search and recommendations)."""
-
-    async def search(
-        self,
-        space: str,
-        vectors: Sequence[np.ndarray],
-        k: int,
-        filters: Sequence[FieldFilter],
-        timeout: float | None,
-    ) -> list[list[Candidate]]: ...
-
-    async def get(
-        self, ids: Sequence[str], timeout: float | None
-    ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]: ...
-
-
-class Retriever(ItemSource, Protocol):
-    """One catalog, read and written."""
-
-    async def upsert(self, records: Sequence[Record], timeout: float | None) -> None:
-        """Every space of every record in one write."""
-        ...
-
-    async def delete(self, ids: Sequence[str], timeout: float | None) -> int: ...
-
-
-@dataclass(frozen=True)
-class SearchQuery:
-    text: str = ""
-    image: bytes = b""
-    image_weight: float = 0.5
-    top_k: int = DEFAULT_TOP_K
-    filters: tuple[FieldFilter, ...] = ()
-    rerank: bool = False
-    rerank_depth: int = DEFAULT_RERANK_DEPTH
-    text_match: TextMatch | None = None
-
-
-@dataclass
-class Hit:
-    product: Product
-    retrieval_score: float
-    rerank_score: float | None = None
-
-
-@dataclass
-class SearchResult:
-    hits: list[Hit]
-    timings: dict[str, float] = field(default_factory=dict)
-    text_truncated: bool = False
-    reranked: bool = False
-
-
-@dataclass
-class SimilarResult:
-    by_image: list[Hit]
-    by_title: list[Hit]
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def fuse(lists: Sequence[tuple[float, Sequence[Candidate]]], method: Fusion, rrf_k: int) -> list[Candidate]:
@@ -183,35 +69,6 @@ def fuse(lists: Sequence[tuple[float, Sequence[Candidate]]], method: Fusion, rrf
             best.setdefault(cand.id, cand)
     order = sorted(scores, key=lambda pid: (-scores[pid], pid))
     return [Candidate(pid, scores[pid], best[pid].product) for pid in order]
-
-
-class Deadline:
-    """Absolute deadline on the event loop's clock; ``None`` means the caller set none."""
-
-    def __init__(self, timeout: float | None) -> None:
-        self._at = None if timeout is None else time.monotonic() + timeout
-
-    def remaining(self) -> float | None:
-        if self._at is None:
-            return None
-        left = self._at - time.monotonic()
-        if left <= 0:
-            raise DeadlineExceeded("deadline exceeded")
-        return left
-
-    async def run(self, awaitable: Awaitable[T]) -> T:
-        try:
-            left = self.remaining()
-        except DeadlineExceeded:
-            if inspect.iscoroutine(awaitable):
-                awaitable.close()
-            raise
-        if left is None:
-            return await awaitable
-        try:
-            return await asyncio.wait_for(awaitable, left)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded("deadline exceeded") from None
 
 
 @dataclass(frozen=True)
@@ -248,25 +105,6 @@ class PipelineSettings:
             "re-rank cost grows with pair length (docs/BENCHMARKS.md, re-ranking at the floor)"
         },
     )
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    def stage(self, name: str) -> _Stage:
-        return _Stage(self.timings, name)
-
-
-class _Stage:
-    def __init__(self, timings: dict[str, float], name: str) -> None:
-        self._timings, self._name = timings, name
-
-    def __enter__(self) -> None:
-        self._t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self._timings[self._name] = (time.perf_counter() - self._t0) * 1000.0
 
 
 MIN_PART = 4
@@ -324,24 +162,17 @@ class Pipeline:
     # ---- validation -------------------------------------------------------------------------------
 
     def validate_filters(self, filters: Sequence[FieldFilter]) -> None:
-        known = (*BUILTIN_FILTER_FIELDS, *self.settings.filter_attributes)
-        for f in filters:
-            if f.field not in known:
-                raise InvalidInput(f"unknown filter field {f.field!r}; filterable fields: {', '.join(known)}")
-            if f.field == "price":
-                if f.any_of:
-                    raise InvalidInput("filter on 'price' takes min/max, not any_of")
-                if f.min is None and f.max is None:
-                    raise InvalidInput("filter on 'price' needs min and/or max")
-                if f.min is not None and f.max is not None and f.min > f.max:
-                    raise InvalidInput(f"price filter min {f.min} is above max {f.max}")
-            else:
-                if f.min is not None or f.max is not None:
-                    raise InvalidInput(f"filter on {f.field!r} takes any_of, not min/max")
-                if not f.any_of:
-                    raise InvalidInput(f"filter on {f.field!r} needs at least one value in any_of")
+        try:
+            check_filters(filters, self.settings.filter_attributes)
+        except FilterError as exc:
+            raise InvalidInput(str(exc)) from None
 
     def validate(self, q: SearchQuery) -> None:
+        """Every rule of a search, in one place, for the call layer and direct callers alike."""
+        if len(q.text) > MAX_TEXT_CHARS:
+            raise InvalidInput(f"text is {len(q.text)} characters; the limit is {MAX_TEXT_CHARS}")
+        if q.image:
+            check_image_header(q.image)
         if not q.text.strip() and not q.image:
             raise InvalidInput("empty query: give text, an image, or both")
         if not 1 <= q.top_k <= MAX_TOP_K:
@@ -516,12 +347,10 @@ class Pipeline:
         deadline = Deadline(timeout)
         errors: list[BaseException | None] = [None] * len(items)
         for i, (product, image) in enumerate(items):
-            if not product.id:
-                errors[i] = InvalidInput("missing product id")
-            elif not product.title.strip():
-                errors[i] = InvalidInput(f"product {product.id!r}: missing title")
-            elif not image:
-                errors[i] = InvalidInput(f"product {product.id!r}: missing image")
+            try:
+                check_product(product, image)
+            except InvalidInput as exc:
+                errors[i] = exc
         todo = [i for i, e in enumerate(errors) if e is None]
         # Every image and title of the batch at once: Triton's dynamic batcher turns them into batches.
         budget = deadline.remaining()

@@ -18,22 +18,24 @@ from typing import TYPE_CHECKING, Any
 from grpc_health.v1 import health_pb2
 
 from gateway.auth import ApiKeys, scope_of
-from gateway.clients import PinnedEmbedder, PinnedReranker, TritonModels
+from gateway.calls import Calls
 from gateway.config import GatewayConfig
 from gateway.errors import Dependency, DependencyError
-from gateway.events import EventIngest, EventStore
+from gateway.event_store import SqliteEventStore
+from gateway.events import EventIngest
 from gateway.index_client import IndexRetriever
 from gateway.ingest import IngestRoots
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline, Serving
 from gateway.recommend import Recommender
 from gateway.servicer import ProductSearchServicer
+from gateway.triton_client import PinnedEmbedder, PinnedReranker, TritonModels
 from vitrine.contracts import BASE_VERSION
 from vitrine.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from vitrine.grpc_server import ServerSpec, build_server
 
 if TYPE_CHECKING:
-    from gateway.http import HttpServer
+    from gateway.http.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +63,25 @@ class Gateway:
         self.read_serving_file()
         rec = config.recommend
         self.event_ingest = EventIngest(
-            lambda: EventStore(rec.events_path, rec.events_retention_days, rec.trending_window_days),
+            lambda: SqliteEventStore(rec.events_path, rec.events_retention_days, rec.trending_window_days),
             self.index,
         )
         self.recommender = Recommender(
             lambda: self.event_ingest.store, self.triton, self.index, rec, self.pipeline.validate_filters
         )
-        self.servicer = ProductSearchServicer(
+        self.keys = ApiKeys.from_config(config.api_key, config.api_keys, config.api_keys_file)
+        self.calls = Calls(
             self.pipeline,
             self.metrics,
             config.max_in_flight,
-            config.default_timeout_s,
-            config.upsert_batch,
             self._on_unavailable,
+            upsert_batch=config.upsert_batch,
             ingest=IngestRoots(config.ingest_roots),
+            image_roots=config.image_roots,
+            events=self.event_ingest,
+            recommender=self.recommender,
         )
-        self.servicer.event_ingest = self.event_ingest
-        self.servicer.recommender = self.recommender
-        self.keys = ApiKeys.from_config(config.api_key, config.api_keys, config.api_keys_file)
+        self.servicer = ProductSearchServicer(self.calls, config.default_timeout_s)
         spec = ServerSpec(
             service=SERVICE_NAME,
             host=config.host,
@@ -86,8 +89,8 @@ class Gateway:
             max_message_bytes=MAX_MESSAGE_BYTES,
             keys=self.keys.keys,
             scope_of=scope_of,
-            # An undecodable stream message is reported at its position, like any bad item.
-            per_item=("UpsertProducts",),
+            # An undecodable stream message is reported at its position, like any bad item or event.
+            per_item=("UpsertProducts", "RecordEvents"),
             tls_cert=config.tls_cert,
             tls_key=config.tls_key,
         )
@@ -209,15 +212,10 @@ class Gateway:
             )
             self.metrics_port = int(self._metrics_http.server_port)
         if self.config.http_port >= 0:
-            from gateway.http import HttpServer  # FastAPI loads only when HTTP is on
+            from gateway.http.server import HttpServer  # FastAPI loads only when HTTP is on
 
             self.http = HttpServer(
-                self.config,
-                self.pipeline,
-                self.servicer.gate,
-                lambda: {dep.value: ok for dep, ok in self.up.items()},
-                recommender=self.recommender,
-                event_ingest=self.event_ingest,
+                self.config, self.calls, self.keys, lambda: {dep.value: ok for dep, ok in self.up.items()}
             )
             self.http_port = await self.http.start()
         await self.probe_once()

@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gateway.clients import TritonModels
+from gateway.triton_client import TritonModels
 from gateway.errors import GatewayError
 from gateway.index_client import IndexRetriever
 from gateway.items import IMAGE, TITLE, encoder_space

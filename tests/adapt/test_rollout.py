@@ -133,7 +133,7 @@ def test_trained_cross_encoder_is_served_as_version_2(adapted_triton: Any, tiny_
     from vitrine import triton as request
 
     async def load() -> int:
-        from gateway.clients import TritonModels
+        from gateway.triton_client import TritonModels
 
         models = TritonModels(adapted_triton.grpc_url)
         try:

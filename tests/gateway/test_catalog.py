@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from demo.catalog import generate_catalog, write_generated
-from gateway.pipeline import Candidate, Fusion, fuse
+from gateway.pipeline import fuse
+from gateway.types import Candidate, Fusion
 from operations.evaluation import mean_scores, score_query
 from vitrine.catalog import BadRow, Product, iter_catalog, read_catalog, read_queries, write_catalog
 

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from gateway.errors import DeadlineExceeded
-from gateway.pipeline import Pipeline, PipelineSettings, SearchQuery
+from gateway.pipeline import Pipeline, PipelineSettings
+from gateway.types import SearchQuery
+from tests.model_repository.images import png_header
+
+PNG = png_header(64, 64)
+"""A photo header the pipeline's checks accept; the fake embedder never decodes it."""
 
 
 class SlowEmbedder:
@@ -59,7 +64,7 @@ def pipeline(delay: float) -> tuple[Pipeline, SlowEmbedder]:
 async def test_budget_spent_before_start_creates_no_stray_coroutine() -> None:
     pipe, embedder = pipeline(0.0)
     with pytest.raises(DeadlineExceeded):
-        await pipe.search(SearchQuery(text="red boots", image=b"\xff\xd8"), timeout=1e-9)
+        await pipe.search(SearchQuery(text="red boots", image=PNG), timeout=1e-9)
     gc.collect()  # an un-awaited coroutine would warn here, and warnings fail this test
     assert embedder.started == []
 
@@ -69,7 +74,7 @@ async def test_hybrid_embeddings_share_one_budget_and_stop_at_the_deadline() -> 
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     with pytest.raises(DeadlineExceeded):
-        await pipe.search(SearchQuery(text="red boots", image=b"\xff\xd8"), timeout=0.2)
+        await pipe.search(SearchQuery(text="red boots", image=PNG), timeout=0.2)
     assert loop.time() - t0 < 2.0
     assert sorted(embedder.started) == ["image", "text"]
     gc.collect()
@@ -78,7 +83,7 @@ async def test_hybrid_embeddings_share_one_budget_and_stop_at_the_deadline() -> 
 async def test_search_cancelled_before_its_stages_start_leaves_nothing_behind() -> None:
     """A client that hangs up cancels the search; stages not yet started must not leak coroutines."""
     pipe, embedder = pipeline(5.0)
-    task = asyncio.create_task(pipe.search(SearchQuery(text="red boots", image=b"\xff\xd8"), timeout=10))
+    task = asyncio.create_task(pipe.search(SearchQuery(text="red boots", image=PNG), timeout=10))
     await asyncio.sleep(0)  # the search runs up to its gather; the stage tasks are scheduled, not started
     assert embedder.started == []
     task.cancel()

@@ -25,7 +25,7 @@ from PIL import Image
 from gateway.auth import ApiKeys, KeyFileError, Scope
 from gateway.config import ENV_PREFIX, GatewayConfig
 from gateway.ingest import REFUSED
-from gateway.requests import REFUSED_KEY, SETTLED_KEY, UPSERTED_KEY
+from gateway.servicer import REFUSED_KEY, SETTLED_KEY, UPSERTED_KEY
 from operations import servers
 from tests.fixtures.stack import GatewayHandle, gateway_config_for, start_gateway, stop_gateway
 from tests.model_repository.images import png_header
@@ -233,6 +233,35 @@ async def test_stream_with_mixed_items_keeps_the_good_and_the_last_duplicate(har
         await hard.stub.DeleteProducts(
             pb.DeleteProductsRequest(ids=["mix-a", "mix-f", "mix-g"]), timeout=30, metadata=auth(WRITE)
         )
+
+
+def _event(event_id: str, item_id: str) -> bytes:
+    event = pb.Event(event_id=event_id, user_id="u-undecodable", item_id=item_id, type="view")
+    return pb.RecordEventsRequest(events=[event]).SerializeToString()
+
+
+async def test_record_events_reports_an_undecodable_message_at_its_position_and_records_the_rest(
+    hard: Hardened,
+) -> None:
+    """The proto's promise: a bad event never aborts the stream. An undecodable message takes one
+    position of its own; the events before and after it are recorded."""
+    resp, _ = await _raw_upsert(hard.channel, [_item("ev-item", "Event item")])
+    assert resp.upserted == 1
+    messages = [
+        _event("ev-1", "ev-item"),
+        NOT_UTF8,
+        _event("ev-2", "ev-item"),
+        GARBAGE,
+        _event("ev-3", "ev-item"),
+    ]
+    call = hard.channel.stream_unary(SERVICE + "RecordEvents")(
+        iter(messages), timeout=60, metadata=auth(WRITE)
+    )
+    answer = pb.RecordEventsResponse.FromString(await call)
+    assert answer.recorded == 3
+    assert [(e.index, e.code) for e in answer.errors] == [(1, "INVALID_ARGUMENT"), (3, "INVALID_ARGUMENT")]
+    assert "UTF-8" in answer.errors[0].message and "wire format" in answer.errors[1].message
+    await still_serves(hard.stub)
 
 
 async def test_stream_failing_part_way_says_what_it_stored(gateway_triton: object, tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ from PIL import Image
 from prometheus_client import generate_latest
 
 from gateway.errors import InvalidInput
-from gateway.http import MAX_BODY_BYTES
-from gateway.requests import check_image
+from gateway.http.app import MAX_BODY_BYTES
+from gateway.types import MAX_RERANK_DEPTH, MAX_TOP_K, check_image_header
 from tests.fixtures.stack import GatewayHandle, gateway_config_for, start_gateway, stop_gateway
 from tests.model_repository.images import png_header
 from vitrine.api_keys import UNAUTHENTICATED_MESSAGE
@@ -233,7 +233,7 @@ async def test_upsert_get_delete_round_trip(stack: HttpStack) -> None:
     )
     assert errors[2]["id"] == "http-3" and errors[2]["code"] == "INVALID_ARGUMENT"
     with pytest.raises(InvalidInput) as refused:
-        check_image(b"not an image")
+        check_image_header(b"not an image")
     assert _no_address(errors[2]["message"]) == _no_address(str(refused.value))
     assert errors[3]["message"] == "product 'http-4': missing title"
     got = await stack.http.get("/v1/products/http-1")
@@ -280,6 +280,25 @@ async def test_openapi_lists_every_route(stack: HttpStack) -> None:
     responses = doc["paths"]["/v1/search"]["post"]["responses"]
     assert "422" not in responses and responses["400"]["content"]["application/json"]["schema"]
     assert "multipart/form-data" in doc["paths"]["/v1/search/upload"]["post"]["requestBody"]["content"]
+
+
+async def test_openapi_states_the_limits_the_server_enforces(stack: HttpStack) -> None:
+    """A client generated from the schema builds requests the server accepts: the limits are in it,
+    from the same constants the call layer checks."""
+    doc = (await stack.http.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    search = schemas["SearchIn"]["properties"]
+    assert (search["top_k"]["minimum"], search["top_k"]["maximum"]) == (0, MAX_TOP_K)
+    assert (search["image_weight"]["minimum"], search["image_weight"]["maximum"]) == (0, 1)
+    assert search["rerank_depth"]["maximum"] == MAX_RERANK_DEPTH
+    assert {tuple(alt["required"]) for alt in schemas["SearchIn"]["anyOf"]} == {("text",), ("image_base64",)}
+    product = schemas["ProductIn"]["properties"]
+    assert product["id"]["minLength"] == 1 and product["price"]["minimum"] == 0
+    ids = next(p for p in doc["paths"]["/v1/products"]["get"]["parameters"] if p["name"] == "id")
+    assert ids["schema"]["minItems"] == 1 and ids["schema"]["items"]["minLength"] == 1
+    assert schemas["EventIn"]["properties"]["event_id"]["minLength"] == 1
+    # Without keys there is nothing to present: no security scheme is declared.
+    assert "securitySchemes" not in doc.get("components", {})
 
 
 # ---- errors: same code and message as gRPC ---------------------------------------------------------------
@@ -383,7 +402,10 @@ async def test_framework_refusals_use_the_error_shape(stack: HttpStack) -> None:
     bad_filters = _error(await stack.http.post("/v1/search/upload", data={"text": "a", "filters": "[{"}))
     assert bad_filters[:2] == (400, "INVALID_ARGUMENT") and bad_filters[2].startswith("filters: ")
     assert _error(await stack.http.get("/v2/nothing")) == (404, "NOT_FOUND", "no route GET /v2/nothing")
-    assert _error(await stack.http.patch("/v1/search"))[:2] == (405, "UNIMPLEMENTED")
+    not_allowed = await stack.http.patch("/v1/search")
+    assert _error(not_allowed)[:2] == (405, "UNIMPLEMENTED")
+    assert not_allowed.headers["allow"] == "POST"  # RFC 9110: a 405 lists the methods the route allows
+    assert (await stack.http.put("/healthz")).headers["allow"] == "GET"
 
 
 async def test_body_too_large_is_413(stack: HttpStack) -> None:
@@ -490,6 +512,9 @@ async def test_api_key_guards_the_api_not_health_or_page(
                 assert (await c.get(open_path)).status_code == 200, open_path
             doc = (await c.get("/openapi.json")).json()
             assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+            for path, ops in doc["paths"].items():
+                for op in ops.values():
+                    assert (op.get("security") == [{"HTTPBearer": []}]) == path.startswith("/v1/"), path
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await handle.stub.GetProducts(pb.GetProductsRequest(ids=["x"]), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

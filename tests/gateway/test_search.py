@@ -156,8 +156,8 @@ async def test_rerank_on_matches_the_reference_cross_encoder(
 async def test_a_rerank_split_in_parts_scores_every_pair_as_one_request(triton: Any) -> None:
     """The gateway sends a pool as concurrent slices (two CPU instances share it); the scores are the
     same as one request's, in the same order, and pools too small to split go whole."""
-    from gateway.clients import TritonModels
     from gateway.pipeline import rerank_in_parts
+    from gateway.triton_client import TritonModels
 
     models = TritonModels(triton.grpc_url)
     calls: list[int] = []
@@ -336,7 +336,7 @@ async def test_deadline_shorter_than_the_pipeline(gateway_stack: GatewayHandle) 
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The pipeline itself enforces the deadline it was given (what the servicer passes down).
     from gateway.errors import DeadlineExceeded
-    from gateway.pipeline import SearchQuery
+    from gateway.types import SearchQuery
 
     with pytest.raises(DeadlineExceeded):
         await gateway_stack.gateway.pipeline.search(

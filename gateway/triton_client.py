@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import Dependency, GatewayError, InvalidInput, from_dependency
-from vitrine import images
+from gateway.errors import Dependency, GatewayError, from_dependency
 from vitrine import triton as triton_request
 from vitrine.contracts import (
     BASE_VERSION,
@@ -179,12 +178,3 @@ class PinnedReranker:
 
     async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray:
         return await self.models.rerank(query, passages, timeout, self.version)
-
-
-def check_image_header(image: bytes) -> None:
-    """Vitrine's image rules on the header (``vitrine.images``): what Triton would refuse is refused
-    here, before it costs a round trip."""
-    try:
-        images.check_header(image)
-    except images.ImageRejected as exc:
-        raise InvalidInput(str(exc)) from None
