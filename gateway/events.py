@@ -1,44 +1,24 @@
-"""The events store: what shoppers did, durable in SQLite, owned by the gateway process.
+"""Recording shopper events: from a transport's values to the events store, every bad event reported.
 
-Schema: one table, ``vitrine.events.SCHEMA`` (event id unique; indexes on (user, time), time, (item,
-time) and session). SQLite in WAL mode with ``synchronous=FULL``: a batch is acknowledged only after its
-transaction committed and the WAL was synced, so ``kill -9`` (or power loss) loses no acknowledged event.
-Idempotent by event id: a stored id is reported as ALREADY_EXISTS and not written twice, so a client
-that retries a stream after a failure cannot double-count.
-
-Retention: events older than ``retention_days`` are deleted when the store opens and at most once an
-hour after that (0 keeps everything). Reads are bounded: ``recent`` returns at most ``MAX_HISTORY``
-events, ``seen`` at most ``MAX_SEEN`` items, ``trending`` looks at the last ``trending_window_days``.
-
-Every method is blocking (sqlite3); the gateway calls them through ``asyncio.to_thread``. One
-connection per thread (sqlite3 connections are not shared across threads); writes are serialised by a
-lock, readers never block the writer (WAL).
+gRPC RecordEvents and HTTP POST /v1/events both go through here. ``parse_event`` turns a transport's
+plain values into an ``Event``; ``store_batch`` checks a batch (fields, known items, duplicates) and writes
+the rest through any ``EventStore`` (``gateway.event_store``); ``EventIngest`` reads a stream chunk by
+chunk, each chunk durable before the next is read. A bad event never ends the stream: it comes back as a
+``Rejected`` with its position, and the events around it are recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from vitrine.events import (
-    EVENT_WEIGHT,
-    MAX_HISTORY,
-    MAX_QUERY_CHARS,
-    MAX_USER_ID_CHARS,
-    SCHEMA,
-    Event,
-    EventType,
-)
-
-MAX_SEEN = 1000
-"""Most items ``seen`` returns (the exclusion set of one Recommend)."""
+from gateway.event_store import EventStore
+from vitrine.events import MAX_QUERY_CHARS, MAX_USER_ID_CHARS, Event, parse_type
 
 FUTURE_SLACK_S = 300.0
 """Timestamps more than this far ahead of the gateway's clock are refused (clock skew allowed)."""
@@ -75,163 +55,40 @@ def check_event(event: Event, now: float) -> str | None:
     return None
 
 
-class EventStore:
-    def __init__(self, path: str | Path, retention_days: float = 180.0, trending_window_days: float = 14.0):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.retention_days = retention_days
-        self.trending_window_days = trending_window_days
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
-        self._last_retention = 0.0
-        conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(SCHEMA)
-        self.apply_retention()
+def store_batch(
+    store: EventStore,
+    events: Sequence[Event],
+    known_items: set[str],
+    start_index: int = 0,
+    now: float | None = None,
+) -> tuple[int, list[Rejected]]:
+    """Stores the valid events of ``events`` in one durable write (returns after it).
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=True)
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-    # ---- writes ---------------------------------------------------------------------------------------
-
-    def record(
-        self, events: Sequence[Event], known_items: set[str], start_index: int = 0, now: float | None = None
-    ) -> tuple[int, list[Rejected]]:
-        """Stores the valid events of ``events`` in one transaction (returns after the commit is synced).
-
-        ``known_items`` are the catalog ids among the events' items (an event on any other item is refused
-        NOT_FOUND). Positions in the rejections count from ``start_index``. Returns (stored, rejected)."""
-        now = time.time() if now is None else now
-        rejected: list[Rejected] = []
-        valid: list[tuple[int, Event]] = []
-        in_batch: set[str] = set()
-        for i, e in enumerate(events, start_index):
-            problem = check_event(e, now)
-            if problem is not None:
-                rejected.append(Rejected(i, e.event_id[:MAX_ID_CHARS], "INVALID_ARGUMENT", problem))
-            elif e.item_id not in known_items:
-                rejected.append(
-                    Rejected(i, e.event_id, "NOT_FOUND", f"unknown item {e.item_id[:MAX_ID_CHARS]!r}")
-                )
-            elif e.event_id in in_batch:
-                rejected.append(
-                    Rejected(i, e.event_id, "ALREADY_EXISTS", "duplicate event_id in this request")
-                )
-            else:
-                in_batch.add(e.event_id)
-                valid.append((i, e))
-        if not valid:
-            return 0, rejected
-        stored = 0
-        with self._write_lock:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for i, e in valid:
-                    cur = conn.execute(
-                        "INSERT OR IGNORE INTO events (event_id, user_id, session_id, item_id, type, ts, "
-                        "device, query, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            e.event_id,
-                            e.user_id,
-                            e.session_id,
-                            e.item_id,
-                            e.type.value,
-                            e.ts,
-                            e.device,
-                            e.query,
-                            now,
-                        ),
-                    )
-                    if cur.rowcount == 1:
-                        stored += 1
-                    else:
-                        rejected.append(
-                            Rejected(i, e.event_id, "ALREADY_EXISTS", "event_id already recorded")
-                        )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        if now - self._last_retention > 3600:
-            self.apply_retention(now)
-        rejected.sort(key=lambda r: r.index)
-        return stored, rejected
-
-    def apply_retention(self, now: float | None = None) -> int:
-        now = time.time() if now is None else now
-        self._last_retention = now
-        if self.retention_days <= 0:
-            return 0
-        with self._write_lock:
-            cur = self._conn().execute(
-                "DELETE FROM events WHERE ts < ?", (now - self.retention_days * 86400,)
+    ``known_items`` are the catalog ids among the events' items (an event on any other item is refused
+    NOT_FOUND). Positions in the rejections count from ``start_index``. Returns (stored, rejected)."""
+    now = time.time() if now is None else now
+    rejected: list[Rejected] = []
+    valid: list[tuple[int, Event]] = []
+    in_batch: set[str] = set()
+    for i, e in enumerate(events, start_index):
+        problem = check_event(e, now)
+        if problem is not None:
+            rejected.append(Rejected(i, e.event_id[:MAX_ID_CHARS], "INVALID_ARGUMENT", problem))
+        elif e.item_id not in known_items:
+            rejected.append(
+                Rejected(i, e.event_id, "NOT_FOUND", f"unknown item {e.item_id[:MAX_ID_CHARS]!r}")
             )
-        return int(cur.rowcount)
-
-    # ---- bounded reads -------------------------------------------------------------------------------
-
-    def recent(self, user_id: str, limit: int = MAX_HISTORY) -> list[Event]:
-        """The user's last ``limit`` events (at most ``MAX_HISTORY``), newest first."""
-        rows = self._conn().execute(
-            "SELECT event_id, user_id, session_id, item_id, type, ts, device, query FROM events "
-            "WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
-            (user_id, min(limit, MAX_HISTORY)),
-        )
-        return [Event(r[0], r[1], r[2], r[3], EventType(r[4]), r[5], r[6], r[7]) for r in rows]
-
-    def seen(self, user_id: str, limit: int = MAX_SEEN) -> set[str]:
-        """Items the user interacted with, most recent first, at most ``MAX_SEEN``."""
-        rows = self._conn().execute(
-            "SELECT item_id, MAX(ts) AS last FROM events WHERE user_id = ? GROUP BY item_id "
-            "ORDER BY last DESC LIMIT ?",
-            (user_id, min(limit, MAX_SEEN)),
-        )
-        return {r[0] for r in rows}
-
-    def trending(
-        self, limit: int = 200, now: float | None = None, half_life_days: float = 3.0
-    ) -> list[tuple[str, float]]:
-        """Items by recency-weighted, type-weighted event counts over the trending window (best first)."""
-        now = time.time() if now is None else now
-        # Aggregated in SQLite by (item, type, hour): Python sees one row per group, not per event.
-        rows = self._conn().execute(
-            "SELECT item_id, type, CAST((? - ts) / 3600 AS INTEGER) AS age_h, COUNT(*) FROM events "
-            "WHERE ts >= ? GROUP BY item_id, type, age_h",
-            (now, now - self.trending_window_days * 86400),
-        )
-        scores: dict[str, float] = {}
-        decay = math.log(2) / (half_life_days * 24)
-        weight = {t.value: w for t, w in EVENT_WEIGHT.items()}
-        for item, kind, age_h, n in rows:
-            scores[item] = scores.get(item, 0.0) + weight[kind] * n * math.exp(-decay * max(0.0, age_h + 0.5))
-        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-
-    def co_visited(self, item_id: str, limit: int = 50, sessions: int = 500) -> list[tuple[str, int]]:
-        """Items seen in the same sessions as ``item_id`` (its last ``sessions`` sessions), most shared
-        sessions first."""
-        rows = self._conn().execute(
-            "SELECT e.item_id, COUNT(DISTINCT e.session_id) AS n FROM events e WHERE e.session_id IN "
-            "(SELECT session_id FROM events WHERE item_id = ? AND session_id != '' ORDER BY ts DESC LIMIT ?) "
-            "AND e.item_id != ? GROUP BY e.item_id ORDER BY n DESC, e.item_id LIMIT ?",
-            (item_id, sessions, item_id, limit),
-        )
-        return [(r[0], int(r[1])) for r in rows]
-
-    def count(self) -> int:
-        return int(self._conn().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        elif e.event_id in in_batch:
+            rejected.append(Rejected(i, e.event_id, "ALREADY_EXISTS", "duplicate event_id in this request"))
+        else:
+            in_batch.add(e.event_id)
+            valid.append((i, e))
+    existing = store.record([e for _, e in valid], now) if valid else []
+    for j in existing:
+        i, e = valid[j]
+        rejected.append(Rejected(i, e.event_id, "ALREADY_EXISTS", "event_id already recorded"))
+    rejected.sort(key=lambda r: r.index)
+    return len(valid) - len(existing), rejected
 
 
 # ---- recording a stream (gRPC RecordEvents and HTTP POST /v1/events share this) --------------------------
@@ -289,7 +146,7 @@ class EventIngest:
             nonlocal recorded, start, chunk
             if chunk:
                 known = await self._known_items({e.item_id for e in chunk}, timeout())
-                stored, bad = await asyncio.to_thread(self.store.record, chunk, known, start)
+                stored, bad = await asyncio.to_thread(store_batch, self.store, chunk, known, start)
                 recorded += stored
                 rejected.extend(bad)
             chunk = []
@@ -323,15 +180,10 @@ def parse_event(
     query: str = "",
 ) -> Event | Rejected:
     """One event from a transport's plain values (``ts`` 0 = now); an unknown type is a ``Rejected``
-    (its position is filled in by ``EventIngest``)."""
+    (its position is filled in by ``EventIngest``). The parameters are ``Event``'s fields
+    (``tests/test_shapes.py`` holds them to it)."""
     try:
-        kind = EventType(type.strip().lower())
-    except ValueError:
-        names = ", ".join(t.value for t in EventType)
-        return Rejected(
-            0,
-            event_id[:MAX_ID_CHARS],
-            "INVALID_ARGUMENT",
-            f"unknown event type {type[:40]!r}; one of {names}",
-        )
+        kind = parse_type(type)
+    except ValueError as exc:
+        return Rejected(0, event_id[:MAX_ID_CHARS], "INVALID_ARGUMENT", str(exc))
     return Event(event_id, user_id, session_id, item_id, kind, ts or time.time(), device, query)

@@ -1,9 +1,10 @@
-"""The recommender offline: generator, store rules, split, training determinism and export agreement."""
+"""The recommender offline: generator, events file, split, training determinism and export agreement.
+
+The events store's rules are in ``test_event_store.py``."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,11 @@ import pytest
 
 from demo.behaviour import generate_behaviour
 from demo.catalog import generate_catalog
-from gateway.events import FUTURE_SLACK_S, EventStore
 from recommend.data import split
 from recommend.items import build_table
 from recommend.train import TrainSpec, train
 from vitrine.catalog import Product
-from vitrine.events import MAX_HISTORY, Event, EventType, read_events, read_store, write_events
+from vitrine.events import Event, EventType, read_events, write_events
 
 NOW = 1.7e9
 
@@ -51,43 +51,6 @@ def test_jsonl_round_trip(events: list[Event], tmp_path: Path) -> None:
     path.write_text('{"event_id": "x", "user_id": "u", "item_id": "p", "type": "teleport", "ts": 1}\n')
     with pytest.raises(ValueError, match=r"events.jsonl:1: unknown event type 'teleport'"):
         list(read_events(path))
-
-
-def test_store_is_idempotent_and_reports_each_bad_event(tmp_path: Path) -> None:
-    store = EventStore(tmp_path / "ev.sqlite3", retention_days=0)
-    now = time.time()
-    good = Event("e1", "u1", "s1", "p1", EventType.VIEW, now - 10)
-    batch = [
-        good,
-        Event("e2", "", "s1", "p1", EventType.VIEW, now),  # empty user
-        Event("e3", "u1", "s1", "nope", EventType.CLICK, now),  # unknown item
-        Event("e4", "u1", "s1", "p1", EventType.CLICK, now + FUTURE_SLACK_S + 60),  # future
-        Event("e1", "u1", "s1", "p1", EventType.VIEW, now),  # duplicate in the request
-        Event("e5", "u1", "s1", "p2", EventType.PURCHASE, now - 5),
-    ]
-    stored, rejected = store.record(batch, {"p1", "p2"}, start_index=10)
-    assert stored == 2
-    assert [(r.index, r.code) for r in rejected] == [
-        (11, "INVALID_ARGUMENT"),
-        (12, "NOT_FOUND"),
-        (13, "INVALID_ARGUMENT"),
-        (14, "ALREADY_EXISTS"),
-    ]
-    stored, rejected = store.record([good], {"p1"})  # a retried stream stores nothing twice
-    assert stored == 0 and rejected[0].code == "ALREADY_EXISTS"
-    assert [e.event_id for e in store.recent("u1")] == ["e5", "e1"]
-    assert store.seen("u1") == {"p1", "p2"}
-    assert [e.event_id for e in read_store(tmp_path / "ev.sqlite3")] == ["e1", "e5"]
-
-
-def test_history_reads_are_bounded_and_retention_deletes_old_events(tmp_path: Path) -> None:
-    store = EventStore(tmp_path / "ev.sqlite3", retention_days=30)
-    now = time.time()
-    many = [Event(f"e{i}", "u", "s", "p", EventType.VIEW, now - 1000 + i) for i in range(3 * MAX_HISTORY)]
-    old = Event("old", "u", "s", "p", EventType.VIEW, now - 40 * 86400)
-    store.record([*many, old], {"p"})
-    assert len(store.recent("u", limit=10_000)) == MAX_HISTORY
-    assert store.apply_retention() == 1 and store.count() == 3 * MAX_HISTORY
 
 
 def test_split_holds_out_each_users_last_session(products: list[Product], events: list[Event]) -> None:
