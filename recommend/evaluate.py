@@ -20,12 +20,13 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from recommend.data import Case, Split
 from recommend.items import ItemTable
+from recommend.model import TwoTower
+from recommend.scoring import score_cases
 from vitrine import ranking
 from vitrine.events import EVENT_WEIGHT, Event
 from vitrine.tables import markdown_table
@@ -143,10 +144,8 @@ def content_scores(table: ItemTable, cases: Sequence[Case]) -> np.ndarray:
     return users @ norm.T
 
 
-def evaluate_model(model: Any, table: ItemTable, cases: Sequence[Case]) -> dict[str, float]:
+def evaluate_model(model: TwoTower, table: ItemTable, cases: Sequence[Case]) -> dict[str, float]:
     """The two-tower's headline figures (for the training manifest)."""
-    from recommend.train import score_cases
-
     if not cases:
         return {}
     m = ranking_metrics(rank_lists(score_cases(model, table, list(cases)), cases), cases)
@@ -157,10 +156,8 @@ def evaluate_model(model: Any, table: ItemTable, cases: Sequence[Case]) -> dict[
     }
 
 
-def compare(model: Any, table: ItemTable, data: Split) -> dict[str, Summary]:
+def compare(model: TwoTower, table: ItemTable, data: Split) -> dict[str, Summary]:
     """Every method on ``data.test``; keys in table order."""
-    from recommend.train import score_cases
-
     cases = data.test
     users_per_item = np.zeros(len(table))
     index = table.index

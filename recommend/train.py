@@ -32,8 +32,10 @@ import torch
 from torch.nn import functional as F
 
 from recommend.data import Case, Split, pad
+from recommend.evaluate import evaluate_model, rank_lists, ranking_metrics
 from recommend.items import ItemTable
 from recommend.model import TowerSpec, TwoTower
+from recommend.scoring import item_features, score_cases
 from vitrine.contracts import ITEM_TOWER, REC_DIM, REC_HISTORY, Model, Tensor
 
 log = logging.getLogger(__name__)
@@ -72,42 +74,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _features(table: ItemTable) -> list[torch.Tensor]:
-    return [
-        torch.from_numpy(table.content),
-        torch.from_numpy(table.category),
-        torch.from_numpy(table.brand),
-        torch.from_numpy(table.color),
-        torch.from_numpy(table.price_bucket),
-        torch.arange(len(table), dtype=torch.int64),
-    ]
-
-
 def build_model(table: ItemTable, spec: TrainSpec) -> TwoTower:
     sizes = {k: len(v) for k, v in table.vocab.items()}
     return TwoTower(spec.tower, len(table), sizes)
 
 
-def user_vectors(model: TwoTower, item_vecs: torch.Tensor, cases: list[Case]) -> torch.Tensor:
-    items, types, ages = (torch.from_numpy(a) for a in pad([c.history for c in cases]))
-    hist = item_vecs[items] * (types > 0).unsqueeze(-1)
-    return model.user(hist, types, ages)
-
-
-@torch.no_grad()
-def score_cases(model: TwoTower, table: ItemTable, cases: list[Case]) -> np.ndarray:
-    """[cases, items] scores (user . item) from the PyTorch model, in eval mode."""
-    model.eval()
-    item_vecs = model.items(*_features(table))
-    out = []
-    for start in range(0, len(cases), 1024):
-        out.append(user_vectors(model, item_vecs, cases[start : start + 1024]) @ item_vecs.T)
-    return torch.cat(out).numpy() if out else np.zeros((0, len(table)), dtype=np.float32)
-
-
 def ndcg_at(scores: np.ndarray, cases: list[Case], k: int = 10) -> float:
-    from recommend.evaluate import rank_lists, ranking_metrics
-
     return float(np.mean(ranking_metrics(rank_lists(scores, cases, k), cases, k)["ndcg"])) if cases else 0.0
 
 
@@ -119,7 +91,7 @@ def train_model(table: ItemTable, data: Split, spec: TrainSpec) -> tuple[TwoTowe
     # One thread: these small matrices gain nothing from a second core, and lose a lot when it is busy.
     torch.set_num_threads(1)
     model = build_model(table, spec)
-    feats = _features(table)
+    feats = item_features(table)
     if not data.train:
         raise ValueError("no training examples: too few events (each user needs at least two)")
     hist_items, hist_types, hist_ages = (torch.from_numpy(a) for a in pad([h for h, _, _ in data.train]))
@@ -252,7 +224,7 @@ def export_towers(model: TwoTower, table: ItemTable, out: Path, seed: int) -> di
     dummy = tuple(torch.from_numpy(a) for a in random_user_inputs(2, seed))
     names = [Tensor.HISTORY.value, Tensor.EVENT_TYPES.value, Tensor.AGE_HOURS.value]
     _onnx_export(_UserGraph(model), dummy, names, Tensor.USER_EMBEDDING.value, user_path)
-    feats = _features(table)
+    feats = item_features(table)
     item_names = [
         t.value
         for t in (
@@ -290,14 +262,12 @@ def train(
     table: ItemTable, data: Split, spec: TrainSpec, out: Path, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The whole run: train, export and validate, item vectors, manifest. Returns the manifest."""
-    from recommend.evaluate import evaluate_model
-
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     model, history = train_model(table, data, spec)
     models = export_towers(model, table, out, spec.seed)
     with torch.no_grad():
-        vectors = model.items(*_features(table)).numpy().astype(np.float32)
+        vectors = model.items(*item_features(table)).numpy().astype(np.float32)
     np.save(out / "item_vectors.npy", vectors)
     (out / "item_ids.json").write_text(json.dumps(table.ids))
     torch.save(model.state_dict(), out / "model.pt")
