@@ -1,24 +1,31 @@
 """The one place that knows how a product is stored in the index: one item per product, named vectors.
 
 A catalog is one index collection. Each product is one item: one vector per space in ``SPACES``, the
-attributes filters need (price as a number, brand and the filterable attributes as keywords, the
-category path as tags) and a payload from which ``product_of`` rebuilds the product without a second
-lookup. Adding a space is one line in ``SPACES``; every item must then carry a vector for it.
+attributes filters select on and a payload from which ``product_of`` rebuilds the product without a
+second lookup. Where each of ``Product``'s fields lives:
+
+- ``id``: the item's id; ``title``, ``description``, ``image_uri``: the payload's fields of those names;
+- ``price``: the number ``price`` (what a price filter's range reads);
+- ``category``: the payload's ``extra["category"]`` (the path), and tags for filters (``category_tags``);
+- ``brand``: ``extra["brand"]``, and the keyword ``brand`` when there is one;
+- ``attributes``: ``extra["attr.<name>"]``, and a keyword each for the attributes the catalog filters on.
+
+``index_filter`` translates the gateway's filters into the index's filter language over that layout,
+with the meaning ``vitrine.filters`` gives them (``matches`` is the same rule on a product in hand; a
+contract test holds the two to the same selection). Adding a space is one line in ``SPACES``; every item
+must then carry a vector for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vitrine.catalog import CATEGORY_SEPARATOR, Product
 from vitrine.contracts import BASE_VERSION, EMBED_DIM
+from vitrine.filters import BRAND, CATEGORY, PRICE, FieldFilter, category_names
 from vitrine.index.v2 import index_pb2 as ipb
-
-if TYPE_CHECKING:
-    from gateway.pipeline import FieldFilter
 
 IMAGE = "image"
 """CLIP image embedding of the product's photo."""
@@ -70,17 +77,13 @@ def collection_spec(
             )
             for space, dim in SPACES.items()
         ],
-        schema=ipb.AttributeSchema(number_fields=["price"], keyword_fields=["brand", *filter_attributes]),
+        schema=ipb.AttributeSchema(number_fields=[PRICE], keyword_fields=[BRAND, *filter_attributes]),
     )
 
 
 def category_tags(category: Sequence[str]) -> list[str]:
     """Every level's name and every path prefix, so a filter on "Shoes" or "Fashion > Shoes" matches."""
-    tags = set()
-    for i, name in enumerate(category):
-        tags.add(CATEGORY_TAG + name)
-        tags.add(CATEGORY_TAG + CATEGORY_SEPARATOR.join(category[: i + 1]))
-    return sorted(tags)
+    return sorted(CATEGORY_TAG + name for name in category_names(category))
 
 
 def item_of(
@@ -88,9 +91,9 @@ def item_of(
 ) -> ipb.Item:
     """One index item for a product: its vector in every space, its filterable attributes, its payload."""
     p = product
-    extra = {"category": p.category_path(), "brand": p.brand, "price": repr(float(p.price))}
+    extra = {CATEGORY: p.category_path(), BRAND: p.brand}
     extra.update({ATTR_PREFIX + k: v for k, v in p.attributes.items()})
-    keywords = {"brand": p.brand} if p.brand else {}
+    keywords = {BRAND: p.brand} if p.brand else {}
     keywords.update({k: v for k, v in p.attributes.items() if k in filter_attributes})
     return ipb.Item(
         id=p.id,
@@ -98,7 +101,7 @@ def item_of(
             space: ipb.Vector(values=np.asarray(vec, dtype=np.float32).reshape(-1).tolist())
             for space, vec in vectors.items()
         },
-        numbers={"price": float(p.price)},
+        numbers={PRICE: float(p.price)},
         keywords=keywords,
         tags=category_tags(p.category),
         payload=ipb.Payload(title=p.title, description=p.description, image_uri=p.image_uri, extra=extra),
@@ -106,17 +109,20 @@ def item_of(
 
 
 def product_of(item: ipb.Item, pid: str = "") -> Product:
-    """Rebuild a product from the payload stored with its vectors (no second lookup on the hot path)."""
+    """Rebuild a product from the item stored with its vectors (no second lookup on the hot path); a
+    search hit carries it when the search asks for the payload and the attributes.
+
+    The price is the stored number. Items written before it was read from there also carry a text copy
+    in ``extra["price"]``, which is ignored: every item since one item per product has the number."""
     p = item.payload
     extra = dict(p.extra)
-    category = tuple(c for c in extra.get("category", "").split(CATEGORY_SEPARATOR) if c)
     return Product(
         id=pid or item.id,
         title=p.title,
         description=p.description,
-        category=category,
-        brand=extra.get("brand", ""),
-        price=float(extra.get("price", "0") or 0.0),
+        category=tuple(c for c in extra.get(CATEGORY, "").split(CATEGORY_SEPARATOR) if c),
+        brand=extra.get(BRAND, ""),
+        price=item.numbers.get(PRICE, 0.0),
         image_uri=p.image_uri,
         attributes={k[len(ATTR_PREFIX) :]: v for k, v in extra.items() if k.startswith(ATTR_PREFIX)},
     )
@@ -127,14 +133,15 @@ def vectors_of(item: ipb.Item) -> dict[str, np.ndarray]:
 
 
 def index_filter(filters: Sequence[FieldFilter]) -> ipb.Filter | None:
-    """The gateway's filters as one index filter (all must hold): category as tags, price as a range,
-    any other field as keywords. The same filter selects the same items in every space."""
+    """The gateway's filters as one index filter (all must hold), as ``item_of`` stores each field:
+    category as tags, price as a range, brand and attributes as keywords. The same filter selects the
+    same items in every space."""
     clauses = []
     for f in filters:
-        if f.field == "category":
+        if f.field == CATEGORY:
             clauses.append(ipb.Filter(tags=ipb.TagMatch(any=[CATEGORY_TAG + v for v in f.any_of])))
-        elif f.field == "price":
-            rng = ipb.NumberRange(field="price")
+        elif f.field == PRICE:
+            rng = ipb.NumberRange(field=PRICE)
             if f.min is not None:
                 rng.gte = f.min
             if f.max is not None:

@@ -35,11 +35,14 @@ from typing import Protocol
 import numpy as np
 
 from gateway.errors import InvalidInput, NotFound
+from gateway.event_store import EventReader
 from gateway.items import IMAGE, rec_space
-from gateway.pipeline import FieldFilter, ItemSource, Timer
-from vitrine.catalog import CATEGORY_SEPARATOR, Product
+from gateway.timing import Timer
+from gateway.types import ItemSource
+from vitrine.catalog import Product
 from vitrine.contracts import REC_DIM
 from vitrine.events import EVENT_CODE, MAX_HISTORY, Event, EventType
+from vitrine.filters import FieldFilter, field_values, matches
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +120,6 @@ class RecommendResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class EventReader(Protocol):
-    def recent(self, user_id: str, limit: int = MAX_HISTORY) -> list[Event]: ...
-    def seen(self, user_id: str, limit: int = ...) -> set[str]: ...
-    def trending(
-        self, limit: int = ..., now: float | None = ..., half_life_days: float = ...
-    ) -> list[tuple[str, float]]: ...
-    def co_visited(self, item_id: str, limit: int = ..., sessions: int = ...) -> list[tuple[str, int]]: ...
-
-
 class UserTower(Protocol):
     async def user_tower_version(self, timeout: float | None) -> int:
         """The newest served version, 0 when none."""
@@ -176,35 +170,9 @@ def check_query(q: RecommendQuery) -> None:
             raise InvalidInput(f"boost weight must be in [-1, 1], got {b.weight}")
 
 
-def matches(product: Product, filters: Sequence[FieldFilter]) -> bool:
-    """The index's filter semantics on a hydrated product (trending items are not searched by vector)."""
-    for f in filters:
-        if f.field == "price":
-            if (f.min is not None and product.price < f.min) or (f.max is not None and product.price > f.max):
-                return False
-        elif f.field == "category":
-            path = product.category
-            prefixes = {CATEGORY_SEPARATOR.join(path[: i + 1]) for i in range(len(path))}
-            if not (set(f.any_of) & (prefixes | set(path))):
-                return False
-        else:
-            value = product.brand if f.field == "brand" else product.attributes.get(f.field)
-            if value not in f.any_of:
-                return False
-    return True
-
-
 def _boost(product: Product, boosts: Sequence[Boost]) -> float:
-    total = 0.0
-    for b in boosts:
-        if b.field == "category":
-            hit = bool(set(b.any_of) & set(product.category))
-        elif b.field == "brand":
-            hit = product.brand in b.any_of
-        else:
-            hit = product.attributes.get(b.field) in b.any_of
-        total += b.weight if hit else 0.0
-    return total
+    """A boost's values match a product as a filter's ``any_of`` does (``vitrine.filters``)."""
+    return sum(b.weight for b in boosts if set(b.any_of) & field_values(product, b.field))
 
 
 def _category_similarity(a: Product, b: Product) -> float:

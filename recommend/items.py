@@ -121,7 +121,7 @@ def from_index(
                         title=item.payload.title,
                         category=tuple(c for c in extra.get("category", "").split(CATEGORY_SEPARATOR) if c),
                         brand=extra.get("brand", ""),
-                        price=float(extra.get("price", "0") or 0.0),
+                        price=item.numbers.get("price", 0.0),
                         attributes={k[5:]: v for k, v in extra.items() if k.startswith("attr.")},
                     )
                 )
