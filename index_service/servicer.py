@@ -1,4 +1,5 @@
-"""gRPC transport for the engine: decode, run off the event loop, encode. Errors are translated here once."""
+"""gRPC transport for the engine: convert, run off the event loop, convert back. Errors are translated
+here once; protobuf goes no further in than this module and ``convert.py``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -16,8 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from index_service.engine import Engine, Found
+from index_service import codec, convert, filters
+from index_service.coalescer import Coalescer
+from index_service.engine import Engine
 from index_service.errors import IndexServiceError
+from index_service.model import Hit, SearchParams
 from vitrine.errors import MAX_ECHO_CHARS, bounded
 from vitrine.grpc_decode import Undecodable
 from vitrine.index.v2 import index_pb2 as pb
@@ -61,7 +66,7 @@ class _VectorsCollector(Collector):
             "Live items per collection (each holds one vector in every space of its collection).",
             labels=["collection"],
         )
-        for name, count in self.engine.counts().items():
+        for name, count in self.engine.reads.counts().items():
             family.add_metric([name], count)
         yield family
         spaces = GaugeMetricFamily(
@@ -69,7 +74,7 @@ class _VectorsCollector(Collector):
             "Vectors held by each space's FAISS index, deleted ones included until compaction.",
             labels=["collection", "space"],
         )
-        for (name, space), total in self.engine.index_totals().items():
+        for (name, space), total in self.engine.reads.index_totals().items():
             spaces.add_metric([name, space], total)
         yield spaces
 
@@ -105,47 +110,15 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
-class _Coalescer:
-    """Merges concurrent single-query searches with identical options into one FAISS call.
+@dataclass(frozen=True)
+class _SearchKey:
+    """What concurrent single-query searches must share to ride in one FAISS call."""
 
-    Nothing waits on a timer: the first request runs at once, and requests that arrive while a call is
-    in flight ride together in the next one, so batching costs no latency when the service is idle.
-    """
-
-    def __init__(self, run: Callable[[tuple[Any, ...], np.ndarray], Awaitable[Any]], max_batch: int) -> None:
-        self._run = run
-        self._max = max_batch
-        self._queues: dict[tuple[Any, ...], list[tuple[np.ndarray, asyncio.Future[Any]]]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def submit(self, key: tuple[Any, ...], query: np.ndarray) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = []
-            task = asyncio.create_task(self._drain(key, queue))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        queue.append((query, fut))
-        return await fut
-
-    async def _drain(self, key: tuple[Any, ...], queue: list[tuple[np.ndarray, asyncio.Future[Any]]]) -> None:
-        try:
-            while queue:
-                batch = queue[: self._max]
-                del queue[: self._max]
-                try:
-                    rows, exact = await self._run(key, np.concatenate([q for q, _ in batch]))
-                except Exception as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for i, (_, fut) in enumerate(batch):
-                    if not fut.done():
-                        fut.set_result(([rows[i]], exact))
-        finally:
-            del self._queues[key]
+    collection: str
+    space: str
+    k: int
+    filter: filters.Filter | None
+    params: SearchParams
 
 
 class IndexServicer(pb_grpc.IndexServiceServicer):
@@ -154,7 +127,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         self.executor = executor
         self.metrics = metrics
         self.coalesce = coalesce
-        self._coalescer = _Coalescer(self._run_coalesced, max_batch=256)
+        self._coalescer: Coalescer[_SearchKey, list[Hit]] = Coalescer(self._search_batch, max_batch=256)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -163,24 +136,27 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateCollectionResponse:
-        return pb.CreateCollectionResponse(stats=await self._call(self.engine.create, request.spec))
+        stats = await self._call(self.engine.registry.create, codec.spec_of(request.spec))
+        return pb.CreateCollectionResponse(stats=convert.stats_message(stats))
 
     @_rpc
     async def DropCollection(
         self, request: pb.DropCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DropCollectionResponse:
-        await self._call(self.engine.drop, request.name)
+        await self._call(self.engine.registry.drop, request.name)
         return pb.DropCollectionResponse()
 
     @_rpc
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCollectionsResponse:
-        return pb.ListCollectionsResponse(collections=await self._call(self.engine.list_collections))
+        collections = await self._call(self.engine.reads.list_collections)
+        return pb.ListCollectionsResponse(collections=[convert.stats_message(s) for s in collections])
 
     @_rpc
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
-        upserted, count = await self._call(self.engine.upsert, request.collection, list(request.items))
+        items = [convert.item_of(item) for item in request.items]
+        upserted, count = await self._call(self.engine.writes.upsert, request.collection, items)
         return pb.UpsertResponse(upserted=upserted, count=count)
 
     @_rpc
@@ -201,12 +177,13 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
                 if isinstance(request, Undecodable):  # its items cannot be counted: it takes no position
                     refuse(position, "", f"stream message {message}: {request.reason}")
                 elif request.items:
+                    items = [convert.item_of(item) for item in request.items]
                     upserted, count, bad = await self._call(
-                        self.engine.upsert_each, request.collection, list(request.items), position
+                        self.engine.writes.upsert_each, request.collection, items, position
                     )
                     total += upserted
-                    for at, item_id, why in bad:
-                        refuse(at, item_id, why)
+                    for r in bad:
+                        refuse(r.position, r.id, r.message)
                     position += len(request.items)
                 message += 1
         except IndexServiceError as exc:
@@ -221,46 +198,52 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
 
     @_rpc
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        deleted, count = await self._call(self.engine.delete, request.collection, list(request.ids))
+        deleted, count = await self._call(self.engine.writes.delete, request.collection, list(request.ids))
         return pb.DeleteResponse(deleted=deleted, count=count)
 
     @_rpc
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
         items, missing = await self._call(
-            self.engine.get, request.collection, list(request.ids), request.include_vectors
+            self.engine.reads.get, request.collection, list(request.ids), request.include_vectors
         )
-        return pb.GetResponse(items=items, missing_ids=missing)
+        return pb.GetResponse(items=[convert.item_message(item) for item in items], missing_ids=missing)
 
     @_rpc
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.CollectionStats:
-        return await self._call(self.engine.stats, request.name)
+        return convert.stats_message(await self._call(self.engine.reads.stats, request.name))
 
     @_rpc
     async def Snapshot(
         self, request: pb.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.SnapshotResponse:
-        return pb.SnapshotResponse(collections=await self._call(self.engine.snapshot, request.name))
+        collections = await self._call(self.engine.writes.snapshot, request.name)
+        return pb.SnapshotResponse(collections=[convert.stats_message(s) for s in collections])
 
     @_rpc
     async def AddVectorSpace(
         self, request: pb.AddVectorSpaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.CollectionStats:
-        return await self._call(self.engine.add_space, request.collection, request.vector)
+        vector = codec.vector_spec_of(request.vector)
+        return convert.stats_message(
+            await self._call(self.engine.registry.add_space, request.collection, vector)
+        )
 
     @_rpc
     async def DropVectorSpace(
         self, request: pb.DropVectorSpaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.CollectionStats:
-        return await self._call(self.engine.drop_space, request.collection, request.vector)
+        stats = await self._call(self.engine.registry.drop_space, request.collection, request.vector)
+        return convert.stats_message(stats)
 
     @_rpc
     async def UpsertVectors(
         self, request: pb.UpsertVectorsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertVectorsResponse:
+        items = [convert.item_vector_of(item) for item in request.items]
         upserted, missing = await self._call(
-            self.engine.upsert_vectors, request.collection, request.vector, list(request.items)
+            self.engine.writes.upsert_vectors, request.collection, request.vector, items
         )
         return pb.UpsertVectorsResponse(upserted=upserted, missing_ids=missing)
 
@@ -268,14 +251,14 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     async def SetAlias(
         self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetAliasResponse:
-        previous = await self._call(self.engine.set_alias, request.alias, request.collection)
+        previous = await self._call(self.engine.registry.set_alias, request.alias, request.collection)
         return pb.SetAliasResponse(previous=previous)
 
     @_rpc
     async def DeleteAlias(
         self, request: pb.DeleteAliasRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteAliasResponse:
-        await self._call(self.engine.delete_alias, request.alias)
+        await self._call(self.engine.registry.delete_alias, request.alias)
         return pb.DeleteAliasResponse()
 
     @_rpc
@@ -283,59 +266,40 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         self, request: pb.ListAliasesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAliasesResponse:
         return pb.ListAliasesResponse(
-            aliases=[pb.Alias(alias=a, collection=c) for a, c in self.engine.list_aliases()]
+            aliases=[pb.Alias(alias=a, collection=c) for a, c in self.engine.registry.list_aliases()]
         )
 
     @_rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        flt = request.filter if request.HasField("filter") else None
+        flt = convert.filter_of(request.filter) if request.HasField("filter") else None
+        params = convert.params_of(request.params)
         # Resolved once: a search through an alias re-pointed meanwhile answers from one collection.
-        name = self.engine.resolve(request.collection)
-        space, queries = self.engine.prepare_search(
-            name, request.vector, [q.vector for q in request.queries], request.k, flt, request.params
+        name = self.engine.registry.resolve(request.collection)
+        queries = [convert.vector_of(q.vector) for q in request.queries]
+        space, prepared = self.engine.reads.prepare_search(
+            name, request.vector, queries, request.k, flt, params
         )
-        if self.coalesce and len(queries) == 1 and self.engine.coalesces(name, space):
-            key = (
-                name,
-                space,
-                request.k,
-                flt.SerializeToString(deterministic=True) if flt is not None else None,
-                request.params.SerializeToString(deterministic=True),
-            )
-            rows, exact = await self._coalescer.submit(key, queries)
+        key = _SearchKey(name, space, request.k, flt, params)
+        if self.coalesce and len(prepared) == 1 and self.engine.reads.coalesces(name, space):
+            rows, exact = await self._coalescer.submit(key, prepared)
         else:
-            self.metrics.batch.observe(len(queries))
-            rows, exact = await self._call(
-                self.engine.search, name, space, queries, request.k, flt, request.params
-            )
+            rows, exact = await self._search_batch(key, prepared)
         return pb.SearchResponse(
             results=[
                 pb.QueryResult(
-                    hits=[_hit(f, request.include_payload, request.include_attributes) for f in row]
+                    hits=[
+                        convert.hit_message(h, request.include_payload, request.include_attributes)
+                        for h in row
+                    ]
                 )
                 for row in rows
             ],
             exact=exact,
         )
 
-    async def _run_coalesced(self, key: tuple[Any, ...], queries: np.ndarray) -> Any:
-        name, space, k, raw_filter, raw_params = key
-        flt = pb.Filter.FromString(raw_filter) if raw_filter is not None else None
+    async def _search_batch(self, key: _SearchKey, queries: np.ndarray) -> tuple[list[list[Hit]], bool]:
+        """One FAISS call: a request's queries, or concurrent single queries merged by the coalescer."""
         self.metrics.batch.observe(len(queries))
         return await self._call(
-            self.engine.search, name, space, queries, k, flt, pb.SearchParams.FromString(raw_params)
+            self.engine.reads.search, key.collection, key.space, queries, key.k, key.filter, key.params
         )
-
-
-def _hit(found: Found, payload: bool, attributes: bool) -> pb.Hit:
-    hit = pb.Hit(id=found.id, score=found.score)
-    if payload or attributes:
-        item = pb.Item.FromString(found.body)
-        if not payload:
-            item.ClearField("payload")
-        if not attributes:
-            item.ClearField("numbers")
-            item.ClearField("keywords")
-            item.ClearField("tags")
-        hit.item.CopyFrom(item)
-    return hit

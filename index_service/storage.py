@@ -3,11 +3,12 @@
 A write is acknowledged only after its transaction commits, and with ``synchronous=FULL`` a commit is
 on disk, so an acknowledged write survives kill -9 or power loss. SQLite's write-ahead log is the log of
 operations; the items table is the compacted state it checkpoints into. An item is one row: its id,
-slot, attributes and payload, and every non-optional space's vector concatenated in the spec's declared
-order; its vectors in optional spaces are rows of ``item_vectors`` keyed (collection, id, space), written
-in the same transaction, so a crash can never leave an item's spaces at different versions. Each such
-row carries ``seq``, the slot watermark when it was written: a vector written at an item's existing slot
-after a snapshot is told apart from one the snapshot holds. Aliases are rows of ``aliases``.
+slot, record (attributes and payload, encoded by ``codec.py``, as the spec is) and every non-optional
+space's vector concatenated in the spec's declared order; its vectors in optional spaces are rows of
+``item_vectors`` keyed (collection, id, space), written in the same transaction, so a crash can never
+leave an item's spaces at different versions. Each such row carries ``seq``, the slot watermark when it
+was written: a vector written at an item's existing slot after a snapshot is told apart from one the
+snapshot holds. Aliases are rows of ``aliases``.
 
 Each space's FAISS index is its own snapshot file with the slot watermark it covers: on restart the
 snapshot is loaded and only items written above the watermark are re-added (slots are never reused,
@@ -29,9 +30,10 @@ from pathlib import Path
 import faiss
 from google.protobuf.message import DecodeError
 
+from index_service import codec
 from index_service.errors import AlreadyExists, NotFound
+from index_service.model import CollectionSpec
 from vitrine.errors import quoted
-from vitrine.index.v2 import index_pb2 as pb
 
 SCHEMA_VERSION = 3
 """``PRAGMA user_version`` of a database this code writes. Version 1 (one vector per item) had no
@@ -90,7 +92,7 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class StoredCollection:
-    spec: pb.CollectionSpec
+    spec: CollectionSpec
     next_slot: int
     snapshots: dict[str, Snapshot]
     """By space name; a space without an entry has never been snapshotted."""
@@ -158,12 +160,11 @@ class Storage:
 
     # ---- collections ----
 
-    def create_collection(self, spec: pb.CollectionSpec) -> None:
+    def create_collection(self, spec: CollectionSpec) -> None:
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO collections (name, spec) VALUES (?, ?)",
-                    (spec.name, spec.SerializeToString(deterministic=True)),
+                    "INSERT INTO collections (name, spec) VALUES (?, ?)", (spec.name, codec.encode_spec(spec))
                 )
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"collection {quoted(spec.name)} already exists") from exc
@@ -194,15 +195,15 @@ class Storage:
         out = []
         for name, raw, next_slot in rows:
             try:
-                spec, error = pb.CollectionSpec.FromString(raw), ""
+                spec, error = codec.decode_spec(raw), ""
             except DecodeError:
-                spec, error = pb.CollectionSpec(name=name), "its stored spec cannot be decoded"
+                spec, error = CollectionSpec(name=name), "its stored spec cannot be decoded"
             out.append(StoredCollection(spec, next_slot, by_collection.get(name, {}), error))
         return out
 
     def items(self, name: str, chunk: int = 8192) -> Iterator[list[tuple[str, int, bytes, bytes]]]:
         """Every stored item of a collection in slot order, in chunks (a restart streams these):
-        (id, slot, every space's vector concatenated in declared order as float32, body)."""
+        (id, slot, every non-optional space's vector concatenated in declared order as float32, record)."""
         cursor = self._db.cursor()
         cursor.execute(
             "SELECT id, slot, vectors, body FROM items WHERE collection = ? ORDER BY slot", (name,)
@@ -231,7 +232,7 @@ class Storage:
         vectors: list[tuple[str, str, int, bytes]] = (),  # type: ignore[assignment]
     ) -> None:
         """One transaction for the whole batch: every space of every item, or nothing. ``rows`` are items
-        (id, slot, non-optional vectors, body); ``vectors`` are optional-space vectors (id, space, seq,
+        (id, slot, non-optional vectors, record); ``vectors`` are optional-space vectors (id, space, seq,
         vector), replacing the item's previous one in that space; others the item had are kept."""
         with self._tx() as db:
             db.executemany(
@@ -254,14 +255,14 @@ class Storage:
                 "DELETE FROM item_vectors WHERE collection = ? AND id = ?", [(name, i) for i in ids]
             )
 
-    def set_spec(self, spec: pb.CollectionSpec, dropped_space: str = "") -> None:
+    def set_spec(self, spec: CollectionSpec, dropped_space: str = "") -> None:
         """Record a collection's new spaces; a dropped space's vectors and snapshot go in the same
         transaction (its file after it)."""
         name = spec.name
         with self._tx() as db:
             db.execute(
                 "UPDATE collections SET spec = ? WHERE name = ?",
-                (spec.SerializeToString(deterministic=True), name),
+                (codec.encode_spec(spec), name),
             )
             files = []
             if dropped_space:
