@@ -12,6 +12,7 @@ import asyncio
 import io
 import os
 import struct
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,12 +248,13 @@ async def test_record_events_reports_an_undecodable_message_at_its_position_and_
     position of its own; the events before and after it are recorded."""
     resp, _ = await _raw_upsert(hard.channel, [_item("ev-item", "Event item")])
     assert resp.upserted == 1
+    run = uuid.uuid4().hex[:8]  # event ids are stored for good: every run records fresh ones
     messages = [
-        _event("ev-1", "ev-item"),
+        _event(f"ev-1-{run}", "ev-item"),
         NOT_UTF8,
-        _event("ev-2", "ev-item"),
+        _event(f"ev-2-{run}", "ev-item"),
         GARBAGE,
-        _event("ev-3", "ev-item"),
+        _event(f"ev-3-{run}", "ev-item"),
     ]
     call = hard.channel.stream_unary(SERVICE + "RecordEvents")(
         iter(messages), timeout=60, metadata=auth(WRITE)
