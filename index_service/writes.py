@@ -189,7 +189,7 @@ class Writes:
         for i, item_id in enumerate(ids):
             _check_id(item_id, f"id {i}")
         with handle.writing(name) as c:
-            self.storage.delete(name, ids)
+            self.storage.delete(c.name, ids)  # the collection's name: ``name`` may be an alias
             with handle.rw.write():
                 deleted = c.apply_delete(ids)
             self._maybe_snapshot(handle)
