@@ -51,7 +51,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """gRPC message limit: a full Upsert batch of 1000 x 4096-d vectors plus payloads fits."""
 
 
-class Device(str, enum.Enum):
+class Device(enum.StrEnum):
     AUTO = "auto"  # a GPU copy of flat/IVF indexes when FAISS reports a GPU, CPU otherwise
     CPU = "cpu"
     GPU = "gpu"
