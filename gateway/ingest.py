@@ -75,5 +75,5 @@ class IngestRoots:
         for any path that may not or cannot be read."""
         try:
             return await asyncio.wait_for(asyncio.to_thread(self.read_sync, ref), timeout_s)
-        except (Refused, OSError, ValueError, asyncio.TimeoutError):
+        except (TimeoutError, Refused, OSError, ValueError):
             raise InvalidInput(REFUSED) from None

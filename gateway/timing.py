@@ -38,7 +38,7 @@ class Deadline:
             return await awaitable
         try:
             return await asyncio.wait_for(awaitable, left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeadlineExceeded("deadline exceeded") from None
 
 

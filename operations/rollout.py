@@ -29,10 +29,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gateway.triton_client import TritonModels
 from gateway.errors import GatewayError
 from gateway.index_client import IndexRetriever
 from gateway.items import IMAGE, TITLE, encoder_space
+from gateway.triton_client import TritonModels
 from vitrine.catalog import Product, read_catalog, resolve_image
 from vitrine.contracts import (
     BASE_VERSION,

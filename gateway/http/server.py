@@ -108,7 +108,7 @@ class HttpServer:
         wait = (self.config.grace_s if grace is None else grace) + 2.0
         try:
             await asyncio.wait_for(asyncio.shield(self._task), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._server.force_exit = True
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
