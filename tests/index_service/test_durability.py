@@ -335,3 +335,29 @@ def test_snapshots_per_space_survive_kill_9_with_identical_exact_results(tmp_pat
     finally:
         proc.kill()
         proc.close()  # the launcher's own log directory
+
+
+def test_a_delete_through_an_alias_survives_kill_9(tmp_path) -> None:
+    """A delete addressed to an alias is stored under the collection the alias names, so the restart
+    replays it there: the deleted item stays deleted."""
+    proc = index_server(tmp_path / "data", snapshot_every=0)
+    proc.start()
+    try:
+        with grpc.insecure_channel(proc.address) as channel:
+            stub = index_pb2_grpc.IndexServiceStub(channel)
+            stub.CreateCollection(pb.CreateCollectionRequest(spec=spec("products-v1", 4)))
+            stub.SetAlias(pb.SetAliasRequest(alias="products", collection="products-v1"))
+            stub.Upsert(
+                pb.UpsertRequest(collection="products", items=[item(f"p{i}", [i, 1, 0, 0]) for i in range(3)])
+            )
+            assert stub.Delete(pb.DeleteRequest(collection="products", ids=["p1"])).deleted == 1
+        proc.kill()
+        proc.start()
+        with grpc.insecure_channel(proc.address) as channel:
+            stub = index_pb2_grpc.IndexServiceStub(channel)
+            got = stub.Get(pb.GetRequest(collection="products", ids=["p0", "p1", "p2"]))
+            assert sorted(i.id for i in got.items) == ["p0", "p2"]
+            assert stub.GetStats(pb.GetStatsRequest(name="products-v1")).count == 2
+    finally:
+        proc.kill()
+        proc.close()
