@@ -188,9 +188,9 @@ async def _run_stack_async(
 def load_index(address: str, collection: str, vectors: np.ndarray, products: Sequence[Product]) -> None:
     """Writes vectors, attributes and payload exactly as the gateway's ingestion would, minus embedding."""
     from gateway.index_client import IndexRetriever
-    from gateway.items import SPACES
     from gateway.pipeline import PipelineSettings
     from gateway.types import Record
+    from vitrine.items import SPACES
 
     async def go() -> None:
         settings = PipelineSettings(collection=collection)

@@ -1,6 +1,6 @@
 """The pipeline's index client (grpc.aio): one collection per catalog, one item per product.
 
-How a product becomes an item (spaces, attributes, payload, filters) is ``gateway.items``; this module
+How a product becomes an item (spaces, attributes, payload, filters) is ``vitrine.items``; this module
 only moves items over gRPC. Every call hands ``grpc.RpcError`` to ``gateway.errors.from_dependency``,
 the one translation point, and passes the caller's remaining time as the index's own deadline.
 """
@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from gateway import items
 from gateway.errors import Dependency, from_dependency
 from gateway.triton_client import CHANNEL_OPTIONS
 from gateway.types import Candidate, Record
+from vitrine import items
 from vitrine.catalog import Product
 from vitrine.filters import FieldFilter
 from vitrine.index.v2 import index_pb2 as ipb
@@ -94,7 +94,7 @@ class IndexRetriever:
             queries=[ipb.Query(vector=np.asarray(v, dtype=np.float32).tolist()) for v in vectors],
             k=k,
             include_payload=True,
-            include_attributes=True,  # the price is a stored number (gateway.items)
+            include_attributes=True,  # the price is a stored number (vitrine.items)
         )
         flt = items.index_filter(filters)
         if flt is not None:

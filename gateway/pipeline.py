@@ -2,7 +2,7 @@
 
 The clients are passed in as the three protocols below, so the pipeline runs the same against Triton and
 the index service (``gateway.index_client``) as against anything a test or benchmark supplies. Each
-product is one index item with a vector in each named space (``gateway.items``): ``image`` (CLIP image
+product is one index item with a vector in each named space (``vitrine.items``): ``image`` (CLIP image
 embedding of its photo) and ``title`` (CLIP text embedding of its title), written together in one call.
 How a text query meets them is a choice (``TextMatch``), and so is how ranked lists from several spaces
 become one (``Fusion``):
@@ -29,7 +29,6 @@ from typing import TypeVar
 import numpy as np
 
 from gateway.errors import InvalidInput, NotFound
-from gateway.items import IMAGE, TITLE, encoder_space
 from gateway.timing import Deadline, Timer
 from gateway.types import (
     MAX_RERANK_DEPTH,
@@ -52,6 +51,7 @@ from gateway.types import (
 from vitrine.catalog import Product
 from vitrine.contracts import BASE_VERSION, MAX_TEXT_CHARS
 from vitrine.filters import FieldFilter, FilterError, check_filters
+from vitrine.items import IMAGE, TITLE, encoder_space
 
 T = TypeVar("T")
 
@@ -133,7 +133,7 @@ class Serving:
     its embedder, and the cross-encoder version with its re-ranker.
 
     A search reads ``Pipeline.serving`` once, so its query vectors and the index spaces it searches
-    (``gateway.items.encoder_space``) always come from the same encoder version, and its re-ranking from
+    (``vitrine.items.encoder_space``) always come from the same encoder version, and its re-ranking from
     one cross-encoder, even while a rollout switches versions between two searches.
     """
 

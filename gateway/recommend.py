@@ -36,13 +36,13 @@ import numpy as np
 
 from gateway.errors import InvalidInput, NotFound
 from gateway.event_store import EventReader
-from gateway.items import IMAGE, rec_space
 from gateway.timing import Timer
 from gateway.types import ItemSource
 from vitrine.catalog import Product
 from vitrine.contracts import REC_DIM
 from vitrine.events import EVENT_CODE, MAX_HISTORY, Event, EventType
 from vitrine.filters import FieldFilter, field_values, matches
+from vitrine.items import IMAGE, rec_space
 
 log = logging.getLogger(__name__)
 

@@ -94,7 +94,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Record:
-    """One product as the index stores it: its vector in every space (``gateway.items.SPACES``)."""
+    """One product as the index stores it: its vector in every space (``vitrine.items.SPACES``)."""
 
     product: Product
     vectors: dict[str, np.ndarray]

@@ -168,7 +168,7 @@ async def _write_space(
 
 async def _drop_spaces(index_address: str, collection: str, keep: set[str]) -> None:
     from gateway.index_client import IndexRetriever
-    from gateway.items import REC
+    from vitrine.items import REC
 
     client = IndexRetriever(index_address, collection, ())
     try:
@@ -183,10 +183,10 @@ def deploy(artifacts: Path, repo: Path, triton_url: str, index_address: str, col
     """Deploys a trained recommender as the next version while serving; returns the version."""
     import tritonclient.grpc as triton_grpc
 
-    from gateway.items import rec_space
     from model_repository.render import RenderOptions, render_version
     from model_repository.spec import USER_TOWER_SPEC
     from vitrine.contracts import Model
+    from vitrine.items import rec_space
 
     ids = json.loads((artifacts / "item_ids.json").read_text())
     vectors = np.load(artifacts / "item_vectors.npy")

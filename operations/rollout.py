@@ -2,7 +2,7 @@
 
 ``deploy``: the adapted towers are already Triton versions of the encoders (``adapt.serving``, rendered
 by ``model_repository``); the catalog is re-embedded by that version's pinned ensembles into optional
-index spaces of its own (``gateway.items.encoder_space``: ``image.2``, ``title.2``) with
+index spaces of its own (``vitrine.items.encoder_space``: ``image.2``, ``title.2``) with
 ``UpsertVectors``, beside the live ``image``/``title`` spaces, while the gateway keeps answering from
 the old version. Only when every product has its new vectors is the serving file replaced (atomically,
 by rename); each gateway re-reads it within a health interval and switches its query encoder and its
@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from gateway.errors import GatewayError
 from gateway.index_client import IndexRetriever
-from gateway.items import IMAGE, TITLE, encoder_space
 from gateway.triton_client import TritonModels
 from vitrine.catalog import Product, read_catalog, resolve_image
 from vitrine.contracts import (
@@ -43,6 +42,7 @@ from vitrine.contracts import (
     Model,
     ensemble_name,
 )
+from vitrine.items import IMAGE, TITLE, encoder_space
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The item side of training: every product's content vectors and attributes, as arrays.
 
-Content is what the catalog's collection already holds: the CLIP image and title vectors of each product
-(read from the index service through the kernel's ``vitrine.index.v2`` stubs, with the payload, so
-category, brand, colour and price come from the same record). Attributes become vocabulary ids; the
-vocabularies are saved in the trained model's manifest so the same ids are used at deploy time.
+Content is what the catalog's collection already holds: the CLIP image and title vectors of each product,
+read from the index service and rebuilt by the kernel's item layout (``vitrine.items``), so category,
+brand, colour and price come from the same record. Attributes become vocabulary ids; the vocabularies
+are saved in the trained model's manifest so the same ids are used at deploy time.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitrine.catalog import CATEGORY_SEPARATOR, Product
+from vitrine.catalog import Product
 from vitrine.contracts import EMBED_DIM
+from vitrine.items import IMAGE, TITLE, product_of
 
 CONTENT_DIM = 2 * EMBED_DIM
 PRICE_BUCKETS = 12
@@ -114,23 +115,13 @@ def from_index(
                 timeout=60,
             )
             for item in resp.items:
-                extra = dict(item.payload.extra)
-                products.append(
-                    Product(
-                        id=item.id,
-                        title=item.payload.title,
-                        category=tuple(c for c in extra.get("category", "").split(CATEGORY_SEPARATOR) if c),
-                        brand=extra.get("brand", ""),
-                        price=item.numbers.get("price", 0.0),
-                        attributes={k[5:]: v for k, v in extra.items() if k.startswith("attr.")},
-                    )
-                )
+                products.append(product_of(item))
                 vecs = item.vectors
-                if "image" in vecs and "title" in vecs:
+                if IMAGE in vecs and TITLE in vecs:
                     content[item.id] = np.concatenate(
                         [
-                            np.asarray(vecs["image"].values, np.float32),
-                            np.asarray(vecs["title"].values, np.float32),
+                            np.asarray(vecs[IMAGE].values, np.float32),
+                            np.asarray(vecs[TITLE].values, np.float32),
                         ]
                     )
     if not products:

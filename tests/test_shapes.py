@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway import items
 from gateway.event_store import SqliteEventStore
 from gateway.events import parse_event
 from gateway.http.models import EventIn, ProductIn, ProductOut
 from gateway.messages import event_from_pb, product_from_pb, product_to_pb
+from vitrine import items
 from vitrine.catalog import CATEGORY_SEPARATOR, Product, read_catalog, write_catalog
 from vitrine.events import COLUMNS, SCHEMA, Event, EventType, event_from_json, read_events, write_events
 from vitrine.filters import FieldFilter, matches
@@ -191,7 +191,7 @@ FILTERS = [
 
 async def test_matches_selects_what_the_index_selects(index_stub: ipb_grpc.IndexServiceStub) -> None:
     """``vitrine.filters.matches`` on products in hand and the index service's filtered search over
-    the items ``gateway.items`` writes (its filter translated by ``index_filter``) select the same ids."""
+    the items ``vitrine.items`` writes (its filter translated by ``index_filter``) select the same ids."""
     collection = "shapes"
     await index_stub.CreateCollection(
         ipb.CreateCollectionRequest(spec=items.collection_spec(collection, ["color"])), timeout=30

@@ -1,7 +1,7 @@
 """What a field filter means, declared once: which fields filter, how each is checked, what it selects.
 
 Search, similar items and recommendations take the same filters. The index evaluates them on stored
-items (``gateway.items`` translates them into the index's filter language: category as tags, price as a
+items (``vitrine.items`` translates them into the index's filter language: category as tags, price as a
 range, any other field as keywords); recommendations that are not found by vector (trending items, a
 context item's neighbours after hydration) evaluate them here with ``matches``. A contract test holds
 the two to the same selection.
