@@ -11,12 +11,13 @@ Batching choices (measured by ``python -m benchmarks.triton``, see docs/BENCHMAR
 
 * Encoders batch dynamically with preferred sizes; text is padded to ``CLIP_TEXT_BUCKETS`` by the
   tokenizer so requests of similar length share a shape (Triton only batches equal shapes).
-* CPU queue delays, measured (docs/BENCHMARKS.md, 2 vCPU): the CLIP text encoder waits 2 ms. At
-  concurrency 32 that gave ~1.5x larger batches and 1.6-1.9x the throughput of no delay in three of
-  four runs, and no delay stalled p95 at concurrency 8 in every run; at concurrency 1 it costs a few ms
-  of p50 (about 12-14 -> 16 ms). The image and cross-encoder queues wait 0: one image or one rerank
-  request already costs 60-430 ms of compute, a batch of 8 is only 1.1-1.3x cheaper per item, and a
-  delay showed no consistent gain in three runs, while the queue fills anyway when the instance is busy.
+* CPU queue delays (docs/BENCHMARKS.md, text embedding, 2 vCPU): the CLIP text encoder waits 2 ms,
+  chosen at an earlier layout where it gave 1.6-1.9x the throughput of no delay at concurrency 32. At the
+  current layout (two 2-thread instances) the report measures 1.15x at concurrency 8, 0.91x at 32 and
+  2.3 ms more p50 at concurrency 1: re-measure before changing it. The image and cross-encoder queues
+  wait 0: one image or one rerank request already costs 60-430 ms of compute, a batch of 8 is only
+  1.1-1.3x cheaper per item, and a delay showed no consistent gain in three runs, while the queue fills
+  anyway when the instance is busy.
   GPU delays (1-2 ms) are a starting point, not a measurement: there a batch of 32 costs little more
   than one, so waiting pays; re-measure on the GPU host.
 * Every batching model has a bounded queue (``max_queue_size``) with ``REJECT``: overload is refused
