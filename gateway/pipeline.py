@@ -47,6 +47,7 @@ from gateway.types import (
     check_ids,
     check_image_header,
     check_product,
+    require_photo,
 )
 from vitrine.catalog import Product
 from vitrine.contracts import BASE_VERSION, MAX_TEXT_CHARS
@@ -348,7 +349,8 @@ class Pipeline:
         errors: list[BaseException | None] = [None] * len(items)
         for i, (product, image) in enumerate(items):
             try:
-                check_product(product, image)
+                check_product(product)
+                require_photo(product, image)
             except InvalidInput as exc:
                 errors[i] = exc
         todo = [i for i, e in enumerate(errors) if e is None]

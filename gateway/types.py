@@ -59,9 +59,9 @@ def check_ids(ids: Sequence[str]) -> None:
             raise InvalidInput(f"id {i} is {len(pid)} characters; the limit is {MAX_ID_CHARS}")
 
 
-def check_product(product: Product, image: bytes | None = None) -> None:
-    """Everything about a product that can be decided before it costs an embedding or an index write;
-    ``image``, when given, is the photo that must come with it."""
+def check_product(product: Product) -> None:
+    """Everything about a product that can be decided before it costs a read, an embedding or an index
+    write."""
     if not product.id:
         raise InvalidInput("missing product id")
     if len(product.id) > MAX_ID_CHARS:
@@ -72,7 +72,11 @@ def check_product(product: Product, image: bytes | None = None) -> None:
         raise InvalidInput(
             f"product {product.id!r}: price must be a finite non-negative number, got {product.price!r}"
         )
-    if image is not None and not image:
+
+
+def require_photo(product: Product, image: bytes) -> None:
+    """A product is stored with its photo (its image vector is required in every catalog)."""
+    if not image:
         raise InvalidInput(f"product {product.id!r}: missing image")
 
 

@@ -14,7 +14,7 @@ import grpc
 from gateway.errors import InvalidInput, status_of
 from gateway.ingest import IngestRoots
 from gateway.pipeline import Pipeline
-from gateway.types import check_image_header, check_product
+from gateway.types import check_image_header, check_product, require_photo
 from vitrine.catalog import Product
 from vitrine.errors import bounded
 
@@ -103,7 +103,7 @@ async def upsert_products(
                 raise item.error
             check_product(item.product)  # before its image costs a disk read
             image = await _load_image(item, ingest)
-            check_product(item.product, image)
+            require_photo(item.product, image)
             check_image_header(image)
             batch.append((index, item.product, image))
         except InvalidInput as exc:
