@@ -8,6 +8,7 @@ memory too, so a search hands it to the transport without re-encoding (``parse_r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,6 +18,7 @@ from vitrine.index.v2 import index_pb2 as pb
 
 
 def spec_message(spec: CollectionSpec) -> pb.CollectionSpec:
+    """A spec's message; an index's numbers map field for field (``IndexSpec`` names ``pb.IndexSpec``'s)."""
     schema = spec.schema
     return pb.CollectionSpec(
         name=spec.name,
@@ -32,20 +34,11 @@ def spec_message(spec: CollectionSpec) -> pb.CollectionSpec:
 
 
 def _vector_spec_message(vec: VectorSpec) -> pb.VectorSpec:
-    idx = vec.index
     return pb.VectorSpec(
         name=vec.name,
         dim=vec.dim,
         metric=vec.metric,  # type: ignore[arg-type]
-        index=pb.IndexSpec(
-            kind=idx.kind,  # type: ignore[arg-type]
-            nlist=idx.nlist,
-            pq_m=idx.pq_m,
-            pq_nbits=idx.pq_nbits,
-            hnsw_m=idx.hnsw_m,
-            ef_construction=idx.ef_construction,
-            train_min=idx.train_min,
-        ),
+        index=pb.IndexSpec(**dataclasses.asdict(vec.index)),
         optional=vec.optional,
     )
 
@@ -69,15 +62,7 @@ def vector_spec_of(message: pb.VectorSpec) -> VectorSpec:
         name=message.name,
         dim=message.dim,
         metric=message.metric,
-        index=IndexSpec(
-            kind=idx.kind,
-            nlist=idx.nlist,
-            pq_m=idx.pq_m,
-            pq_nbits=idx.pq_nbits,
-            hnsw_m=idx.hnsw_m,
-            ef_construction=idx.ef_construction,
-            train_min=idx.train_min,
-        ),
+        index=IndexSpec(**{f.name: getattr(idx, f.name) for f in dataclasses.fields(IndexSpec)}),
         optional=message.optional,
     )
 
