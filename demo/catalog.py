@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from demo.reworded import FILE_NAME as REWORDED_FILE
+from demo.reworded import write_reworded
 from vitrine.catalog import LabelledQuery, Product, write_catalog
 
 
@@ -376,7 +378,8 @@ def generate_queries(products: Sequence[Product], n: int, seed: int = 0) -> list
 def write_generated(
     out: str | Path, n: int, seed: int = 0, n_queries: int = 50, image_size: int = 640, progress: bool = True
 ) -> Path:
-    """Write ``catalog.jsonl``, ``images/*.jpg`` and ``queries.jsonl`` under ``out``; returns the catalog."""
+    """Write ``catalog.jsonl``, ``images/*.jpg``, ``queries.jsonl`` and the reworded held-out queries
+    (``demo.reworded``) under ``out``; returns the catalog."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -397,4 +400,5 @@ def write_generated(
     with (out / "queries.jsonl").open("w", encoding="utf-8") as fh:
         for q in queries:
             fh.write(json.dumps({"query": q.text, "relevant": q.relevant}) + "\n")
+    write_reworded(products, out / REWORDED_FILE)
     return catalog
