@@ -29,7 +29,7 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model_repository", description=__doc__)
     parser.add_argument("--log-level", default="warning")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         help="render batchers (off: one execution per request, the benchmark's baseline)",
     )
     render.set_defaults(func=_render)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
     return int(args.func(args))
 

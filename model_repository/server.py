@@ -96,6 +96,27 @@ class Endpoints:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
 
+def triton_flags(endpoints: Endpoints, verbose: bool = False, gpu_metrics: bool = False) -> list[str]:
+    """tritonserver's own settings (addresses, ports, metrics, readiness, logging) wherever it runs: the
+    embedded binary here and NVIDIA's container in a cluster (``operations.deploy``) take the same ones."""
+    return [
+        # Loopback unless asked: Triton has no authentication, and its models are internal to the stack.
+        f"--grpc-address={endpoints.host}",
+        f"--http-address={endpoints.host}",
+        f"--metrics-address={endpoints.host}",
+        f"--grpc-port={endpoints.grpc_port}",
+        f"--http-port={endpoints.http_port}",
+        f"--metrics-port={endpoints.metrics_port}",
+        "--allow-metrics=true",
+        f"--allow-gpu-metrics={str(gpu_metrics).lower()}",
+        "--allow-cpu-metrics=true",
+        "--metrics-config=summary_latencies=true",
+        "--exit-on-error=true",
+        "--strict-readiness=true",
+        f"--log-verbose={1 if verbose else 0}",
+    ]
+
+
 def triton_command(
     repo: Path, endpoints: Endpoints, backends: Path, verbose: bool = False, extra_args: tuple[str, ...] = ()
 ) -> list[str]:
@@ -105,20 +126,7 @@ def triton_command(
         f"--model-repository={Path(repo).resolve()}",
         f"--backend-directory={prepare_backends(backends)}",
         f"--cache-directory={triton_home() / 'caches'}",  # the wheel's local response cache, when configured
-        # Loopback unless asked: Triton has no authentication, and its models are internal to the stack.
-        f"--grpc-address={endpoints.host}",
-        f"--http-address={endpoints.host}",
-        f"--metrics-address={endpoints.host}",
-        f"--grpc-port={endpoints.grpc_port}",
-        f"--http-port={endpoints.http_port}",
-        f"--metrics-port={endpoints.metrics_port}",
-        "--allow-metrics=true",
-        "--allow-gpu-metrics=false",
-        "--allow-cpu-metrics=true",
-        "--metrics-config=summary_latencies=true",
-        "--exit-on-error=true",
-        "--strict-readiness=true",
-        f"--log-verbose={1 if verbose else 0}",
+        *triton_flags(endpoints, verbose),
         *extra_args,
     ]
 
