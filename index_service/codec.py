@@ -13,7 +13,16 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from index_service.model import CollectionSpec, IndexSpec, Item, Payload, Schema, VectorSpec
+from index_service.model import (
+    CollectionSpec,
+    IndexSpec,
+    Item,
+    LexicalField,
+    LexicalSpec,
+    Payload,
+    Schema,
+    VectorSpec,
+)
 from vitrine.index.v2 import index_pb2 as pb
 
 
@@ -30,6 +39,23 @@ def spec_message(spec: CollectionSpec) -> pb.CollectionSpec:
         )
         if schema != Schema()
         else None,
+        lexical=[lexical_spec_message(lex) for lex in spec.lexical],
+    )
+
+
+def lexical_spec_message(spec: LexicalSpec) -> pb.LexicalSpec:
+    return pb.LexicalSpec(
+        name=spec.name,
+        tokenizer=spec.tokenizer,  # type: ignore[arg-type]
+        fields=[pb.LexicalField(source=f.source, weight=f.weight) for f in spec.fields],
+    )
+
+
+def lexical_spec_of(message: pb.LexicalSpec) -> LexicalSpec:
+    return LexicalSpec(
+        name=message.name,
+        tokenizer=message.tokenizer,
+        fields=tuple(LexicalField(f.source, f.weight) for f in message.fields),
     )
 
 
@@ -53,6 +79,7 @@ def spec_of(message: pb.CollectionSpec) -> CollectionSpec:
             keyword_fields=tuple(schema.keyword_fields),
             non_negative_fields=tuple(schema.non_negative_fields),
         ),
+        lexical=tuple(lexical_spec_of(lex) for lex in message.lexical),
     )
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from index_service import codec
 from index_service.errors import InvalidArgument
-from index_service.model import CollectionSpec, Item, VectorSpec
+from index_service.model import CollectionSpec, Item, LexicalSpec, VectorSpec
 from index_service.space import Column, Space
 from vitrine.errors import quoted
 
@@ -59,6 +59,8 @@ class Collection:
         self.spaces: dict[str, Space] = {v.name: Space(v, self) for v in spec.vectors}
         """In declared order. Replaced whole (never mutated) when a space is added or dropped, so a
         reader iterating it without the lock sees one version."""
+        self.lexical: dict[str, LexicalSpec] = {lex.name: lex for lex in spec.lexical}
+        """Lexical spaces: their text lives in storage's FTS5 tables (``lexical.py``), keyed by slot."""
 
     # ---- attribute view for filters.evaluate ----
 
@@ -106,6 +108,19 @@ class Collection:
         self.spaces = spaces
         self.spec = replace(self.spec, vectors=(*self.spec.vectors, space.spec))
 
+    def install_lexical(self, spec: LexicalSpec) -> None:
+        self.lexical = {**self.lexical, spec.name: spec}
+        self.spec = replace(self.spec, lexical=(*self.spec.lexical, spec))
+
+    def lexical_space(self, name: str) -> LexicalSpec:
+        space = self.lexical.get(name)
+        if space is None:
+            raise InvalidArgument(
+                f"collection {quoted(self.name)} has no lexical space {quoted(name)}; "
+                f"its lexical spaces: {list(self.lexical)}"
+            )
+        return space
+
     def remove_space(self, name: str) -> None:
         self.spaces = {n: s for n, s in self.spaces.items() if n != name}
         self.spec = replace(self.spec, vectors=tuple(v for v in self.spec.vectors if v.name != name))
@@ -120,6 +135,11 @@ class Collection:
                 f"{list(self.spaces)} in SearchRequest.vector"
             )
         space = self.spaces.get(name)
+        if space is None and name in self.lexical:
+            raise InvalidArgument(
+                f"space {quoted(name)} of {quoted(self.name)} is lexical: search it with query texts, "
+                "not vectors"
+            )
         if space is None:
             raise InvalidArgument(
                 f"collection {quoted(self.name)} has no vector space {quoted(name)}; "

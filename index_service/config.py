@@ -46,6 +46,14 @@ MAX_SPACES = 16
 """Most named vector spaces one collection declares (at creation and by AddVectorSpace)."""
 
 MAX_SPACE_NAME_CHARS = 64
+MAX_LEXICAL_SPACES = 4
+"""Most lexical spaces (SQLite FTS5 tables) one collection declares."""
+MAX_LEXICAL_FIELDS = 16
+MAX_LEXICAL_WEIGHT = 100.0
+MAX_QUERY_TEXT_CHARS = 1024
+"""Longest text query of a lexical space."""
+MAX_QUERY_TERMS = 64
+"""Terms of one text query that are matched (the rest are ignored): bounds the FTS5 expression."""
 MAX_ID_CHARS = 512
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """gRPC message limit: a full Upsert batch of 1000 x 4096-d vectors plus payloads fits."""

@@ -30,7 +30,9 @@ def item_vector_of(message: pb.ItemVector) -> ItemVector:
 
 
 def params_of(message: pb.SearchParams) -> SearchParams:
-    return SearchParams(nprobe=message.nprobe, ef_search=message.ef_search, exact=message.exact)
+    return SearchParams(
+        nprobe=message.nprobe, ef_search=message.ef_search, exact=message.exact, prefix=message.prefix
+    )
 
 
 def filter_of(message: pb.Filter) -> filters.Filter:
@@ -69,6 +71,7 @@ def stats_message(stats: CollectionStats) -> pb.CollectionStats:
             for s in stats.vectors
         ],
         device=stats.device,
+        lexical=[pb.LexicalStats(name=s.name, count=s.count) for s in stats.lexical],
     )
 
 

@@ -57,6 +57,33 @@ class VectorSpec:
     optional: bool = False
 
 
+class LexicalTokenizer(enum.IntEnum):
+    """Numbered as on the wire and in stored specs (``lexical.py`` maps each to its FTS5 tokenizer)."""
+
+    UNSPECIFIED = 0
+    UNICODE61 = 1
+    PORTER = 2
+    TRIGRAM = 3
+
+
+@dataclass(frozen=True)
+class LexicalField:
+    source: str
+    """"title", "description", "extra.<key>" or "extra.<prefix>*" (every matching extra value)."""
+    weight: float = 0.0
+    """BM25 column weight; 0 means 1 (``specs.py`` fills it in)."""
+
+
+@dataclass(frozen=True)
+class LexicalSpec:
+    """A lexical space: BM25 over text its fields take from each item's payload (``lexical.py``)."""
+
+    name: str
+    tokenizer: int = LexicalTokenizer.UNSPECIFIED
+    """A ``LexicalTokenizer``; a request's may be any number until ``specs.py`` refuses it."""
+    fields: tuple[LexicalField, ...] = ()
+
+
 @dataclass(frozen=True)
 class Schema:
     """Attributes items may carry and filters may name; tags need no declaration."""
@@ -72,6 +99,7 @@ class CollectionSpec:
     vectors: tuple[VectorSpec, ...] = ()
     """In declared order: the order a collection's non-optional vectors are stored in."""
     schema: Schema = Schema()
+    lexical: tuple[LexicalSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +152,8 @@ class SearchParams:
     nprobe: int = 0
     ef_search: int = 0
     exact: bool = False
+    prefix: bool = False
+    """Lexical: the last query term also matches as a prefix."""
 
 
 @dataclass(frozen=True)
@@ -158,8 +188,15 @@ class SpaceStats:
 
 
 @dataclass(frozen=True)
+class LexicalStats:
+    name: str
+    count: int
+
+
+@dataclass(frozen=True)
 class CollectionStats:
     spec: CollectionSpec
     count: int
     vectors: tuple[SpaceStats, ...]
     device: str
+    lexical: tuple[LexicalStats, ...] = ()

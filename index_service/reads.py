@@ -5,13 +5,14 @@ Reads share each collection's readers lock; none waits for a disk commit.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 import numpy as np
 
-from index_service import filters
-from index_service.config import MAX_BATCH, MAX_K, MAX_QUERIES
-from index_service.errors import FailedPrecondition, InvalidArgument
+from index_service import filters, lexical
+from index_service.config import MAX_BATCH, MAX_K, MAX_QUERIES, MAX_QUERY_TEXT_CHARS
+from index_service.errors import FailedPrecondition, InvalidArgument, NotFound
 from index_service.model import CollectionStats, Hit, IndexKind, SearchParams, Stored
 from index_service.registry import Registry
 from index_service.specs import check_search_params
@@ -71,6 +72,57 @@ class Reads:
         if flt is not None:
             filters.validate(flt, handle.c.number_fields, handle.c.keyword_fields)
         return target.name, target.prepare_vectors(queries, "query")
+
+    def is_lexical(self, name: str, space: str) -> bool:
+        return space in self.registry.handle(name).c.lexical
+
+    def prepare_text_search(
+        self, name: str, space: str, texts: Sequence[str], vectors: int, k: int, flt: filters.Filter | None
+    ) -> None:
+        """Validate one lexical search completely (``vectors``: how many queries also carry a vector)."""
+        handle = self.registry.handle(name)
+        handle.c.lexical_space(space)
+        if not texts:
+            raise InvalidArgument("search needs at least one query")
+        if len(texts) > MAX_QUERIES:
+            raise InvalidArgument(f"{len(texts)} queries exceed the limit of {MAX_QUERIES}")
+        if vectors:
+            raise InvalidArgument(f"space {quoted(space)} is lexical: its queries carry text, not vectors")
+        for i, text in enumerate(texts):
+            if not 1 <= len(text) <= MAX_QUERY_TEXT_CHARS:
+                raise InvalidArgument(
+                    f"query {i}: a lexical query's text must be 1-{MAX_QUERY_TEXT_CHARS} characters, "
+                    f"got {len(text)}"
+                )
+        if not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+        if flt is not None:
+            filters.validate(flt, handle.c.number_fields, handle.c.keyword_fields)
+
+    def search_text(
+        self, name: str, space: str, texts: Sequence[str], k: int, flt: filters.Filter | None, prefix: bool
+    ) -> list[list[Hit]]:
+        """Validated queries (``prepare_text_search``) against a lexical space: BM25, best first, the
+        filter applied to the whole ranked list (``lexical.search``)."""
+        handle = self.registry.handle(name)
+        db = self.registry.storage.reader()
+        c = handle.c
+        spec = c.lexical_space(space)
+        out = []
+        with handle.rw.read():
+            mask = filters.evaluate(flt, c) if flt is not None else None
+            admit = lexical.admitter(c.next_slot, c.alive.data, c.slot_ids, c.slot_of, mask)
+            for text in texts:
+                try:
+                    rows = lexical.search(db, c.name, spec, text, prefix, k, admit)
+                except sqlite3.OperationalError:
+                    if handle.dropped:
+                        raise NotFound(f"collection {quoted(name)} does not exist") from None
+                    raise
+                out.append(
+                    [Hit(str(c.slot_ids[slot]), score, c.records[slot] or b"") for slot, score in rows]
+                )
+        return out
 
     def coalesces(self, name: str, space: str) -> bool:
         """Whether merging concurrent single queries pays off for this collection's index.

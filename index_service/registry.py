@@ -23,9 +23,21 @@ from index_service.collection import Collection
 from index_service.config import MAX_SPACES
 from index_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from index_service.loading import load_collection
-from index_service.model import CollectionSpec, CollectionStats, SpaceStats, VectorSpec
+from index_service.model import (
+    CollectionSpec,
+    CollectionStats,
+    LexicalSpec,
+    LexicalStats,
+    SpaceStats,
+    VectorSpec,
+)
 from index_service.space import Space
-from index_service.specs import check_collection_name, normalize_spec, normalize_vector_spec
+from index_service.specs import (
+    check_collection_name,
+    normalize_lexical_spec,
+    normalize_spec,
+    normalize_vector_spec,
+)
 from index_service.storage import Storage
 from vitrine.errors import quoted
 
@@ -116,6 +128,7 @@ class Handle:
                     for space in c.spaces.values()
                 ),
                 device=self.device,
+                lexical=tuple(LexicalStats(name, c.count) for name in c.lexical),
             )
 
 
@@ -248,10 +261,8 @@ class Registry:
         vector = normalize_vector_spec(vector)
         handle = self.handle(name)
         with handle.writing(name) as c:
-            if vector.name in c.spaces:
-                raise AlreadyExists(
-                    f"collection {quoted(c.name)} already has a vector space {quoted(vector.name)}"
-                )
+            if vector.name in c.spaces or vector.name in c.lexical:
+                raise AlreadyExists(f"collection {quoted(c.name)} already has a space {quoted(vector.name)}")
             if len(c.spaces) >= MAX_SPACES:
                 raise InvalidArgument(
                     f"collection {quoted(c.name)} already has the most spaces, {MAX_SPACES}"
@@ -262,6 +273,17 @@ class Registry:
             self.storage.set_spec(replace(c.spec, vectors=(*c.spec.vectors, vector)))
             with handle.rw.write():
                 c.install(space)
+        return handle.stats()
+
+    def add_lexical(self, name: str, spec: LexicalSpec) -> CollectionStats:
+        """Create a lexical space and fill it from every stored item in one transaction (the writer's
+        turn is held, so no item is written meanwhile), then publish it."""
+        handle = self.handle(name)
+        with handle.writing(name) as c:
+            spec = normalize_lexical_spec(spec, c.spec)
+            self.storage.add_lexical(replace(c.spec, lexical=(*c.spec.lexical, spec)), spec)
+            with handle.rw.write():
+                c.install_lexical(spec)
         return handle.stats()
 
     def drop_space(self, name: str, space_name: str) -> CollectionStats:

@@ -275,6 +275,8 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         params = convert.params_of(request.params)
         # Resolved once: a search through an alias re-pointed meanwhile answers from one collection.
         name = self.engine.registry.resolve(request.collection)
+        if self.engine.reads.is_lexical(name, request.vector):
+            return await self._search_text(name, request, flt, params)
         queries = [convert.vector_of(q.vector) for q in request.queries]
         space, prepared = self.engine.reads.prepare_search(
             name, request.vector, queries, request.k, flt, params
@@ -284,17 +286,27 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             rows, exact = await self._coalescer.submit(key, prepared)
         else:
             rows, exact = await self._search_batch(key, prepared)
-        return pb.SearchResponse(
-            results=[
-                pb.QueryResult(
-                    hits=[
-                        convert.hit_message(h, request.include_payload, request.include_attributes)
-                        for h in row
-                    ]
-                )
-                for row in rows
-            ],
-            exact=exact,
+        return _response(request, rows, exact)
+
+    async def _search_text(
+        self, name: str, request: pb.SearchRequest, flt: filters.Filter | None, params: SearchParams
+    ) -> pb.SearchResponse:
+        """A lexical space's search: one SQLite query per text, nothing to coalesce."""
+        texts = [q.text for q in request.queries]
+        vectors = sum(1 for q in request.queries if q.vector)
+        self.engine.reads.prepare_text_search(name, request.vector, texts, vectors, request.k, flt)
+        rows = await self._call(
+            self.engine.reads.search_text, name, request.vector, texts, request.k, flt, params.prefix
+        )
+        return _response(request, rows, exact=True)
+
+    @_rpc
+    async def AddLexicalSpace(
+        self, request: pb.AddLexicalSpaceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CollectionStats:
+        spec = codec.lexical_spec_of(request.lexical)
+        return convert.stats_message(
+            await self._call(self.engine.registry.add_lexical, request.collection, spec)
         )
 
     async def _search_batch(self, key: _SearchKey, queries: np.ndarray) -> tuple[list[list[Hit]], bool]:
@@ -303,3 +315,17 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         return await self._call(
             self.engine.reads.search, key.collection, key.space, queries, key.k, key.filter, key.params
         )
+
+
+def _response(request: pb.SearchRequest, rows: list[list[Hit]], exact: bool) -> pb.SearchResponse:
+    return pb.SearchResponse(
+        results=[
+            pb.QueryResult(
+                hits=[
+                    convert.hit_message(h, request.include_payload, request.include_attributes) for h in row
+                ]
+            )
+            for row in rows
+        ],
+        exact=exact,
+    )

@@ -14,6 +14,9 @@ from index_service.config import (
     MAX_EF_CONSTRUCTION,
     MAX_EF_SEARCH,
     MAX_HNSW_M,
+    MAX_LEXICAL_FIELDS,
+    MAX_LEXICAL_SPACES,
+    MAX_LEXICAL_WEIGHT,
     MAX_NAME_CHARS,
     MAX_NLIST,
     MAX_NPROBE,
@@ -23,8 +26,19 @@ from index_service.config import (
     MAX_TRAIN_MIN,
     MIN_HNSW_M,
 )
-from index_service.errors import InvalidArgument
-from index_service.model import CollectionSpec, IndexKind, IndexSpec, Metric, SearchParams, VectorSpec
+from index_service.errors import AlreadyExists, InvalidArgument
+from index_service.lexical import DEFAULT_TOKENIZER, DESCRIPTION, EXTRA, TITLE
+from index_service.model import (
+    CollectionSpec,
+    IndexKind,
+    IndexSpec,
+    LexicalField,
+    LexicalSpec,
+    LexicalTokenizer,
+    Metric,
+    SearchParams,
+    VectorSpec,
+)
 from vitrine.errors import quoted
 
 NAME_HELP = "letters, digits, '-', '_' or '.'"
@@ -62,20 +76,61 @@ def normalize_spec(spec: CollectionSpec) -> CollectionSpec:
         raise InvalidArgument("a collection needs at least one vector space (CollectionSpec.vectors)")
     if len(spec.vectors) > MAX_SPACES:
         raise InvalidArgument(f"a collection has at most {MAX_SPACES} vector spaces, got {len(spec.vectors)}")
-    names = [v.name for v in spec.vectors]
+    if len(spec.lexical) > MAX_LEXICAL_SPACES:
+        raise InvalidArgument(
+            f"a collection has at most {MAX_LEXICAL_SPACES} lexical spaces, got {len(spec.lexical)}"
+        )
+    names = [v.name for v in spec.vectors] + [lex.name for lex in spec.lexical]
     for name in names:
         check_space_name(name)
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise InvalidArgument(f"vector space {quoted(dup)} is declared twice")
+        what = "vector space" if [v.name for v in spec.vectors].count(dup) > 1 else "space"
+        raise InvalidArgument(f"{what} {quoted(dup)} is declared twice")
     vectors = tuple(_normalize_vector_spec(vec) for vec in spec.vectors)
+    lexical = tuple(_normalize_lexical_spec(lex) for lex in spec.lexical)
     numbers, keywords = list(spec.schema.number_fields), list(spec.schema.keyword_fields)
     every = numbers + keywords
     if len(set(every)) != len(every) or any(not f for f in every):
         raise InvalidArgument("schema fields must be non-empty and unique across number and keyword fields")
     if not set(spec.schema.non_negative_fields) <= set(numbers):
         raise InvalidArgument("schema non_negative_fields must each be one of its number_fields")
-    return replace(spec, vectors=vectors)
+    return replace(spec, vectors=vectors, lexical=lexical)
+
+
+def normalize_lexical_spec(spec: LexicalSpec, collection: CollectionSpec) -> LexicalSpec:
+    """Validate a lexical space added to a live collection and fill its defaults."""
+    check_space_name(spec.name)
+    if spec.name in {v.name for v in collection.vectors} | {lex.name for lex in collection.lexical}:
+        raise AlreadyExists(f"collection {quoted(collection.name)} already has a space {quoted(spec.name)}")
+    if len(collection.lexical) >= MAX_LEXICAL_SPACES:
+        raise InvalidArgument(f"collection {quoted(collection.name)} has the most lexical spaces already")
+    return _normalize_lexical_spec(spec)
+
+
+def _normalize_lexical_spec(spec: LexicalSpec) -> LexicalSpec:
+    where = f"lexical space {quoted(spec.name)}"
+    tokenizer = spec.tokenizer or DEFAULT_TOKENIZER
+    if tokenizer not in LexicalTokenizer.__members__.values():
+        raise InvalidArgument(f"{where}: unknown tokenizer {tokenizer}")
+    if not 1 <= len(spec.fields) <= MAX_LEXICAL_FIELDS:
+        raise InvalidArgument(f"{where}: needs 1-{MAX_LEXICAL_FIELDS} fields, got {len(spec.fields)}")
+    fields = []
+    for f in spec.fields:
+        source = f.source
+        if source not in (TITLE, DESCRIPTION) and not (
+            source.startswith(EXTRA) and len(source) > len(EXTRA) and len(source) <= MAX_SPACE_NAME_CHARS * 2
+        ):
+            raise InvalidArgument(
+                f"{where}: field source {quoted(source)} must be 'title', 'description', 'extra.<key>' "
+                "or 'extra.<prefix>*'"
+            )
+        if not 0.0 <= f.weight <= MAX_LEXICAL_WEIGHT:  # NaN fails this too
+            raise InvalidArgument(f"{where}: field {quoted(source)} weight must be 0-{MAX_LEXICAL_WEIGHT}")
+        fields.append(LexicalField(source, float(f.weight or 1.0)))
+    if len({f.source for f in fields}) != len(fields):
+        raise InvalidArgument(f"{where}: a field source is named twice")
+    return LexicalSpec(spec.name, LexicalTokenizer(tokenizer), tuple(fields))
 
 
 def _normalize_vector_spec(vec: VectorSpec) -> VectorSpec:

@@ -8,7 +8,8 @@ space's vector concatenated in the spec's declared order; its vectors in optiona
 ``item_vectors`` keyed (collection, id, space), written in the same transaction, so a crash can never
 leave an item's spaces at different versions. Each such row carries ``seq``, the slot watermark when it
 was written: a vector written at an item's existing slot after a snapshot is told apart from one the
-snapshot holds. Aliases are rows of ``aliases``.
+snapshot holds. Aliases are rows of ``aliases``. Each lexical space is an FTS5 table keyed by slot
+(``lexical.py``), written and deleted in the transaction that writes or deletes the item.
 
 Each space's FAISS index is its own snapshot file with the slot watermark it covers: on restart the
 snapshot is loaded and only items written above the watermark are re-added (slots are never reused,
@@ -30,17 +31,20 @@ from pathlib import Path
 import faiss
 from google.protobuf.message import DecodeError
 
-from index_service import codec
+from index_service import codec, lexical
 from index_service.errors import AlreadyExists, NotFound
-from index_service.model import CollectionSpec
+from index_service.model import CollectionSpec, LexicalSpec
 from vitrine.errors import quoted
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """``PRAGMA user_version`` of a database this code writes. Version 1 (one vector per item) had no
 version number and cannot be read: its collections held one space each under no name. Version 2 lacked
-optional spaces, aliases and the trained size of snapshots; it is upgraded in place (tables added)."""
+optional spaces, aliases and the trained size of snapshots; it is upgraded in place (tables added).
+Version 3 had no lexical spaces: its tables are version 4's, so it opens as it is, and a collection gains
+a lexical space (filled from its stored records) by ``add_lexical``. The number changed so that code of
+version 3, which would write items without their FTS5 rows, refuses a database that may hold some."""
 
-UPGRADABLE = (2,)
+UPGRADABLE = (2, 3)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -123,10 +127,27 @@ class Storage:
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._clean_orphans()
+        self._lexical: dict[str, tuple[LexicalSpec, ...]] = {}
+        """Each collection's lexical spaces, which every item write keeps (set from stored specs)."""
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            for reader in self._readers:
+                reader.close()
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (lexical searches): in WAL mode it reads the last commit
+        without waiting for a writer's, and it never takes the writer's lock."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            uri = f"{(self.dir / 'index.db').resolve().as_uri()}?mode=ro"
+            db = self._local.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            with self._lock:
+                self._readers.append(db)
+        return db
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -166,8 +187,11 @@ class Storage:
                 db.execute(
                     "INSERT INTO collections (name, spec) VALUES (?, ?)", (spec.name, codec.encode_spec(spec))
                 )
+                for space in spec.lexical:
+                    lexical.fill(db, spec.name, space)
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"collection {quoted(spec.name)} already exists") from exc
+        self._lexical[spec.name] = spec.lexical
 
     def drop_collection(self, name: str) -> None:
         with self._tx() as db:
@@ -178,6 +202,8 @@ class Storage:
             db.execute("DELETE FROM item_vectors WHERE collection = ?", (name,))
             db.execute("DELETE FROM snapshots WHERE collection = ?", (name,))
             db.execute("DELETE FROM collections WHERE name = ?", (name,))
+            for space in self._lexical.pop(name, ()):
+                db.execute(f"DROP TABLE IF EXISTS {lexical.table(name, space.name)}")
         for filename in files:
             (self.snapshots / filename).unlink(missing_ok=True)
 
@@ -199,6 +225,7 @@ class Storage:
             except DecodeError:
                 spec, error = CollectionSpec(name=name), "its stored spec cannot be decoded"
             out.append(StoredCollection(spec, next_slot, by_collection.get(name, {}), error))
+            self._lexical[name] = spec.lexical
         return out
 
     def items(self, name: str, chunk: int = 8192) -> Iterator[list[tuple[str, int, bytes, bytes]]]:
@@ -235,6 +262,7 @@ class Storage:
         (id, slot, non-optional vectors, record); ``vectors`` are optional-space vectors (id, space, seq,
         vector), replacing the item's previous one in that space; others the item had are kept."""
         with self._tx() as db:
+            lexical.write_rows(db, name, self._lexical.get(name, ()), rows)
             db.executemany(
                 "INSERT OR REPLACE INTO items (collection, id, slot, vectors, body) VALUES (?, ?, ?, ?, ?)",
                 [(name, *row) for row in rows],
@@ -248,6 +276,7 @@ class Storage:
 
     def delete(self, name: str, ids: list[str]) -> None:
         with self._tx() as db:
+            lexical.delete_rows(db, name, self._lexical.get(name, ()), ids)
             db.executemany(
                 "DELETE FROM items WHERE collection = ? AND id = ?", [(name, item_id) for item_id in ids]
             )
@@ -278,6 +307,15 @@ class Storage:
                 db.execute("DELETE FROM snapshots WHERE collection = ? AND space = ?", (name, dropped_space))
         for filename in files:
             (self.snapshots / filename).unlink(missing_ok=True)
+
+    def add_lexical(self, spec: CollectionSpec, space: LexicalSpec) -> int:
+        """Record a collection's new spec with ``space`` in it, create the space's table and fill it from
+        every stored item, in one transaction; returns the items indexed."""
+        with self._tx() as db:
+            db.execute("UPDATE collections SET spec = ? WHERE name = ?", (codec.encode_spec(spec), spec.name))
+            n = lexical.fill(db, spec.name, space)
+        self._lexical[spec.name] = spec.lexical
+        return n
 
     def set_alias(self, alias: str, collection: str) -> None:
         with self._tx() as db:
