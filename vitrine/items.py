@@ -32,6 +32,10 @@ IMAGE = "image"
 TITLE = "title"
 """CLIP text embedding of the product's title."""
 
+LEXICAL = "lexical"
+"""BM25 over the product's words (the index's lexical space, SQLite FTS5): title, description, brand,
+category path and attribute values, read from the payload ``item_of`` writes, so ingest needs no model."""
+
 REC = "rec"
 """Prefix of the recommendation spaces: ``rec.<version>`` holds one trained recommender's item vectors
 (optional spaces, added while serving; see ``rec_space``)."""
@@ -55,6 +59,8 @@ def rec_space(version: int) -> str:
 
 
 ATTR_PREFIX = "attr."
+LEXICAL_SOURCES = ("title", "description", f"extra.{BRAND}", f"extra.{CATEGORY}", f"extra.{ATTR_PREFIX}*")
+"""The payload fields the lexical space indexes (``index.proto``'s ``LexicalField.source``)."""
 CATEGORY_TAG = "category:"
 INDEX_KINDS = {
     "flat": ipb.INDEX_KIND_FLAT,
@@ -78,6 +84,19 @@ def collection_spec(
             for space, dim in SPACES.items()
         ],
         schema=ipb.AttributeSchema(number_fields=[PRICE], keyword_fields=[BRAND, *filter_attributes]),
+        lexical=[lexical_spec()],
+    )
+
+
+def lexical_spec(
+    tokenizer: ipb.LexicalTokenizer = ipb.LEXICAL_TOKENIZER_UNSPECIFIED,
+) -> ipb.LexicalSpec:
+    """The catalog's lexical space; an unspecified tokenizer is the index's measured default. Every field
+    weighs the same (docs/BENCHMARKS.md, lexical tokenizers, measured the alternatives)."""
+    return ipb.LexicalSpec(
+        name=LEXICAL,
+        tokenizer=tokenizer,
+        fields=[ipb.LexicalField(source=source) for source in LEXICAL_SOURCES],
     )
 
 
