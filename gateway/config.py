@@ -86,5 +86,14 @@ class GatewayConfig:
             "interval, overriding both; `vitrine adapt deploy` and `rollback` replace it atomically"
         },
     )
+    state_url: str = field(
+        default="",
+        metadata={
+            "help": "postgresql://... : events and the serving pointer in this database, shared by every "
+            "gateway (schema migrated at start; replaces --events-path and --serving-file); "
+            "empty = the embedded SQLite events store and the serving file",
+            "secret": True,  # a DSN may carry a password
+        },
+    )
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error"})

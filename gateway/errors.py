@@ -20,6 +20,8 @@ from vitrine.errors import ServiceError, bounded
 class Dependency(str, Enum):
     TRITON = "triton"
     INDEX = "index"
+    STATE = "state"
+    """The shared-state database (PostgreSQL): events and the serving pointer, not searches."""
 
 
 class GatewayError(ServiceError):

@@ -48,6 +48,9 @@ def check_event(event: Event, now: float) -> str | None:
         return f"session_id must be at most {MAX_ID_CHARS} characters, device at most 32"
     if len(event.query) > MAX_QUERY_CHARS:
         return f"query must be at most {MAX_QUERY_CHARS} characters"
+    texts = (event.event_id, event.user_id, event.session_id, event.item_id, event.device, event.query)
+    if any("\x00" in text for text in texts):
+        return "text fields must not contain NUL characters"  # PostgreSQL's text cannot hold them
     if not math.isfinite(event.ts) or event.ts <= 0:
         return "ts must be a positive Unix time in seconds"
     if event.ts > now + FUTURE_SLACK_S:
@@ -112,6 +115,13 @@ class EventIngest:
         self._lock = threading.Lock()
         self.index = index
         self._known: dict[str, None] = {}
+
+    def close(self) -> None:
+        """Closes the store if it was opened."""
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
 
     @property
     def store(self) -> EventStore:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grpc_health.v1 import health_pb2
@@ -21,7 +19,6 @@ from gateway.auth import ApiKeys, scope_of
 from gateway.calls import Calls
 from gateway.config import GatewayConfig
 from gateway.errors import Dependency, DependencyError
-from gateway.event_store import SqliteEventStore
 from gateway.events import EventIngest
 from gateway.index_client import IndexRetriever
 from gateway.ingest import IngestRoots
@@ -29,6 +26,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline, Serving
 from gateway.recommend import Recommender
 from gateway.servicer import ProductSearchServicer
+from gateway.serving_pointer import ServingVersions
+from gateway.state import GatewayState
 from gateway.triton_client import PinnedEmbedder, PinnedReranker, TritonModels
 from vitrine.contracts import BASE_VERSION
 from vitrine.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -60,12 +59,10 @@ class Gateway:
         )
         self.pipeline = Pipeline(self.triton, self.index, self.triton, config.pipeline)
         self.set_versions(config.encoder_version, config.reranker_version)
-        self.read_serving_file()
+        self.state = GatewayState(config)
+        self.apply_serving(self.state.versions())
         rec = config.recommend
-        self.event_ingest = EventIngest(
-            lambda: SqliteEventStore(rec.events_path, rec.events_retention_days, rec.trending_window_days),
-            self.index,
-        )
+        self.event_ingest = EventIngest(self.state.open_events, self.index)
         self.recommender = Recommender(
             lambda: self.event_ingest.store, self.triton, self.index, rec, self.pipeline.validate_filters
         )
@@ -100,6 +97,7 @@ class Gateway:
         self.server, self.health, self.port = served.server, served.health, served.port
         self.up: dict[Dependency, bool] = {Dependency.TRITON: False, Dependency.INDEX: False}
         self._probe_task: asyncio.Task[None] | None = None
+        self._follow_task: asyncio.Task[None] | None = None
         self._probe_now = asyncio.Event()
         self._metrics_http: Any = None
         self.metrics_port: int | None = None
@@ -107,6 +105,8 @@ class Gateway:
         self.http_port: int | None = None
 
     def _on_unavailable(self, exc: DependencyError) -> None:
+        if exc.dependency not in self.up:
+            return  # the state database: events and recommendations fail, searches serve on
         if self.up.get(exc.dependency, False):
             log.warning("dependency unavailable", extra={"dependency": exc.dependency.value})
         self.up[exc.dependency] = False
@@ -152,28 +152,15 @@ class Gateway:
             version, embedder, reranker, reranker_version, pending_version, pending
         )
 
-    def read_serving_file(self) -> None:
-        """Follow ``serving_file`` (written atomically by ``vitrine adapt deploy``/``rollback``); an
-        unreadable file keeps the versions being served. A file without ``reranker_version`` (written
-        before cross-encoders were versioned) means version 1; ``pending_version`` is there while a
-        deploy re-embeds the catalog."""
-        if not self.config.serving_file:
-            return
-        path = Path(self.config.serving_file)
-        try:
-            state = json.loads(path.read_text())
-            version = int(state["encoder_version"])
-            reranker_version = int(state.get("reranker_version", BASE_VERSION))
-            pending_version = int(state.get("pending_version", BASE_VERSION))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("serving file unreadable; versions unchanged", extra={"error": str(exc)[:200]})
-            return
-        self.set_versions(version, reranker_version, pending_version)
+    def apply_serving(self, versions: ServingVersions | None) -> None:
+        """Follow the serving pointer (``gateway.serving_pointer``: the file or the database that
+        ``vitrine adapt deploy``/``rollback`` write); None (no pointer, nothing written, unreadable)
+        keeps the versions being served."""
+        if versions is not None:
+            self.set_versions(versions.encoder_version, versions.reranker_version, versions.pending_version)
 
     async def probe_once(self) -> bool:
-        self.read_serving_file()
+        self.apply_serving(await asyncio.to_thread(self.state.versions))
         triton_ok, index_ok = await asyncio.gather(
             self.triton.ready(
                 version=self.pipeline.serving.version, reranker_version=self.pipeline.serving.reranker_version
@@ -220,14 +207,16 @@ class Gateway:
             self.http_port = await self.http.start()
         await self.probe_once()
         self._probe_task = asyncio.create_task(self._probe_loop())
+        self._follow_task = asyncio.create_task(self.state.follow(self.apply_serving))
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain in-flight calls, then release clients; safe to call twice."""
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
-            self._probe_task = None
+        for task in (self._probe_task, self._follow_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._probe_task = self._follow_task = None
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             await self.http.stop(self.config.grace_s if grace is None else grace)
@@ -239,6 +228,8 @@ class Gateway:
             self._metrics_http = None
         await self.triton.close()
         await self.index.close()
+        await asyncio.to_thread(self.event_ingest.close)
+        self.state.close()
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.index",
     "tests.fixtures.stack",
+    "tests.fixtures.postgres",
 ]

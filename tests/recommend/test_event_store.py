@@ -1,8 +1,8 @@
 """The events store's contract: every backend behind ``EventStore`` passes these tests.
 
-``open_store`` is parametrized over the backends (SQLite today); a second backend adds its name to
-``BACKENDS`` and a branch to ``open_store``. What only one backend does (the trainers reading SQLite's
-file) is tested next to the contract, named for its backend.
+``open_store`` is parametrized over the backends: the embedded SQLite store and PostgreSQL (a real server,
+a fresh database per store; skipped, saying why, only where PostgreSQL is not installed). What only one
+backend does (the trainers reading SQLite's file) is tested next to the contract, named for its backend.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import pytest
 
 from gateway.event_store import EventStore, SqliteEventStore
 from gateway.events import FUTURE_SLACK_S, store_batch
+from gateway.pg_events import PostgresEventStore
 from vitrine.events import MAX_HISTORY, Event, EventType, read_store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 OpenStore = Callable[..., EventStore]
 
@@ -26,10 +27,14 @@ OpenStore = Callable[..., EventStore]
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
     """Opens a fresh store of the backend (keyword arguments: retention and trending windows)."""
     opened: list[EventStore] = []
+    new_database = request.getfixturevalue("postgres_database") if request.param == "postgres" else None
 
     def open_(**settings: float) -> EventStore:
-        assert request.param == "sqlite"
-        store = SqliteEventStore(tmp_path / f"events-{len(opened)}.sqlite3", **settings)
+        store: EventStore
+        if new_database is not None:
+            store = PostgresEventStore(new_database(), **settings)
+        else:
+            store = SqliteEventStore(tmp_path / f"events-{len(opened)}.sqlite3", **settings)
         opened.append(store)
         return store
 
