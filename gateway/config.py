@@ -15,7 +15,13 @@ DEFAULT_PORT = 50050
 class GatewayConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     port: int = field(default=DEFAULT_PORT, metadata={"help": "gRPC port; 0 binds a free one"})
-    triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC endpoint"})
+    triton_url: str = field(
+        default="127.0.0.1:8001",
+        metadata={
+            "help": "Triton gRPC endpoint, comma-separated replicas, or dns:///name:port (every address "
+            "of the name is a replica, resolved again every 10 s); see gateway/replicas.py"
+        },
+    )
     index_address: str = field(default="127.0.0.1:50051", metadata={"help": "index service gRPC endpoint"})
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     """Search settings (collection, text match, fusion, filterable attributes): their flags are the

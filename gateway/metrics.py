@@ -60,3 +60,26 @@ class GatewayMetrics:
             ["dependency"],
             registry=r,
         )
+        self.triton_requests = Counter(
+            "vitrine_gateway_triton_requests",
+            "Calls sent to each Triton replica (retries included)",
+            ["replica"],
+            registry=r,
+        )
+        self.triton_failures = Counter(
+            "vitrine_gateway_triton_failures",
+            "Calls that failed on each Triton replica",
+            ["replica"],
+            registry=r,
+        )
+        self.triton_replica_up = Gauge(
+            "vitrine_gateway_triton_replica_up",
+            "1 while the Triton replica is given calls (ready at its last probe, no UNAVAILABLE since)",
+            ["replica"],
+            registry=r,
+        )
+        self.triton_retries = Counter(
+            "vitrine_gateway_triton_retries",
+            "Idempotent inferences sent again to another replica after UNAVAILABLE",
+            registry=r,
+        )

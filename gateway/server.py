@@ -49,7 +49,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.metrics = GatewayMetrics()
-        self.triton = TritonModels(config.triton_url)
+        self.triton = TritonModels(config.triton_url, self.metrics)
         self.index = IndexRetriever(
             config.index_address,
             config.pipeline.collection,

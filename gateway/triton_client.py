@@ -8,12 +8,16 @@ the dependency's own deadline.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 
-from gateway.errors import Dependency, GatewayError, from_dependency
+from gateway.errors import Dependency, Unavailable, from_dependency
+from gateway.metrics import GatewayMetrics
+from gateway.replicas import Replica, ReplicaSet
 from vitrine import triton as triton_request
 from vitrine.contracts import (
     BASE_VERSION,
@@ -28,6 +32,13 @@ from vitrine.contracts import (
     ensemble_name,
 )
 
+T = TypeVar("T")
+
+UNREACHABLE = str(grpc.StatusCode.UNAVAILABLE)
+"""tritonclient's status string when the server could not be reached (a missing model is NOT_FOUND)."""
+MIN_RETRY_S = 0.05
+"""Below this much time left, a retry could only end in DEADLINE_EXCEEDED: the first error stands."""
+
 # A dependency that restarts should be found again within a couple of seconds, not after gRPC's default
 # reconnect backoff (which grows to two minutes).
 CHANNEL_OPTIONS = [
@@ -40,33 +51,48 @@ CHANNEL_OPTIONS = [
 
 
 class TritonModels:
-    """Embedder and Reranker over one Triton endpoint."""
+    """Embedder and Reranker over one Triton endpoint or several replicas (``gateway.replicas``).
 
-    def __init__(self, url: str) -> None:
-        from tritonclient.grpc import aio as triton_aio
+    ``url`` is an endpoint spec: ``host:port``, a comma-separated list, or ``dns:///name:port``. Every
+    inference is idempotent, so one that fails UNAVAILABLE on a replica (it died, or is unloading) is
+    sent once more to another healthy replica within what is left of the caller's deadline; the failed
+    replica is marked down until its readiness probe passes again.
+    """
 
+    def __init__(self, url: str, metrics: GatewayMetrics | None = None) -> None:
         self.url = url
-        self.client = triton_aio.InferenceServerClient(url=url, channel_args=CHANNEL_OPTIONS)
+        self.metrics = metrics
+        self.replicas: ReplicaSet[Any] = ReplicaSet(url, _connect, on_state=self._on_state)
+
+    @property
+    def client(self) -> Any:
+        """The first replica's tritonclient (operations that load models speak to one server)."""
+        return self.replicas.replicas[0].client
+
+    def _on_state(self, address: str, up: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.triton_replica_up.labels(address).set(1.0 if up else 0.0)
 
     async def close(self) -> None:
-        await self.client.close()
+        for replica in (*self.replicas.replicas, *self.replicas.take_retired()):
+            await replica.client.close()
 
     async def ready(
         self, timeout: float = 2.0, version: int = BASE_VERSION, reranker_version: int = BASE_VERSION
     ) -> bool:
-        """Server live and every ensemble the gateway calls loaded (the embedders pinned to ``version``,
-        the re-ranker to ``reranker_version``)."""
-        try:
-            async with asyncio.timeout(timeout):
-                if not await self.client.is_server_ready():
-                    return False
-                for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO):
-                    name = ensemble_name(io.model, reranker_version if io is RERANK_IO else version)
-                    if not await self.client.is_model_ready(name):
-                        return False
-        except Exception:
-            return False
-        return True
+        """Probes every replica (a DNS spec resolved again first when due) and marks each up or down;
+        True when at least one is live with every ensemble the gateway calls loaded (the embedders
+        pinned to ``version``, the re-ranker to ``reranker_version``)."""
+        if self.replicas.refresh():
+            for old in self.replicas.take_retired():
+                await old.client.close()
+        replicas = list(self.replicas.replicas)
+        states = await asyncio.gather(
+            *(_replica_ready(r.client, timeout, version, reranker_version) for r in replicas)
+        )
+        for replica, ok in zip(replicas, states, strict=True):
+            self.replicas.set_up(replica, ok)
+        return any(states)
 
     async def _infer(
         self,
@@ -78,18 +104,16 @@ class TritonModels:
     ) -> dict[Tensor, np.ndarray]:
         """One request built from the ensemble's contract (batch axis and dtypes are declared, not probed);
         ``model`` names a pinned ensemble of the same contract (``vitrine.contracts.ensemble_name``)."""
-        try:
-            result = await self.client.infer(
-                model or io.model.value,
-                triton_request.inputs(io, values),
-                model_version=version,
-                outputs=triton_request.outputs(io),
-                client_timeout=timeout,
+        inputs = triton_request.inputs(io, values)
+        outputs = triton_request.outputs(io)
+        name = model or io.model.value
+
+        async def infer(client: Any, left: float | None) -> Any:
+            return await client.infer(
+                name, inputs, model_version=version, outputs=outputs, client_timeout=left
             )
-        except GatewayError:
-            raise
-        except Exception as exc:
-            raise from_dependency(Dependency.TRITON, exc) from exc
+
+        result = await self._call(infer, timeout)
         out = {}
         for o in io.outputs:
             arr = triton_request.output(io, result, o)
@@ -99,6 +123,40 @@ class TritonModels:
                 )
             out[o] = arr
         return out
+
+    async def _call(self, call: Callable[[Any, float | None], Awaitable[T]], timeout: float | None) -> T:
+        """``call(client, time left)`` on a chosen replica; an idempotent call that found its replica
+        UNAVAILABLE goes once to another, if one exists and time is left."""
+        first = self.replicas.pick()
+        assert first is not None, "a replica set is never empty"
+        start = time.monotonic()
+        try:
+            return await self._on(first, call, timeout)
+        except Unavailable:
+            second = self.replicas.pick(exclude=first)
+            left = None if timeout is None else timeout - (time.monotonic() - start)
+            if second is None or (left is not None and left < MIN_RETRY_S):
+                raise
+            if self.metrics is not None:
+                self.metrics.triton_retries.inc()
+            return await self._on(second, call, left)
+
+    async def _on(
+        self, replica: Replica[Any], call: Callable[[Any, float | None], Awaitable[T]], left: float | None
+    ) -> T:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.triton_requests.labels(replica.address).inc()
+        with self.replicas.using(replica):
+            try:
+                return await call(replica.client, left)
+            except Exception as exc:
+                error = from_dependency(Dependency.TRITON, exc)
+        if metrics is not None:
+            metrics.triton_failures.labels(replica.address).inc()
+        if isinstance(error, Unavailable):
+            self.replicas.set_up(replica, False)
+        raise error
 
     async def embed_text(
         self, text: str, timeout: float | None, version: int = BASE_VERSION
@@ -135,12 +193,20 @@ class TritonModels:
         model is not an outage: recommendations fall back to trending)."""
         from tritonclient.utils import InferenceServerException
 
+        async def metadata(client: Any, left: float | None) -> Any:
+            try:
+                return await client.get_model_metadata(USER_TOWER_IO.model.value, client_timeout=left)
+            except InferenceServerException as exc:
+                if exc.status() == UNREACHABLE:
+                    raise  # this replica is gone: ask another
+                return None
+
         try:
-            meta = await self.client.get_model_metadata(USER_TOWER_IO.model.value, client_timeout=timeout)
-        except InferenceServerException:
+            meta = await self._call(metadata, timeout)
+        except Unavailable:
             return 0
-        except Exception as exc:
-            raise from_dependency(Dependency.TRITON, exc) from exc
+        if meta is None:
+            return 0
         return max((int(v) for v in meta.versions if str(v).isdigit()), default=0)
 
     async def embed_user(
@@ -153,6 +219,26 @@ class TritonModels:
             version=str(version),
         )
         return res[Tensor.USER_EMBEDDING].astype(np.float32).reshape(REC_DIM)
+
+
+def _connect(address: str) -> Any:
+    from tritonclient.grpc import aio as triton_aio
+
+    return triton_aio.InferenceServerClient(url=address, channel_args=CHANNEL_OPTIONS)
+
+
+async def _replica_ready(client: Any, timeout: float, version: int, reranker_version: int) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            if not await client.is_server_ready():
+                return False
+            for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO):
+                name = ensemble_name(io.model, reranker_version if io is RERANK_IO else version)
+                if not await client.is_model_ready(name):
+                    return False
+    except Exception:
+        return False
+    return True
 
 
 class PinnedEmbedder:
