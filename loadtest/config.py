@@ -16,7 +16,10 @@ class LoadTarget(str, Enum):
 @dataclass(frozen=True)
 class RunConfig:
     target: LoadTarget = field(default=LoadTarget.GATEWAY, metadata={"help": "what to load"})
-    gateway: str = field(default="127.0.0.1:50050", metadata={"help": "gateway gRPC address"})
+    gateway: str = field(
+        default="127.0.0.1:50050",
+        metadata={"help": "gateway gRPC address; several comma-separated are used round robin"},
+    )
     triton: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address"})
     users: int = field(default=10, metadata={"help": "concurrent simulated users"})
     spawn_rate: float = field(default=10.0, metadata={"help": "users started per second"})
@@ -94,7 +97,10 @@ class Arrival(str, Enum):
 class OpenLoopConfig:
     """The light open-loop generator (``python -m loadtest openloop``): gateway scenarios only."""
 
-    gateway: str = field(default="127.0.0.1:50050", metadata={"help": "gateway gRPC address"})
+    gateway: str = field(
+        default="127.0.0.1:50050",
+        metadata={"help": "gateway gRPC address; several comma-separated are used round robin"},
+    )
     rate: float = field(default=20.0, metadata={"help": "offered requests/s (first rate with --step)"})
     duration_s: float = field(default=30.0, metadata={"help": "scheduled time (per step with --step)"})
     arrival: Arrival = field(default=Arrival.POISSON, metadata={"help": "arrival process"})

@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 
+from vitrine import targets
+
 # Without this the C core blocks the whole gevent hub on each call and every simulated user waits in line.
 grpc_gevent.init_gevent()
 
@@ -85,7 +87,9 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
 
 
 def intercepted_channel(target: str, fire: Callable[..., None]) -> grpc.Channel:
-    return grpc.intercept_channel(grpc.insecure_channel(target), LocustInterceptor(fire))
+    """``target``: one gateway, several comma-separated (each user spreads its calls over them with
+    ``round_robin``), or a gRPC target (``vitrine.targets``)."""
+    return grpc.intercept_channel(targets.insecure_channel(target), LocustInterceptor(fire))
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from loadtest.accounting import CpuMeter, CpuUse, load_average
 from loadtest.data import QueryData
 from loadtest.gateway_requests import SEARCH, build
 from loadtest.objective import AGGREGATED, Objective, RunStats, Verdict, judge, stage_summary
+from vitrine import targets
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from vitrine.measure import percentile
 
@@ -158,7 +159,9 @@ async def run(
     clock: Callable[[], float] = time.perf_counter,
 ) -> OpenLoopResult:
     """Offers ``rate`` requests/s for ``duration_s`` to a gateway (address or open channel); with an
-    address, over ``channels`` connections in turn.
+    address, over ``channels`` connections in turn. Several comma-separated addresses (or a gRPC target
+    naming several) spread the requests over the gateways with ``round_robin`` (``vitrine.targets``);
+    no request is retried: a failure is reported as it happened.
 
     Returns once every scheduled request has an answer or its deadline, so at most ``duration_s +
     timeout_s`` plus scheduling slack after the start.
@@ -172,7 +175,7 @@ async def run(
     ]
     own = isinstance(target, str)
     opened = (
-        [grpc.aio.insecure_channel(target) for _ in range(max(1, channels))]
+        [targets.aio_channel(target) for _ in range(max(1, channels))]
         if isinstance(target, str)
         else [target]
     )

@@ -17,7 +17,12 @@ if TYPE_CHECKING:
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gateway", default=defaults.GATEWAY, help="gateway address (default: %(default)s)")
+    parser.add_argument(
+        "--gateway",
+        default=defaults.GATEWAY,
+        help="gateway address, or several comma-separated (calls spread round robin), or a gRPC target "
+        "such as dns:///name:port (default: %(default)s)",
+    )
     parser.add_argument("--api-key", default="", help="bearer token when the gateway requires one")
     parser.add_argument("--tls-ca", default="", help="CA certificate (PEM) when the gateway serves TLS")
 
@@ -239,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(ev)
     ev.set_defaults(func=cmd_eval)
 
-    upp = sub.add_parser("up", help="export, start Triton + index + gateway, ingest a demo catalog, serve")
+    upp = sub.add_parser(
+        "up",
+        help="export, start Triton replicas + index + gateways (+ PostgreSQL), supervised; ingest a demo "
+        "catalog, serve",
+    )
     vconfig.add_arguments(upp, StackConfig, ENV_PREFIX)
     upp.set_defaults(func=cmd_up)
 

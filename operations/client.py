@@ -15,23 +15,33 @@ import grpc
 
 from gateway.messages import product_to_pb
 from operations.evaluation import Scores, format_table, mean_scores, score_query
+from vitrine import targets
 from vitrine.catalog import BadRow, Product, iter_catalog, read_queries, resolve_image
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
+SERVICE = pb.DESCRIPTOR.services_by_name["ProductSearch"].full_name
+
 
 @dataclass(frozen=True)
 class Connection:
+    """``address``: one gateway, a comma-separated list of gateways, or a gRPC target
+    (``vitrine.targets``); calls spread over several with ``round_robin``, and one refused UNAVAILABLE
+    (its gateway died, or is restarting) is sent once more to the next."""
+
     address: str
     api_key: str = ""
     tls_ca: str = ""
 
     def channel(self) -> grpc.Channel:
-        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        options = targets.channel_options(
+            [("grpc.max_send_message_length", 64 * 1024 * 1024), *targets.retry_options(SERVICE)]
+        )
+        target = targets.client_target(self.address)
         if self.tls_ca:
             creds = grpc.ssl_channel_credentials(Path(self.tls_ca).read_bytes())
-            return grpc.secure_channel(self.address, creds, options=options)
-        return grpc.insecure_channel(self.address, options=options)
+            return grpc.secure_channel(target, creds, options=options)
+        return grpc.insecure_channel(target, options=options)
 
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.api_key}")] if self.api_key else []

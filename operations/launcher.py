@@ -6,7 +6,9 @@ returns once the server's own readiness signal says so: ``grpc.health.v1`` SERVI
 services, ``/v2/health/ready`` for Triton (true only when every model loaded). A process that exits
 first fails the start at once with the tail of its log. ``stop`` is SIGTERM (the server drains), then
 SIGKILL of the whole process group once ``stop_timeout_s`` has passed; ``kill`` is SIGKILL alone, what a
-durability test wants.
+durability test wants. Either returns only when no process of the group lives: each server runs in a
+session of its own, and what it spawned (Triton's Python-backend stubs, PostgreSQL's backends) stays in
+its group even once orphaned, so a kill of the group reaches all of it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,37 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], bool]
+
+
+GROUP_EXIT_TIMEOUT_S = 10.0
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes (zombies left out) whose process group is ``pgid``, read from ``/proc``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def kill_group(pgid: int, timeout_s: float = GROUP_EXIT_TIMEOUT_S) -> list[int]:
+    """SIGKILL to the whole group, then wait until none of it lives; returns what still lives after
+    ``timeout_s`` (nothing, unless a process is stuck in the kernel)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while (left := group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 class LaunchError(RuntimeError):
@@ -163,10 +196,14 @@ class ChildServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        # Children in the server's session (Triton's Python-backend stubs) never outlive it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        # Children in the server's group (Triton's Python-backend stubs) never outlive it.
+        self._reap_group(process.pid)
         return int(process.returncode)
+
+    def _reap_group(self, pgid: int) -> None:
+        left = kill_group(pgid)
+        if left:
+            log.warning("processes outlived their group's kill", extra={"server": self.name, "pids": left})
 
     def kill(self) -> int | None:
         """SIGKILL: no drain, no flush; what survives is what was durable."""
@@ -176,6 +213,7 @@ class ChildServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        self._reap_group(process.pid)
         return int(process.returncode)
 
     def restart(self) -> ChildServer:

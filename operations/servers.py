@@ -81,12 +81,14 @@ def index_server(
 class GatewayServer(ChildServer):
     """``python -m gateway``; SERVING means Triton's ensembles and the index both answered its probe."""
 
-    def __init__(self, config: GatewayConfig, *, log_file: Path | None = None, **kw: Any) -> None:
+    def __init__(
+        self, config: GatewayConfig, *, log_file: Path | None = None, name: str = "gateway", **kw: Any
+    ) -> None:
         self.config = with_ports(config)
         self.address = f"{self.config.host}:{self.config.port}"
         self.metrics_port = self.config.metrics_port if self.config.metrics_port >= 0 else None
         super().__init__(
-            "gateway", _python_module("gateway", self.config), grpc_serving(self.address),
+            name, _python_module("gateway", self.config), grpc_serving(self.address),
             log_file=log_file, hint=" (are Triton and the index up?)",
             env=_with_secrets(self.config, GATEWAY_ENV_PREFIX), **kw,
         )  # fmt: skip
@@ -105,6 +107,7 @@ class TritonServer(ChildServer):
         verbose: bool = False,
         extra_args: tuple[str, ...] = (),
         stop_timeout_s: float = 15.0,
+        name: str = "tritonserver",
     ) -> None:
         self.repo = Path(repo).resolve()
         grpc_port, http_port, metrics_port = free_ports(3)
@@ -112,7 +115,7 @@ class TritonServer(ChildServer):
         self.workdir = Path(workdir)
         argv = triton_command(self.repo, self.endpoints, self.workdir / "backends", verbose, extra_args)
         super().__init__(
-            "tritonserver", argv, http_ready(f"http://{self.endpoints.http_url}/v2/health/ready"),
+            name, argv, http_ready(f"http://{self.endpoints.http_url}/v2/health/ready"),
             log_file=log_file or self.workdir / "tritonserver.log", env=triton_environment(),
             stop_timeout_s=stop_timeout_s,
         )  # fmt: skip
