@@ -326,8 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     dn.set_defaults(func=cmd_down)
 
     from operations import adapt_cli
+    from operations.deploy import cli as deploy_cli
 
     adapt_cli.add_parser(sub)
+    deploy_cli.add_parser(sub)
     return parser
 
 
