@@ -133,6 +133,10 @@ index: venv protos ## serve the index service on :50051 with data in $(VAR)/inde
 bench-index: venv protos ## index benchmark: Flat/IVF/HNSW latency, QPS, recall, gRPC overhead, restart
 	$(PY) -m benchmarks.index $(BENCH_INDEX_ARGS)
 
+.PHONY: bench-lexical
+bench-lexical: venv protos ## lexical tokenizers (unicode61, porter, trigram): NDCG@10 on labelled catalog queries
+	$(PY) -m benchmarks.lexical --out $(VAR)/bench-lexical $(ARGS)
+
 # ---- gateway, catalog and the main job ----
 GATEWAY_ARGS ?=
 BENCH_GATEWAY_ARGS ?=
