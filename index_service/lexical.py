@@ -33,8 +33,10 @@ TOKENIZERS = {
 }
 """Each tokenizer's FTS5 ``tokenize`` option."""
 
-DEFAULT_TOKENIZER = LexicalTokenizer.PORTER
-"""Chosen by measurement on the demo catalog's labelled queries (docs/BENCHMARKS.md, lexical tokenizers)."""
+DEFAULT_TOKENIZER = LexicalTokenizer.TRIGRAM
+"""Chosen by measurement (``benchmarks/lexical.py``; docs/BENCHMARKS.md, lexical tokenizers): on the
+validation queries trigram matched words as well as porter or unicode61 within the intervals, and
+misspelt ones far better."""
 
 TITLE, DESCRIPTION, EXTRA = "title", "description", "extra."
 """A field's source: the payload's title or description, or ``extra.<key>`` / ``extra.<prefix>*``."""
@@ -180,28 +182,34 @@ def search(
     text: str,
     prefix: bool,
     k: int,
-    admit: Callable[[int, str], int | None],
+    admit: Callable[[int, Callable[[], str]], int | None],
 ) -> list[tuple[int, float]]:
     """The best ``k`` admitted items for ``text``: (slot, BM25 relevance), best first. ``admit(slot,
-    id)`` returns the slot memory holds for that match (or None when the item is not live there, or the
-    filter refuses it); every match is considered in rank order until ``k`` are admitted, so a filter
-    loses nothing (it is a post-filter over the full ranked list, not over a truncated one)."""
+    id_of)`` returns the slot memory holds for that match (or None when the item is not live there, or
+    the filter refuses it; ``id_of()`` reads the match's id, which only a match memory does not hold
+    needs: reading every match's id costs more than ranking them). Every match is considered in rank
+    order until ``k`` are admitted, so a filter loses nothing (a post-filter over the full ranked list,
+    not over a truncated one)."""
     match = expression(text, spec.tokenizer, prefix)
     if not match:
         return []
     weights = ", ".join(["0", *(repr(float(f.weight)) for f in spec.fields)])
     name = table(collection, spec.name)
     cursor = db.execute(
-        f"SELECT rowid, id, bm25({name}, {weights}) AS score FROM {name} WHERE {name} MATCH ? "
+        f"SELECT rowid, bm25({name}, {weights}) AS score FROM {name} WHERE {name} MATCH ? "
         "ORDER BY score, rowid",
         (match,),
     )
+
+    def id_reader(slot: int) -> Callable[[], str]:
+        return lambda: str(db.execute(f"SELECT id FROM {name} WHERE rowid = ?", (slot,)).fetchone()[0])
+
     hits: list[tuple[int, float]] = []
     seen: set[int] = set()
     try:
         for rows in _chunks(cursor):
-            for slot, item_id, score in rows:
-                live = admit(int(slot), item_id)
+            for slot, score in rows:
+                live = admit(int(slot), id_reader(int(slot)))
                 if live is None or live in seen:
                     continue
                 seen.add(live)
@@ -213,7 +221,7 @@ def search(
     return hits
 
 
-def _chunks(cursor: sqlite3.Cursor) -> Iterator[list[tuple[int, str, float]]]:
+def _chunks(cursor: sqlite3.Cursor) -> Iterator[list[tuple[int, float]]]:
     while rows := cursor.fetchmany(FETCH):
         yield rows
 
@@ -221,19 +229,17 @@ def _chunks(cursor: sqlite3.Cursor) -> Iterator[list[tuple[int, str, float]]]:
 def admitter(
     next_slot: int,
     alive: np.ndarray,
-    slot_ids: Sequence[str | None],
     slot_of: dict[str, int],
     mask: np.ndarray | None,
-) -> Callable[[int, str], int | None]:
+) -> Callable[[int, Callable[[], str]], int | None]:
     """``search``'s ``admit`` over a collection's memory, read under its readers lock. A match at a slot
     memory holds live is that item. A match at a slot memory does not hold yet (committed, not yet
     applied) stands for the item's version memory holds, if any: the search answers from one state."""
 
-    def admit(slot: int, item_id: str) -> int | None:
-        if slot < next_slot and alive[slot] and slot_ids[slot] == item_id:
-            live: int | None = slot
-        else:
-            live = slot_of.get(item_id)
+    def admit(slot: int, id_of: Callable[[], str]) -> int | None:
+        live: int | None = slot
+        if not (slot < next_slot and alive[slot]):  # slots are never reused: a live one is this item
+            live = slot_of.get(id_of())
         if live is None or (mask is not None and not mask[live]):
             return None
         return live

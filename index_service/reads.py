@@ -111,7 +111,7 @@ class Reads:
         out = []
         with handle.rw.read():
             mask = filters.evaluate(flt, c) if flt is not None else None
-            admit = lexical.admitter(c.next_slot, c.alive.data, c.slot_ids, c.slot_of, mask)
+            admit = lexical.admitter(c.next_slot, c.alive.data, c.slot_of, mask)
             for text in texts:
                 try:
                     rows = lexical.search(db, c.name, spec, text, prefix, k, admit)
