@@ -93,6 +93,11 @@ _BY_NAME = {code.name: code for code in grpc.StatusCode}
 TRITON_QUEUE_FULL = "exceeds maximum queue size"
 """Triton's dynamic batcher refuses a request beyond ``max_queue_size`` with UNAVAILABLE and this text."""
 
+TRITON_STUB_DOWN = "is not healthy"
+"""Triton answers INTERNAL "Stub process '<model>' is not healthy" while a Python model's stub process
+is dead or being restarted (seen right after a restart on a loaded machine): the server cannot serve that
+model now, which is UNAVAILABLE (worth a retry, on another replica where there is one), not a bug."""
+
 
 def _triton_code(status: str | None) -> grpc.StatusCode:
     """tritonclient reports gRPC codes as strings like ``StatusCode.UNAVAILABLE``."""
@@ -114,7 +119,9 @@ def from_dependency(dependency: Dependency, exc: BaseException) -> GatewayError:
         detail = exc.message() or str(exc)
         if TRITON_QUEUE_FULL in detail.lower():
             code = grpc.StatusCode.RESOURCE_EXHAUSTED
-        elif code == grpc.StatusCode.UNKNOWN and "unavailable" in detail.lower():
+        elif TRITON_STUB_DOWN in detail or (
+            code == grpc.StatusCode.UNKNOWN and "unavailable" in detail.lower()
+        ):
             code = grpc.StatusCode.UNAVAILABLE
     elif isinstance(exc, (ConnectionError, OSError)):
         code, detail = grpc.StatusCode.UNAVAILABLE, str(exc)

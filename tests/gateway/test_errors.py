@@ -46,6 +46,15 @@ def test_triton_queue_full_is_overload_not_outage() -> None:
     assert "triton is overloaded" in message
 
 
+def test_a_python_model_whose_stub_is_down_is_unavailable_not_internal() -> None:
+    # Triton answers INTERNAL while a Python model's stub restarts: the server cannot serve it now.
+    detail = "in ensemble 'embed_text', Stub process 'clip_text_tokenize_0_1' is not healthy."
+    exc = InferenceServerException(detail, status="StatusCode.INTERNAL")
+    code, message = status_of(from_dependency(Dependency.TRITON, exc))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert "triton" in message and "not healthy" in message
+
+
 def test_index_rpc_error_names_the_index() -> None:
     class FakeRpcError(grpc.RpcError):
         def code(self) -> grpc.StatusCode:
