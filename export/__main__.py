@@ -1,5 +1,6 @@
-"""Export the CLIP text and image towers and the cross-encoder to ONNX, validate each against PyTorch on
-fresh inputs, and describe the artifacts (weights, source, checksums, figures) in manifest.json."""
+"""Export the CLIP text and image towers, the cross-encoder and the MiniLM sentence encoder to ONNX,
+validate each against PyTorch on fresh inputs, and describe the artifacts (weights, source, checksums,
+figures) in manifest.json."""
 
 from __future__ import annotations
 

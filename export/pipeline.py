@@ -23,11 +23,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export import checkpoints, validate, variants
+from export import checkpoints, minilm, validate, variants
 from export.checkpoints import Checkpoint
 from export.errors import ExportError
-from export.specs import CLIP_IMAGE, CLIP_TEXT, CROSS_ENCODER, OPSET, TOWERS, Family, TowerSpec
-from export.towers import ClipImageTower, ClipTextTower, CrossEncoderTower, load_clip, load_cross_encoder
+from export.specs import CLIP_IMAGE, CLIP_TEXT, CROSS_ENCODER, MINILM, OPSET, TOWERS, Family, TowerSpec
+from export.towers import (
+    ClipImageTower,
+    ClipTextTower,
+    CrossEncoderTower,
+    SentenceTower,
+    load_clip,
+    load_cross_encoder,
+    load_sentence_encoder,
+)
 from vitrine.contracts import (
     CLIP_CONTEXT_LENGTH,
     CLIP_IMAGE_SIZE,
@@ -55,6 +63,7 @@ INT8_MIN_AGREEMENT = 0.99
 TOKENIZER_FILES = {
     Family.CLIP: Path("tokenizers/clip/tokenizer.json"),
     Family.CROSS_ENCODER: Path("tokenizers/cross_encoder/tokenizer.json"),
+    Family.MINILM: minilm.TOKENIZER_FILE,
 }
 
 
@@ -68,6 +77,10 @@ class ExportConfig:
     clip_source: str = field(default="", metadata={"help": "CLIP source, overriding --source"})
     cross_encoder_source: str = field(
         default="", metadata={"help": "cross-encoder source, overriding --source"}
+    )
+    minilm_source: str = field(
+        default="",
+        metadata={"help": "sentence-encoder source, overriding --source (auto: the bundled real weights)"},
     )
     size: Size = field(default=Size.FULL, metadata={"help": "full (real architectures) or tiny (tests)"})
     seed: int = field(default=0, metadata={"help": "seed of random weights and validation inputs"})
@@ -90,7 +103,11 @@ class ExportConfig:
     opset: int = field(default=OPSET, metadata={"help": "ONNX opset (>= 17)"})
 
     def source_for(self, family: Family) -> str:
-        override = self.clip_source if family is Family.CLIP else self.cross_encoder_source
+        override = {
+            Family.CLIP: self.clip_source,
+            Family.CROSS_ENCODER: self.cross_encoder_source,
+            Family.MINILM: self.minilm_source,
+        }[family]
         return override or self.source
 
 
@@ -205,6 +222,8 @@ def _dummy(spec: TowerSpec) -> validate.Feeds:
     """Tracing inputs; validation never reuses them."""
     if spec is CLIP_IMAGE:
         return {Tensor.PIXEL_VALUES.value: np.zeros((2, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE), np.float32)}
+    if spec is MINILM:
+        return minilm.dummy()
     ids = np.full((2, 16), 1000, np.int64)
     if spec is CLIP_TEXT:
         return {Tensor.INPUT_IDS.value: ids, Tensor.EOT_INDEX.value: np.array([[15], [9]], np.int64)}
@@ -217,6 +236,8 @@ def _dummy(spec: TowerSpec) -> validate.Feeds:
 
 def probe_for(spec: TowerSpec, out: Path, seed: int) -> validate.RankingProbe:
     """Fresh validation inputs: serving-tokenized texts, random pixels, (query, passage) pairs."""
+    if spec is MINILM:
+        return minilm.probe(out, seed)
     rng = np.random.default_rng(seed + 7919)
     cat = validate.catalog(seed + 104729)
     n = validate.QUERIES
@@ -266,6 +287,7 @@ def _write_tokenizers(out: Path, ckpts: dict[Family, Checkpoint]) -> None:
     write_pair_tokenizer_json(
         ckpts[Family.CROSS_ENCODER].path / "tokenizer.json", out / TOKENIZER_FILES[Family.CROSS_ENCODER]
     )
+    minilm.write_tokenizer(out, ckpts[Family.MINILM])
     # The reference tokenizer must not inherit truncation/padding baked into a copied tokenizer.json either.
     write_pair_tokenizer_json(
         ckpts[Family.CROSS_ENCODER].path / "tokenizer.json",
@@ -315,6 +337,7 @@ def export_all(cfg: ExportConfig) -> Manifest:
             Model.CLIP_TEXT_ENCODER: ClipTextTower(clip).eval(),
             Model.CLIP_IMAGE_ENCODER: ClipImageTower(clip).eval(),
             Model.CROSS_ENCODER: CrossEncoderTower(cross).eval(),
+            Model.MINILM_ENCODER: SentenceTower(load_sentence_encoder(ckpts[Family.MINILM].path)).eval(),
         }
         entries = {}
         for spec in TOWERS:
@@ -509,4 +532,6 @@ def _transformer_config(module: torch.nn.Module) -> Any:
 def probe_description(spec: TowerSpec) -> str:
     if spec is CROSS_ENCODER:
         return f"{validate.RERANK_QUERIES} queries x {validate.RERANK_PASSAGES} passages"
+    if spec is MINILM:
+        return f"{validate.QUERIES} queries x {minilm.CORPUS} passages, both embedded"
     return f"{validate.QUERIES} queries x {validate.CATALOG_SIZE} random catalog vectors"

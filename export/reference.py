@@ -17,7 +17,7 @@ import numpy.typing as npt
 import torch
 
 from export.towers import load_clip, load_cross_encoder
-from vitrine.contracts import CLIP_CONTEXT_LENGTH, RERANK_MAX_LENGTH
+from vitrine.contracts import CLIP_CONTEXT_LENGTH, MINILM_MAX_LENGTH, RERANK_MAX_LENGTH
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -41,6 +41,30 @@ class TorchReference:
         self._image_processor = CLIPImageProcessorPil(**options)
         self._cross: Any = load_cross_encoder(root / "cross_encoder")
         self._pair_tok = AutoTokenizer.from_pretrained(root / "cross_encoder")
+        self._minilm_root = root / "minilm"
+        self._minilm: Any = None
+
+    def _sentence(self) -> tuple[Any, Any]:
+        """transformers' BertModel and tokenizer of the exported sentence encoder (loaded on first use)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        if self._minilm is None:
+            model = AutoModel.from_pretrained(self._minilm_root, attn_implementation="eager").eval()
+            self._minilm = (model, AutoTokenizer.from_pretrained(self._minilm_root))
+        return self._minilm  # type: ignore[no-any-return]
+
+    @torch.inference_mode()
+    def embed_minilm(self, texts: Sequence[str]) -> FloatArray:
+        """sentence-transformers' recipe for all-MiniLM-L6-v2 (its modules.json: Transformer with
+        max_seq_length 256 -> Pooling mean -> Normalize), written out with transformers' own code."""
+        model, tok = self._sentence()
+        enc = tok(
+            list(texts), padding=True, truncation=True, max_length=MINILM_MAX_LENGTH, return_tensors="pt"
+        )
+        hidden = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32)
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> FloatArray:

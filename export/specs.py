@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from vitrine.contracts import CLIP_IMAGE_SIZE, EMBED_DIM, Model, Tensor
+from vitrine.contracts import CLIP_IMAGE_SIZE, EMBED_DIM, MINILM_DIM, Model, Tensor
 
 OPSET = 17
 """LayerNormalization became an ONNX op in 17; earlier opsets decompose it and overflow in fp16."""
@@ -23,6 +23,7 @@ class Family(str, Enum):
 
     CLIP = "clip"
     CROSS_ENCODER = "cross_encoder"
+    MINILM = "minilm"  # the sentence encoder (all-MiniLM-L6-v2): its own checkpoint and version
 
 
 class Kind(str, Enum):
@@ -95,5 +96,17 @@ CROSS_ENCODER = TowerSpec(
     outputs=(TensorSpec(Tensor.LOGITS, "float32", ("batch", 1)),),
 )
 
-TOWERS: tuple[TowerSpec, ...] = (CLIP_TEXT, CLIP_IMAGE, CROSS_ENCODER)
+MINILM = TowerSpec(
+    # token embeddings -> mean over the attention mask -> L2 norm, all inside the graph
+    model=Model.MINILM_ENCODER,
+    family=Family.MINILM,
+    kind=Kind.EMBEDDING,
+    inputs=(
+        TensorSpec(Tensor.INPUT_IDS, "int64", ("batch", "seq")),
+        TensorSpec(Tensor.ATTENTION_MASK, "int64", ("batch", "seq")),
+    ),
+    outputs=(TensorSpec(Tensor.EMBEDDING, "float32", ("batch", MINILM_DIM)),),
+)
+
+TOWERS: tuple[TowerSpec, ...] = (CLIP_TEXT, CLIP_IMAGE, CROSS_ENCODER, MINILM)
 SPECS: dict[Model, TowerSpec] = {t.model: t for t in TOWERS}

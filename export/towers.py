@@ -54,6 +54,31 @@ class CrossEncoderTower(nn.Module):
         return out.logits
 
 
+class SentenceTower(nn.Module):
+    """A BERT encoder as a sentence encoder, as sentence-transformers runs all-MiniLM-L6-v2: token
+    embeddings averaged over the attention mask, then L2-normalised (its ``Pooling`` + ``Normalize``
+    modules), so the served vector is index-ready."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+        ).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        # not ``F.normalize``: its expand_as leaves the graph's output width symbolic instead of 384
+        return pooled / torch.linalg.vector_norm(pooled, dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def load_sentence_encoder(path: Path) -> Any:
+    from transformers import BertModel
+
+    return BertModel.from_pretrained(path, attn_implementation="eager", add_pooling_layer=False).eval()
+
+
 def load_clip(path: Path) -> Any:
     from transformers import CLIPModel
 

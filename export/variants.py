@@ -70,7 +70,12 @@ def fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-TRANSFORMER_MODEL_TYPE = {"clip_text_encoder": "clip", "clip_image_encoder": "vit", "cross_encoder": "bert"}
+TRANSFORMER_MODEL_TYPE = {
+    "clip_text_encoder": "clip",
+    "clip_image_encoder": "vit",
+    "cross_encoder": "bert",
+    "minilm_encoder": "bert",
+}
 """onnxruntime.transformers.optimizer's model type per tower: which fusion patterns it looks for."""
 
 

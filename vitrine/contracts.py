@@ -38,6 +38,17 @@ waste costs more than the cross-request batching coarse buckets would buy: pairs
 64 bucket spent ~28% of the cross-encoder's compute on padding. Multiples of 8 keep GPU tensor cores fed.
 """
 
+MINILM_DIM = 384
+"""all-MiniLM-L6-v2's sentence embedding width (mean of its token embeddings); the ``minilm`` space."""
+
+MINILM_MAX_LENGTH = 256
+"""Tokens the sentence encoder reads ([CLS] + 254 + [SEP]), sentence-transformers' own limit for this
+model: longer text is truncated, deliberately, and flagged."""
+
+MINILM_BUCKETS = (8, 16, 32, 64, 128, MINILM_MAX_LENGTH)
+"""Token lengths sentence-encoder input is padded to (dynamic batching needs equal shapes). Mean pooling
+reads the attention mask, so padding changes nothing in the embedding."""
+
 MAX_IMAGE_PIXELS = 40_000_000
 """Decoded images above this many pixels are refused before decoding (decompression-bomb guard)."""
 
@@ -65,6 +76,10 @@ class Model(str, Enum):
     CLIP_IMAGE_ENCODER = "clip_image_encoder"
     EMBED_IMAGE = "embed_image"
 
+    MINILM_TOKENIZE = "minilm_tokenize"
+    MINILM_ENCODER = "minilm_encoder"
+    EMBED_MINILM = "embed_minilm"
+
     RERANK_TOKENIZE = "rerank_tokenize"
     CROSS_ENCODER = "cross_encoder"
     RERANK = "rerank"
@@ -83,7 +98,7 @@ class Tensor(str, Enum):
     TOKEN_TYPE_IDS = "token_type_ids"  # INT64 [seq] (cross-encoder only)
     EOT_INDEX = "eot_index"  # INT64 [1]: position of CLIP's end-of-text token
     TRUNCATED = "TRUNCATED"  # BOOL [1]: the text was longer than the model's context and was cut
-    EMBEDDING = "EMBEDDING"  # FP32 [512], L2-normalised
+    EMBEDDING = "EMBEDDING"  # FP32 [512] (CLIP) or [384] (MiniLM), L2-normalised
 
     # embed_image ensemble and its steps
     IMAGE = "IMAGE"  # BYTES [1]: encoded JPEG/PNG/WebP bytes
@@ -188,7 +203,14 @@ RERANK_IO = EnsembleIO(
     (TensorSpec(Tensor.SCORES, "FP32", (-1,)), TensorSpec(Tensor.TRUNCATED, "BOOL", (-1,))),
     max_batch_size=0,
 )
-ENSEMBLES = (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO)
+EMBED_MINILM_IO = EnsembleIO(
+    Model.EMBED_MINILM,
+    (TensorSpec(Tensor.TEXT, "BYTES", (1,)),),
+    (TensorSpec(Tensor.EMBEDDING, "FP32", (MINILM_DIM,)), TensorSpec(Tensor.TRUNCATED, "BOOL", (1,))),
+    max_batch_size=64,
+)
+"""all-MiniLM-L6-v2 sentence embeddings (real weights offline): WordPiece -> encoder -> mean -> L2 norm."""
+ENSEMBLES = (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO, EMBED_MINILM_IO)
 
 REC_DIM = 64
 """Width of the recommendation space (user and item tower outputs; the index's ``rec.<version>`` spaces)."""

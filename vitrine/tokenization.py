@@ -1,4 +1,5 @@
-"""Tokenizers for serving: CLIP byte-level BPE and BERT WordPiece pairs, without torch or transformers.
+"""Tokenizers for serving: CLIP byte-level BPE, BERT WordPiece pairs and single texts, without torch or
+transformers.
 
 Both run inside Triton Python-backend models, where every millisecond of Python preprocessing is paid per
 request, so each batch is encoded with one vectorised ``tokenizers`` call and assembled with numpy. Ids
@@ -25,7 +26,14 @@ import numpy.typing as npt
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
-from vitrine.contracts import CLIP_CONTEXT_LENGTH, CLIP_TEXT_BUCKETS, RERANK_MAX_LENGTH, RERANK_PAIR_BUCKETS
+from vitrine.contracts import (
+    CLIP_CONTEXT_LENGTH,
+    CLIP_TEXT_BUCKETS,
+    MINILM_BUCKETS,
+    MINILM_MAX_LENGTH,
+    RERANK_MAX_LENGTH,
+    RERANK_PAIR_BUCKETS,
+)
 
 CLIP_BOS = "<|startoftext|>"
 CLIP_EOS = "<|endoftext|>"
@@ -252,6 +260,47 @@ class PairTokenizer:
         attention_mask = (positions[None, :] < total[:, None]).astype(np.int64)
         token_type_ids = ((positions[None, :] >= q + 2) & (attention_mask == 1)).astype(np.int64)
         return PairBatch(input_ids, attention_mask, token_type_ids, truncated)
+
+
+@dataclass(frozen=True)
+class SentenceBatch:
+    """Sentence-encoder inputs for ``n`` texts padded to one bucket."""
+
+    input_ids: Int64Array  # [n, bucket]: [CLS] text [SEP], then [PAD]
+    attention_mask: Int64Array  # [n, bucket]
+    truncated: BoolArray  # [n]: the text had more than max_length - 2 tokens and was cut
+
+
+class SentenceTokenizer:
+    """BERT WordPiece single texts for the MiniLM sentence encoder, truncated at ``max_length`` tokens
+    as sentence-transformers does, padded to the smallest ``MINILM_BUCKETS`` bucket that fits."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int = MINILM_MAX_LENGTH) -> None:
+        self._tok = tokenizer
+        ids = [tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")]
+        if any(i is None for i in ids):
+            raise TokenizerDataError("not a BERT WordPiece tokenizer: no [CLS]/[SEP]/[PAD] tokens")
+        self.cls_id, self.sep_id, self.pad_id = (int(i) for i in ids)  # type: ignore[arg-type]
+        self.max_length = max_length
+        self._buckets = (*(b for b in MINILM_BUCKETS if b < max_length), max_length)
+
+    @classmethod
+    def from_file(cls, tokenizer_json: Path, max_length: int = MINILM_MAX_LENGTH) -> SentenceTokenizer:
+        return cls(_load(tokenizer_json), max_length)
+
+    def encode_batch(self, texts: Sequence[str]) -> SentenceBatch:
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        budget = self.max_length - 2
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        kept = np.minimum(lengths, budget)
+        bucket = _bucket_for(int(kept.max(initial=0)) + 2, self._buckets)
+        input_ids = np.full((len(encodings), bucket), self.pad_id, dtype=np.int64)
+        input_ids[:, 0] = self.cls_id
+        for row, (enc, n) in enumerate(zip(encodings, kept.tolist(), strict=True)):
+            input_ids[row, 1 : n + 1] = enc.ids[:n]
+            input_ids[row, n + 1] = self.sep_id
+        mask = (np.arange(bucket)[None, :] < (kept + 2)[:, None]).astype(np.int64)
+        return SentenceBatch(input_ids, mask, lengths > budget)
 
 
 def write_pair_tokenizer_json(source_json: Path, out: Path) -> None:

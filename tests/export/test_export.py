@@ -16,9 +16,9 @@ from PIL import Image
 from export import validate, variants
 from export.errors import ExportError, ShapeError, SourceError, ToleranceError
 from export.pipeline import INT8_MIN_AGREEMENT, ExportConfig, Manifest, export_all, probe_for, sha256
-from export.specs import CLIP_IMAGE, CLIP_TEXT, CROSS_ENCODER, TOWERS, Family
+from export.specs import CLIP_IMAGE, CLIP_TEXT, CROSS_ENCODER, MINILM, TOWERS, Family
 from export.towers import ClipImageTower, ClipTextTower, load_clip
-from vitrine.contracts import CLIP_CONTEXT_LENGTH, EMBED_DIM, Model, Size, Tensor, Weights
+from vitrine.contracts import CLIP_CONTEXT_LENGTH, EMBED_DIM, MINILM_DIM, Model, Size, Tensor, Weights
 from vitrine.tokenization import ClipTokenizer, PairTokenizer
 
 
@@ -41,7 +41,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_manifest_records_weights_source_and_files(tiny_artifacts: Path, manifest: Manifest) -> None:
     raw = json.loads((tiny_artifacts / "manifest.json").read_text())
     assert set(raw["models"]) == {
-        m.value for m in (Model.CLIP_TEXT_ENCODER, Model.CLIP_IMAGE_ENCODER, Model.CROSS_ENCODER)
+        m.value
+        for m in (
+            Model.CLIP_TEXT_ENCODER,
+            Model.CLIP_IMAGE_ENCODER,
+            Model.CROSS_ENCODER,
+            Model.MINILM_ENCODER,
+        )
     }
     for spec in TOWERS:
         entry = manifest.entry(spec.model)
@@ -51,7 +57,8 @@ def test_manifest_records_weights_source_and_files(tiny_artifacts: Path, manifes
         assert entry.size == Size.TINY.value and entry.opset >= 17
         assert entry.sha256 == sha256(path)
         assert [t["name"] for t in entry.inputs] == [t.name.value for t in spec.inputs]
-        assert entry.outputs[0]["shape"][-1] == (EMBED_DIM if spec is not CROSS_ENCODER else 1)
+        width = {CROSS_ENCODER.model: 1, MINILM.model: MINILM_DIM}.get(spec.model, EMBED_DIM)
+        assert entry.outputs[0]["shape"][-1] == width
         assert entry.validation["top10_agreement_within_noise"] == 1.0
         assert entry.int8 is not None and manifest.path(spec.model, "int8").is_file()
         assert 0.0 <= entry.int8["agreement_top10"] <= 1.0
