@@ -86,9 +86,10 @@ class RWLock:
 class Handle:
     """A collection as it is served: the collection, its locks, and whether it has been dropped."""
 
-    def __init__(self, collection: Collection, device: str) -> None:
+    def __init__(self, collection: Collection, device: str, storage: Storage) -> None:
         self.c = collection
         self.device = device
+        self.storage = storage
         for space in collection.spaces.values():
             self.attach(space)
         self.write_mutex = threading.Lock()
@@ -128,7 +129,9 @@ class Handle:
                     for space in c.spaces.values()
                 ),
                 device=self.device,
-                lexical=tuple(LexicalStats(name, c.count) for name in c.lexical),
+                lexical=tuple(
+                    LexicalStats(name, self.storage.lexical_count(c.name, name)) for name in c.lexical
+                ),
             )
 
 
@@ -163,7 +166,7 @@ class Registry:
                     extra={"collection": name, "error": repr(exc)[:500]},
                 )
             else:
-                self._handles[name] = Handle(collection, self.device)
+                self._handles[name] = Handle(collection, self.device, self.storage)
         self._aliases = self.storage.aliases()
         seconds = time.perf_counter() - start
         log.info("index loaded", extra={"seconds": round(seconds, 3), "collections": len(self._handles)})
@@ -203,7 +206,7 @@ class Registry:
             if spec.name in self._aliases:
                 raise AlreadyExists(f"{quoted(spec.name)} is an alias; a collection cannot take its name")
             self.storage.create_collection(spec)
-            handle = self._handles[spec.name] = Handle(collection, self.device)
+            handle = self._handles[spec.name] = Handle(collection, self.device, self.storage)
         return handle.stats()
 
     def drop(self, name: str) -> None:

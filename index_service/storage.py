@@ -245,6 +245,14 @@ class Storage:
         while rows := cursor.fetchmany(chunk):
             yield rows
 
+    def lexical_count(self, name: str, space: str) -> int:
+        """Rows in a lexical space's table, read from it (0 once the collection is dropped)."""
+        try:
+            row = self.reader().execute(f"SELECT count(*) FROM {lexical.table(name, space)}").fetchone()
+        except sqlite3.OperationalError:  # no such table: dropped since the caller found the collection
+            return 0
+        return int(row[0])
+
     def aliases(self) -> dict[str, str]:
         with self._lock:
             return dict(self._db.execute("SELECT alias, collection FROM aliases").fetchall())
