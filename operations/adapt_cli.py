@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from pathlib import Path
 
 from operations import defaults
 from vitrine import config as vconfig
 
 ENV_PREFIX = "VITRINE_ADAPT"
+STATE_URL_ENV = "VITRINE_GATEWAY_STATE_URL"
+"""The gateways' own variable: a deploy run beside them finds their database without a flag."""
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -67,7 +70,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _target(args: argparse.Namespace) -> object:
     from operations.rollout import RolloutTarget
 
-    return RolloutTarget(args.triton, args.index, args.collection, Path(args.serving_file), args.index_kind)
+    return RolloutTarget(
+        args.triton, args.index, args.collection, Path(args.serving_file), args.index_kind, args.state_url
+    )
+
+
+def _followers(args: argparse.Namespace) -> str:
+    """Who follows the pointer, for the closing message (never the DSN: it may carry a password)."""
+    if args.state_url:
+        from gateway.pg_serving import describe
+
+        return f"gateways following {describe(args.state_url)}"
+    return f"gateways following {args.serving_file}"
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -90,7 +104,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(report, indent=2))
     print(
-        f"gateways following {args.serving_file} now serve encoder version {args.version} "
+        f"{_followers(args)} now serve encoder version {args.version} "
         f"and cross-encoder version {report['reranker_version']}"
     )
     return 0
@@ -100,14 +114,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from operations.rollout import RolloutError, rollback
 
     try:
-        encoder, reranker = rollback(Path(args.serving_file))
+        encoder, reranker = rollback(Path(args.serving_file), args.state_url)
     except RolloutError as exc:
         print(f"rollback refused: {exc}")
         return 1
-    print(
-        f"gateways following {args.serving_file} now serve encoder version {encoder} "
-        f"and cross-encoder version {reranker}"
-    )
+    print(f"{_followers(args)} now serve encoder version {encoder} and cross-encoder version {reranker}")
     return 0
 
 
@@ -145,6 +156,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p = cmds.add_parser(name, help=text)
         p.add_argument(
             "--serving-file", default=str(defaults.SERVING_FILE), help="the gateways' --serving-file"
+        )
+        p.add_argument(
+            "--state-url",
+            default=os.environ.get(STATE_URL_ENV, ""),
+            help=f"the gateways' --state-url (PostgreSQL), replacing --serving-file (env {STATE_URL_ENV})",
         )
         if name == "deploy":
             p.add_argument("--catalog", required=True, help="the catalog that was ingested (JSONL or CSV)")

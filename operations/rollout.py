@@ -4,10 +4,12 @@
 by ``model_repository``); the catalog is re-embedded by that version's pinned ensembles into optional
 index spaces of its own (``vitrine.items.encoder_space``: ``image.2``, ``title.2``) with
 ``UpsertVectors``, beside the live ``image``/``title`` spaces, while the gateway keeps answering from
-the old version. Only when every product has its new vectors is the serving file replaced (atomically,
-by rename); each gateway re-reads it within a health interval and switches its query encoder and its
-spaces in one assignment, so no search ever compares a query vector of one version with product vectors
-of another. The old spaces stay, so ``rollback`` is the same file write pointing back.
+the old version. Only when every product has its new vectors is the serving pointer replaced
+(``gateway.serving_pointer``: the serving file, by rename, or with ``state_url`` the database's row,
+with a NOTIFY in the same transaction); each gateway sees it within a health interval (at once over
+NOTIFY) and switches its query encoder and its spaces in one assignment, so no search ever compares a
+query vector of one version with product vectors of another. The old spaces stay, so ``rollback`` is
+the same write pointing back.
 
 Why new spaces in the live collection rather than a new collection behind an alias: the re-index writes
 only vectors (no payload copy), product updates made during the re-index keep their new vectors (an
@@ -18,9 +20,7 @@ filters select the same products before and after the switch.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +31,13 @@ from tqdm import tqdm
 
 from gateway.errors import GatewayError
 from gateway.index_client import IndexRetriever
+from gateway.serving_pointer import (
+    Change,
+    FileServingPointer,
+    ServingPointer,
+    initial_state,
+    open_pointer,
+)
 from gateway.triton_client import TritonModels
 from vitrine.catalog import Product, read_catalog, resolve_image
 from vitrine.contracts import (
@@ -60,20 +67,23 @@ class RolloutTarget:
     collection: str
     serving_file: Path
     index_kind: str = "flat"
+    state_url: str = ""
+    """The gateways' ``--state-url``: the pointer is the database's row, not ``serving_file``."""
+
+    def pointer(self) -> ServingPointer:
+        return serving_pointer(self.serving_file, self.state_url)
+
+
+def serving_pointer(serving_file: Path, state_url: str = "") -> ServingPointer:
+    pointer = open_pointer(serving_file, state_url)
+    if pointer is None:
+        raise RolloutError("no serving pointer: give the gateways' --serving-file or --state-url")
+    return pointer
 
 
 def read_serving(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {"encoder_version": BASE_VERSION, "reranker_version": BASE_VERSION, "history": []}
-    return dict(json.loads(path.read_text()))
-
-
-def write_serving(path: Path, state: dict[str, Any]) -> None:
-    """Replace the serving file atomically: a gateway reads the old state or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, path)
+    """The serving file's document (the initial one when there is no file)."""
+    return FileServingPointer(path).read() or initial_state()
 
 
 def catalog_products(catalog: Path) -> list[tuple[Product, Path]]:
@@ -223,41 +233,49 @@ async def deploy(
     repo: Path | None = None,
     settle_s: float = 3.0,
 ) -> dict[str, Any]:
-    """Re-embed the catalog with ``version``, then switch every gateway following the serving file: to
-    the version's encoders and, when the version ships one, its cross-encoder (both in one file write).
+    """Re-embed the catalog with ``version``, then switch every gateway following the serving pointer:
+    to the version's encoders and, when the version ships one, its cross-encoder (both in one write).
     With ``artifacts`` and ``repo``, the live repository is rendered again first (the adapted version
     exported into the artifacts by ``vitrine adapt export``) and Triton loads it while serving.
     ``settle_s``: how long gateways get to see the pending version before the re-index starts (more than
     their health interval, 1 s by default)."""
-    state = read_serving(target.serving_file)
-    current = _versions(state)
-    if current[0] == version:
-        raise RolloutError(f"encoder version {version} already serves")
-    if artifacts is not None and repo is not None:
-        render(artifacts, repo)
-    # Gateways learn the pending version first (its spaces exist by then), so what they ingest from now
-    # on gets its vectors too; the catalog file's products are re-embedded after they had time to see it.
-    await prepare_spaces(target, version)
-    write_serving(target.serving_file, {**state, "pending_version": version})
-    await asyncio.sleep(settle_s)
-    report = await reembed(target, version, catalog_products(catalog), batch, progress=progress)
-    models = TritonModels(target.triton_url)
+    pointer = target.pointer()
     try:
-        reranker_version = await load_reranker(models, version)
+        current = _versions(await asyncio.to_thread(_read, pointer))
+        if current[0] == version:
+            raise RolloutError(f"encoder version {version} already serves")
+        if artifacts is not None and repo is not None:
+            render(artifacts, repo)
+        # Gateways learn the pending version first (its spaces exist by then), so what any of them
+        # ingests from now on gets its vectors too; the catalog file's products are re-embedded after
+        # they had time to see it.
+        await prepare_spaces(target, version)
+        await asyncio.to_thread(_update, pointer, lambda state: {**state, "pending_version": version})
+        await asyncio.sleep(settle_s)
+        report = await reembed(target, version, catalog_products(catalog), batch, progress=progress)
+        models = TritonModels(target.triton_url)
+        try:
+            reranker_version = await load_reranker(models, version)
+        finally:
+            await models.close()
+        report["reranker_version"] = reranker_version
+
+        def switch(state: dict[str, Any]) -> dict[str, Any]:
+            encoder, reranker = _versions(state)
+            return {
+                "encoder_version": version,
+                "reranker_version": reranker_version,
+                "history": [
+                    *state.get("history", []),
+                    {"encoder_version": encoder, "reranker_version": reranker},
+                ],
+                "switched_at": time.time(),
+                "reindex": report,
+            }
+
+        await asyncio.to_thread(_update, pointer, switch)
     finally:
-        await models.close()
-    report["reranker_version"] = reranker_version
-    history = [*state.get("history", []), {"encoder_version": current[0], "reranker_version": current[1]}]
-    write_serving(
-        target.serving_file,
-        {
-            "encoder_version": version,
-            "reranker_version": reranker_version,
-            "history": history,
-            "switched_at": time.time(),
-            "reindex": report,
-        },
-    )
+        pointer.close()
     return report
 
 
@@ -271,21 +289,38 @@ def _versions(entry: Any) -> tuple[int, int]:
     return int(entry), BASE_VERSION
 
 
-def rollback(serving_file: Path) -> tuple[int, int]:
+def _read(pointer: ServingPointer) -> dict[str, Any]:
+    try:
+        return pointer.read() or initial_state()
+    except GatewayError as exc:  # the database is unreachable
+        raise RolloutError(f"serving pointer {pointer.name}: {exc}") from None
+
+
+def _update(pointer: ServingPointer, change: Change) -> dict[str, Any]:
+    try:
+        return pointer.update(change)
+    except GatewayError as exc:
+        raise RolloutError(f"serving pointer {pointer.name}: {exc}") from None
+
+
+def rollback(serving_file: Path, state_url: str = "") -> tuple[int, int]:
     """Serve the previous versions again (their spaces were never touched); returns (encoder,
     cross-encoder) versions."""
-    state = read_serving(serving_file)
-    history = list(state.get("history", []))
-    if not history:
-        raise RolloutError(f"nothing to roll back to: {serving_file} records no previous version")
-    encoder, reranker = _versions(history.pop())
-    write_serving(
-        serving_file,
-        {
+    pointer = serving_pointer(serving_file, state_url)
+
+    def back(state: dict[str, Any]) -> dict[str, Any]:
+        history = list(state.get("history", []))
+        if not history:
+            raise RolloutError(f"nothing to roll back to: {pointer.name} records no previous version")
+        encoder, reranker = _versions(history.pop())
+        return {
             "encoder_version": encoder,
             "reranker_version": reranker,
             "history": history,
             "switched_at": time.time(),
-        },
-    )
-    return encoder, reranker
+        }
+
+    try:
+        return _versions(_update(pointer, back))
+    finally:
+        pointer.close()

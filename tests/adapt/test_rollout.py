@@ -11,7 +11,7 @@ import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +79,31 @@ class Live:
 
 @pytest_asyncio.fixture
 async def live(
-    adapted_triton: Any, index_server: Any, small_catalog: Path, tmp_path: Path
+    adapted_triton: Any,
+    index_server: Any,
+    small_catalog: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Live]:
+    """A gateway following the serving file, or (parametrized ``"postgres"``) a PostgreSQL pointer."""
     serving = tmp_path / "serving.json"
+    over_postgres = getattr(request, "param", "file") == "postgres"
+    state_url = request.getfixturevalue("postgres_dsn") if over_postgres else ""
     config = gateway_config_for(
-        adapted_triton.grpc_url, index_server.address, serving_file=str(serving), health_interval_s=0.05
+        adapted_triton.grpc_url,
+        index_server.address,
+        serving_file=str(serving),
+        state_url=state_url,
+        health_interval_s=0.05,
     )
     handle = await start_gateway(config, small_catalog)
-    target = RolloutTarget(adapted_triton.grpc_url, index_server.address, config.pipeline.collection, serving)
+    target = RolloutTarget(
+        adapted_triton.grpc_url,
+        index_server.address,
+        config.pipeline.collection,
+        serving,
+        state_url=state_url,
+    )
     yield Live(handle, target, small_catalog)
     await stop_gateway(handle)
 
@@ -264,6 +281,55 @@ async def test_a_product_ingested_during_a_deploy_is_in_the_new_spaces(live: Liv
         await handle.stub.DeleteProducts(pb.DeleteProductsRequest(ids=[late.id]), timeout=30)
 
 
+@pytest.mark.parametrize("live", ["postgres"], indirect=True)
+async def test_over_postgresql_a_product_ingested_through_another_replica_gets_the_pending_vectors(
+    live: Live,
+) -> None:
+    """Two gateways follow one PostgreSQL pointer; the second polls once a minute, so it learns of the
+    deploy by NOTIFY alone. A product it ingests while the deploy re-embeds the catalog gets the pending
+    version's vectors, and after the switch the first gateway finds it; rollback reaches both."""
+    first = live.handle
+    second = await start_gateway(replace(first.gateway.config, port=0, health_interval_s=60.0))
+    gateways = (first.gateway, second.gateway)
+    deploying = asyncio.create_task(
+        deploy(live.target, 2, live.catalog, batch=8, progress=False, settle_s=0.5)
+    )
+    source = next(iter(first.products.values()))
+    late = pb.Product(id="added-via-replica", title=source.title, category=list(source.category), price=1.0)
+    try:
+        for _ in range(200):
+            if second.gateway.pipeline.serving.pending_version == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert second.gateway.pipeline.serving.pending_version == 2
+        upserted = await second.stub.UpsertProducts(
+            iter([pb.UpsertProductsRequest(product=late, image_bytes=first.image(source.id))]), timeout=60
+        )
+        assert upserted.upserted == 1 and not upserted.errors
+        await deploying
+        for _ in range(200):
+            if all(g.pipeline.serving.version == 2 for g in gateways):
+                break
+            await asyncio.sleep(0.05)
+        assert all(
+            (g.pipeline.serving.version, g.pipeline.serving.pending_version) == (2, 1) for g in gateways
+        )
+        similar = await first.stub.SimilarItems(pb.SimilarItemsRequest(id=late.id, top_k=3), timeout=30)
+        assert len(similar.by_image) == 3 and len(similar.by_title) == 3  # it has version 2's vectors
+        assert not live.target.serving_file.exists()  # the pointer is the database's row
+
+        assert rollback(live.target.serving_file, live.target.state_url) == (1, 1)
+        for _ in range(200):
+            if all(g.pipeline.serving.version == 1 for g in gateways):
+                break
+            await asyncio.sleep(0.05)
+        assert all(g.pipeline.serving.version == 1 for g in gateways)
+    finally:
+        await deploying
+        await first.stub.DeleteProducts(pb.DeleteProductsRequest(ids=[late.id]), timeout=30)
+        await stop_gateway(second)
+
+
 async def test_a_gateway_pinned_to_version_2_answers_with_it(
     live: Live, adapted_triton: Any, index_server: Any
 ) -> None:
@@ -274,8 +340,6 @@ async def test_a_gateway_pinned_to_version_2_answers_with_it(
             break
         await asyncio.sleep(0.05)
     deployed = await answers(live.handle)
-    from dataclasses import replace
-
     pinned_config = replace(live.handle.gateway.config, port=0, serving_file="", encoder_version=2)
     pinned = await start_gateway(pinned_config)
     try:
