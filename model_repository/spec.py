@@ -42,9 +42,11 @@ from vitrine.contracts import (
     CLIP_IMAGE_SIZE,
     EMBED_DIM,
     EMBED_IMAGE_IO,
+    EMBED_MINILM_IO,
     EMBED_TEXT_IO,
     MAX_PASSAGES,
     MAX_PASSAGES_PARAMETER,
+    MINILM_DIM,
     RERANK_IO,
     USER_TOWER_IO,
     EnsembleIO,
@@ -241,6 +243,50 @@ SPECS: tuple[ModelSpec, ...] = (
         steps=(
             Step(Model.CLIP_IMAGE_PREPROCESS, _same(T.IMAGE), _same(T.PIXEL_VALUES)),
             Step(Model.CLIP_IMAGE_ENCODER, _same(T.PIXEL_VALUES), _same(T.EMBEDDING)),
+        ),
+    ),
+    # ---- embed_minilm: TEXT -> WordPiece padded to a bucket -> MiniLM -> mean over the mask, L2 norm ----
+    ModelSpec(
+        Model.MINILM_TOKENIZE,
+        Role.PREPROCESS,
+        inputs=(Io(T.TEXT, "TYPE_STRING", (1,)),),
+        outputs=(
+            Io(T.INPUT_IDS, "TYPE_INT64", (-1,)),
+            Io(T.ATTENTION_MASK, "TYPE_INT64", (-1,)),
+            Io(T.TRUNCATED, "TYPE_BOOL", (1,)),
+        ),
+        max_batch_size=64,
+        batching=Batching(preferred=(), max_queue_delay_us=0, max_queue_size=256),
+        source="minilm_tokenize.py",
+        instances=TWO_INSTANCES,  # as the CLIP tokenizer: one batched instance stalls its queue
+        artifact="tokenizers/minilm",
+        files=("tokenizer.json",),
+    ),
+    ModelSpec(
+        Model.MINILM_ENCODER,
+        Role.ENCODER,
+        inputs=(Io(T.INPUT_IDS, "TYPE_INT64", (-1,)), Io(T.ATTENTION_MASK, "TYPE_INT64", (-1,))),
+        outputs=(Io(T.EMBEDDING, "TYPE_FP32", (MINILM_DIM,)),),
+        max_batch_size=64,
+        # The CLIP text encoder's measured batching, not re-measured for this tower: MiniLM-L6 reads
+        # ~90 MB of weights per forward against CLIP text's ~250 MB, so it is the cheaper of the two.
+        batching=Batching(
+            preferred=(8, 16, 32, 64), max_queue_delay_us=2_000, max_queue_size=256, gpu_queue_delay_us=1_000
+        ),
+        artifact="minilm_encoder",
+        # Not ``versioned``: the catalog adapters are CLIP's; the minilm space follows this model alone.
+        instances={Target.CPU: 2, Target.GPU: 1},
+        cpu_threads=1,
+    ),
+    ModelSpec(
+        **_public(EMBED_MINILM_IO),  # type: ignore[arg-type]
+        steps=(
+            Step(
+                Model.MINILM_TOKENIZE,
+                _same(T.TEXT),
+                _same(T.INPUT_IDS, T.ATTENTION_MASK, T.TRUNCATED),
+            ),
+            Step(Model.MINILM_ENCODER, _same(T.INPUT_IDS, T.ATTENTION_MASK), _same(T.EMBEDDING)),
         ),
     ),
     # ---- rerank: one query + n passages -> n pairs, padded to a bucket -> cross-encoder ----

@@ -22,6 +22,10 @@ async def embed_text(client: grpcclient.InferenceServerClient, text: str) -> grp
     return await client.infer(Model.EMBED_TEXT.value, [bytes_input(Tensor.TEXT, [text.encode()], (1, 1))])
 
 
+async def embed_minilm(client: grpcclient.InferenceServerClient, text: str) -> grpcclient.InferResult:
+    return await client.infer(Model.EMBED_MINILM.value, [bytes_input(Tensor.TEXT, [text.encode()], (1, 1))])
+
+
 async def embed_image(client: grpcclient.InferenceServerClient, data: bytes) -> grpcclient.InferResult:
     return await client.infer(Model.EMBED_IMAGE.value, [bytes_input(Tensor.IMAGE, [data], (1, 1))])
 

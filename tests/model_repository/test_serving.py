@@ -21,13 +21,14 @@ from operations.servers import TritonServer
 from tests.model_repository.client import (
     bytes_input,
     embed_image,
+    embed_minilm,
     embed_text,
     error_of,
     rerank,
     statistics,
 )
 from tests.model_repository.images import photo, png_bomb, truncated_jpeg
-from vitrine.contracts import EMBED_DIM, MAX_PASSAGES, MAX_PASSAGES_PARAMETER, Model, Tensor
+from vitrine.contracts import EMBED_DIM, MAX_PASSAGES, MAX_PASSAGES_PARAMETER, MINILM_DIM, Model, Tensor
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +81,19 @@ async def test_embed_text_batch_of_texts_in_one_request(client, reference):
     served = result.as_numpy(Tensor.EMBEDDING.value)
     assert served.shape == (3, EMBED_DIM)
     assert ((served * reference.embed_text(texts)).sum(axis=1) >= 0.9999).all()
+
+
+async def test_embed_minilm_matches_pytorch(client, reference):
+    """The sentence-encoder ensemble (tokenize, encode, mean-pool, normalise) against transformers'
+    own tokenizer and model with sentence-transformers' pooling; the long text crosses 256 tokens."""
+    texts = [*TEXTS[:4], "the " * 300 + "end"]
+    results = await asyncio.gather(*(embed_minilm(client, t) for t in texts))
+    served = np.concatenate([r.as_numpy(Tensor.EMBEDDING.value) for r in results])
+    truncated = [bool(r.as_numpy(Tensor.TRUNCATED.value).item()) for r in results]
+    assert served.shape == (len(texts), MINILM_DIM)
+    cosine = (served * reference.embed_minilm(texts)).sum(axis=1)
+    assert cosine.min() >= 0.9999, cosine
+    assert truncated == [False, False, False, False, True]
 
 
 async def test_embed_image_matches_pytorch(client, reference):
