@@ -174,17 +174,17 @@ class Stack:
         rec = base.recommend
         if rec.events_path == RecommendSettings().events_path:  # not chosen: this stack's own directory
             rec = dataclasses.replace(rec, events_path=str(self.work / "events" / "events.sqlite3"))
-        state = {"state_url": self.postgres.dsn} if self.postgres is not None else {}
-        config = dataclasses.replace(
-            base,
-            port=_shifted(base.port, i),
-            metrics_port=_shifted(base.metrics_port, i),
-            http_port=_shifted(base.http_port, i),
-            triton_url=self.triton_url,
-            index_address=self.index.address,
-            recommend=rec,
-            **{**state, **overrides},
-        )
+        fields: dict[str, Any] = {
+            "port": _shifted(base.port, i),
+            "metrics_port": _shifted(base.metrics_port, i),
+            "http_port": _shifted(base.http_port, i),
+            "triton_url": self.triton_url,
+            "index_address": self.index.address,
+            "recommend": rec,
+        }
+        if self.postgres is not None:
+            fields["state_url"] = self.postgres.dsn
+        config = dataclasses.replace(base, **{**fields, **overrides})
         suffix = f"-{i}" if i else ""
         gateway = GatewayServer(config, log_file=self.logs / f"gateway{suffix}.log", name=f"gateway-{i}")
         self.gateways.append(gateway)
