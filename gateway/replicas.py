@@ -124,7 +124,7 @@ class ReplicaSet(Generic[C]):
         try:
             addresses = self.spec.resolve(self.resolver)
         except OSError as exc:
-            log.warning("triton name unresolved", extra={"name": self.spec.dns_name, "error": str(exc)})
+            log.warning("triton name unresolved", extra={"dns_name": self.spec.dns_name, "error": str(exc)})
             return False
         known = {r.address: r for r in self.replicas}
         if not addresses or set(addresses) == set(known):
