@@ -70,6 +70,19 @@ def test_store_is_idempotent_and_reports_each_bad_event(open_store: OpenStore) -
     assert store.count() == 2
 
 
+def test_an_event_reads_back_field_for_field(open_store: OpenStore) -> None:
+    store = open_store(retention_days=0)
+    event = Event(
+        "e-full", "u-full", "s-full", "p-full", EventType.CONTACT, 1.7e9 + 0.25, "mobile", "rød støvle"
+    )
+    assert store.record([event], received=1.7e9) == []
+    assert store.record([event], received=1.7e9) == [0]  # stored before: reported, not written twice
+    assert store.recent("u-full") == [event]
+    nul = Event("e-nul", "u\x00x", "s", "p-full", EventType.VIEW, 1.7e9)  # PostgreSQL's text cannot hold it
+    stored, rejected = store_batch(store, [nul], {"p-full"}, now=1.7e9)
+    assert stored == 0 and [(r.index, r.code) for r in rejected] == [(0, "INVALID_ARGUMENT")]
+
+
 def test_history_reads_are_bounded_and_retention_deletes_old_events(open_store: OpenStore) -> None:
     store = open_store(retention_days=30)
     now = time.time()
