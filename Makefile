@@ -41,7 +41,7 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 protos: $(PROTO_STAMP) ## generate gRPC stubs from proto/ (build time; never committed)
 
 .PHONY: test
-test: venv protos prometheus-bin browser fashion-mnist ## run the whole test suite (installs from scratch on a fresh machine)
+test: venv protos prometheus-bin browser fashion-mnist postgres ## run the whole test suite (installs from scratch on a fresh machine)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The page test drives Debian's Chromium through its chromedriver (browser downloads do not work here).
@@ -55,6 +55,17 @@ browser: ## install Debian's chromium and chromium-driver for the page test (nee
 	  $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null || \
 	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "warning: could not install chromium; tests/gateway/test_page.py will be skipped"; }
+
+# Shared state (events, serving pointer) for several gateways: Debian's PostgreSQL, started by the tests
+# and by `vitrine up --state postgres` as a child process (operations/postgres.py), never as a service.
+.PHONY: postgres
+postgres: ## install Debian's postgresql for the shared-state tests and --state postgres (needs root or sudo)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get install -y -qq postgresql >/dev/null || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "warning: could not install postgresql; the PostgreSQL tests will be skipped"; }
 
 # Adaptation's real-image data: Debian's Fashion-MNIST (70,000 labelled 28x28 photos, ~30 MB).
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
