@@ -78,7 +78,21 @@ class IndexRetriever:
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise from_dependency(Dependency.INDEX, exc) from exc
+            await self._ensure_lexical(timeout)
         self._ensured = True
+
+    async def _ensure_lexical(self, timeout: float | None) -> None:
+        """A catalog created before it had a lexical space gains one, filled from its stored products
+        (one transaction in the index); one added meanwhile by another gateway is fine."""
+        stats = await self._call(self.stub.GetStats, ipb.GetStatsRequest(name=self.collection), timeout)
+        if any(lex.name == items.LEXICAL for lex in stats.spec.lexical):
+            return
+        request = ipb.AddLexicalSpaceRequest(collection=self.collection, lexical=items.lexical_spec())
+        try:
+            await self.stub.AddLexicalSpace(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise from_dependency(Dependency.INDEX, exc) from exc
 
     async def search(
         self,
@@ -95,6 +109,33 @@ class IndexRetriever:
             k=k,
             include_payload=True,
             include_attributes=True,  # the price is a stored number (vitrine.items)
+        )
+        flt = items.index_filter(filters)
+        if flt is not None:
+            req.filter.CopyFrom(flt)
+        resp = await self._call(self.stub.Search, req, timeout)
+        return [
+            [Candidate(h.id, h.score, items.product_of(h.item, h.id)) for h in r.hits] for r in resp.results
+        ]
+
+    async def search_text(
+        self,
+        space: str,
+        texts: Sequence[str],
+        k: int,
+        filters: Sequence[FieldFilter],
+        timeout: float | None,
+        prefix: bool = False,
+    ) -> list[list[Candidate]]:
+        """BM25 over the lexical space ``space``: one ranked list per text (``gateway.types.TextSource``)."""
+        req = ipb.SearchRequest(
+            collection=self.collection,
+            vector=space,
+            queries=[ipb.Query(text=text) for text in texts],
+            k=k,
+            params=ipb.SearchParams(prefix=prefix),
+            include_payload=True,
+            include_attributes=True,
         )
         flt = items.index_filter(filters)
         if flt is not None:

@@ -12,6 +12,10 @@ become one (``Fusion``):
 - ``weighted``: sum of ``weight * cosine``; keeps score magnitudes, a product missing from one list
   contributes nothing there.
 
+A lexical list (``TextMatch.LEXICAL``: BM25 over the product's words in the index's lexical space) fuses
+like any other. BM25 scores are unbounded and not comparable with cosine, so ``rrf`` uses only its ranks,
+and ``weighted`` first divides it by its top score (its best product counts 1, as a perfect cosine would).
+
 Deadlines: every stage gets the time left until the caller's deadline, and the whole search is bounded by
 it, so a slow dependency becomes DEADLINE_EXCEEDED rather than work nobody waits for.
 """
@@ -29,6 +33,7 @@ from typing import TypeVar
 import numpy as np
 
 from gateway.errors import InvalidInput, NotFound
+from gateway.text_match import QUERY_TEXT, SENTENCE_VECTOR, TextWeights, text_spaces
 from gateway.timing import Deadline, Timer
 from gateway.types import (
     MAX_RERANK_DEPTH,
@@ -42,8 +47,10 @@ from gateway.types import (
     Retriever,
     SearchQuery,
     SearchResult,
+    SentenceEmbedder,
     SimilarResult,
     TextMatch,
+    TextSource,
     check_ids,
     check_image_header,
     check_product,
@@ -52,7 +59,7 @@ from gateway.types import (
 from vitrine.catalog import Product
 from vitrine.contracts import BASE_VERSION, MAX_TEXT_CHARS
 from vitrine.filters import FieldFilter, FilterError, check_filters
-from vitrine.items import IMAGE, TITLE, encoder_space
+from vitrine.items import IMAGE, MINILM, TITLE, encoder_space, sentence_text
 
 T = TypeVar("T")
 
@@ -72,6 +79,14 @@ def fuse(lists: Sequence[tuple[float, Sequence[Candidate]]], method: Fusion, rrf
     return [Candidate(pid, scores[pid], best[pid].product) for pid in order]
 
 
+def _top_is_one(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """A BM25 list scaled so its best product scores 1 (weighted fusion with cosine lists)."""
+    top = candidates[0].score if candidates else 0.0
+    if top <= 0:
+        return list(candidates)
+    return [Candidate(c.id, c.score / top, c.product) for c in candidates]
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     """How searches run, declared once: the gateway's config holds these (its flags come from here)."""
@@ -87,6 +102,19 @@ class PipelineSettings:
     title_weight: float = field(
         default=0.5, metadata={"help": "share of a text query's weight on the title space (fusion)"}
     )
+    lexical_weight: float = field(
+        default=1.0, metadata={"help": "lexical list's weight in the fused modes (gateway.text_match)"}
+    )
+    minilm_weight: float = field(
+        default=1.0, metadata={"help": "MiniLM list's weight in the fused modes (gateway.text_match)"}
+    )
+    clip_weight: float = field(
+        default=1.0, metadata={"help": "CLIP lists' weight in text_match all (gateway.text_match)"}
+    )
+
+    def weights(self) -> TextWeights:
+        return TextWeights(self.title_weight, self.lexical_weight, self.minilm_weight, self.clip_weight)
+
     filter_attributes: tuple[str, ...] = field(
         default=("color", "material", "pattern"),
         metadata={"help": "extra product attributes indexed for filtering (comma-separated)"},
@@ -153,9 +181,17 @@ class Serving:
 
 class Pipeline:
     def __init__(
-        self, embedder: Embedder, retriever: Retriever, reranker: Reranker, settings: PipelineSettings
+        self,
+        embedder: Embedder,
+        retriever: Retriever,
+        reranker: Reranker,
+        settings: PipelineSettings,
+        sentence: SentenceEmbedder | None = None,
     ) -> None:
+        """``sentence``: the MiniLM encoder (the ``minilm`` space); by default ``embedder`` when it is
+        one too (Triton's client is), else none: products are stored without it, MiniLM modes refused."""
         self.embedder = embedder
+        self.sentence = sentence or (embedder if isinstance(embedder, SentenceEmbedder) else None)
         self.retriever = retriever
         self.settings = settings
         self.serving = Serving(BASE_VERSION, embedder, reranker)
@@ -187,20 +223,14 @@ class Pipeline:
     # ---- search -----------------------------------------------------------------------------------
 
     def _spaces(self, q: SearchQuery, has_text: bool, has_image: bool) -> list[tuple[str, str, float]]:
-        """(space, which query vector, weight) for every space searched."""
-        s = self.settings
+        """(space, what the query brings, weight) for every space searched (``gateway.text_match``): the
+        CLIP text vector, the MiniLM vector, or the words themselves (a lexical space)."""
         text_w = 1.0 - q.image_weight if has_image else 1.0
         image_w = q.image_weight if has_text else 1.0
         spaces: list[tuple[str, str, float]] = []
         if has_text:
-            match = q.text_match or s.text_match
-            if match == TextMatch.IMAGE:
-                spaces.append((IMAGE, "text", text_w))
-            elif match == TextMatch.TITLE:
-                spaces.append((TITLE, "text", text_w))
-            else:
-                spaces.append((IMAGE, "text", text_w * (1.0 - s.title_weight)))
-                spaces.append((TITLE, "text", text_w * s.title_weight))
+            match = q.text_match or self.settings.text_match
+            spaces.extend(text_spaces(match, self.settings.weights(), text_w))
         if has_image:
             spaces.append((IMAGE, "image", image_w))
         return spaces
@@ -224,13 +254,23 @@ class Pipeline:
     async def _search(self, q: SearchQuery, deadline: Deadline, timer: Timer) -> SearchResult:
         has_text, has_image = bool(q.text.strip()), bool(q.image)
         serving = self.serving  # read once: query vectors and searched spaces of one encoder version
+        chosen = self._spaces(q, has_text, has_image)
+        if any(which == QUERY_TEXT for _, which, _ in chosen) and not isinstance(self.retriever, TextSource):
+            raise InvalidInput("text_match 'lexical' needs an index with a lexical space; this one has none")
+        minilm = any(which == SENTENCE_VECTOR for _, which, _ in chosen)
+        if minilm and self.sentence is None:
+            raise InvalidInput("this text_match needs the MiniLM sentence encoder; this gateway has none")
         # Concurrent stages share one budget, read before any coroutine exists: a deadline passing
         # between two reads would otherwise leave the first coroutine created but never awaited.
         budget = deadline.remaining()
         jobs: dict[str, Awaitable[object]] = {}
-        if has_text:
+        if any(which == "text" for _, which, _ in chosen):  # a lexical space alone needs no embedding
             jobs["text"] = self._timed(
                 timer, "embed_text", partial(serving.embedder.embed_text, q.text, budget)
+            )
+        if minilm and self.sentence is not None:
+            jobs[SENTENCE_VECTOR] = self._timed(
+                timer, "embed_minilm", partial(self.sentence.embed_minilm, q.text, budget)
             )
         if has_image:
             jobs["image"] = self._timed(
@@ -239,37 +279,27 @@ class Pipeline:
         done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
         truncated = False
         vectors: dict[str, np.ndarray] = {}
-        if has_text:
+        if "text" in done:
             vectors["text"], truncated = done["text"]  # type: ignore[misc]
+        if SENTENCE_VECTOR in done:
+            vectors[SENTENCE_VECTOR], cut = done[SENTENCE_VECTOR]  # type: ignore[misc]
+            truncated = truncated or cut
         if has_image:
             vectors["image"] = done["image"]  # type: ignore[assignment]
 
         depth = max(q.top_k, q.rerank_depth) if (q.rerank and has_text) else q.top_k
-        spaces = [(serving.space(sp), which, w) for sp, which, w in self._spaces(q, has_text, has_image)]
-        by_space: dict[str, list[int]] = {}
-        for i, (space, _, _) in enumerate(spaces):
-            by_space.setdefault(space, []).append(i)
+        # Only CLIP's spaces follow its encoder version; the lexical and MiniLM spaces are their own.
+        spaces = [(serving.space(sp) if sp in (IMAGE, TITLE) else sp, which, w) for sp, which, w in chosen]
         with timer.stage("retrieve"):
-            budget = deadline.remaining()
-            # One index request per space, carrying every query vector aimed at it.
-            per_space = await asyncio.gather(
-                *(
-                    self.retriever.search(
-                        space,
-                        [vectors[spaces[i][1]] for i in idx],
-                        depth,
-                        q.filters,
-                        budget,
-                    )
-                    for space, idx in by_space.items()
-                )
-            )
-        ranked: list[list[Candidate]] = [[] for _ in spaces]
-        for idx, results in zip(by_space.values(), per_space, strict=True):
-            for i, res in zip(idx, results, strict=True):
-                ranked[i] = res
+            ranked = await self._retrieve(spaces, vectors, q, depth, deadline.remaining())
+        weighted = self.settings.fusion == Fusion.WEIGHTED and len(spaces) > 1
         fused = fuse(
-            [(w, ranked[i]) for i, (_, _, w) in enumerate(spaces)], self.settings.fusion, self.settings.rrf_k
+            [
+                (w, _top_is_one(ranked[i]) if weighted and which == QUERY_TEXT else ranked[i])
+                for i, (_, which, w) in enumerate(spaces)
+            ],
+            self.settings.fusion,
+            self.settings.rrf_k,
         )
 
         if not (q.rerank and has_text) or not fused:
@@ -288,6 +318,34 @@ class Pipeline:
         order = sorted(range(len(pool)), key=lambda i: (-float(scores[i]), i))[: q.top_k]
         hits = [Hit(pool[i].product, pool[i].score, float(scores[i])) for i in order]
         return SearchResult(hits, text_truncated=truncated, reranked=True)
+
+    async def _retrieve(
+        self,
+        spaces: list[tuple[str, str, float]],
+        vectors: dict[str, np.ndarray],
+        q: SearchQuery,
+        depth: int,
+        budget: float | None,
+    ) -> list[list[Candidate]]:
+        """Each searched space's ranked list, in ``spaces``' order: one index request per vector space
+        carrying every query vector aimed at it, one per lexical space carrying the query's text."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (space, which, _) in enumerate(spaces):
+            groups.setdefault((space, "lexical" if which == QUERY_TEXT else "vector"), []).append(i)
+        calls: list[Awaitable[list[list[Candidate]]]] = []
+        for (space, kind), idx in groups.items():
+            if kind == "lexical":
+                assert isinstance(self.retriever, TextSource)  # checked before anything started
+                calls.append(self.retriever.search_text(space, [q.text], depth, q.filters, budget))
+            else:
+                queries = [vectors[spaces[i][1]] for i in idx]
+                calls.append(self.retriever.search(space, queries, depth, q.filters, budget))
+        results = await asyncio.gather(*calls)
+        ranked: list[list[Candidate]] = [[] for _ in spaces]
+        for ((_, kind), idx), lists in zip(groups.items(), results, strict=True):
+            for j, i in enumerate(idx):
+                ranked[i] = lists[0] if kind == "lexical" else lists[j]  # one text, however many uses
+        return ranked
 
     # ---- similar items ----------------------------------------------------------------------------
 
@@ -359,21 +417,25 @@ class Pipeline:
         embedded = await asyncio.gather(
             *(self.embedder.embed_image(items[i][1], budget) for i in todo),
             *(self.embedder.embed_text(items[i][0].title, budget) for i in todo),
+            *(self.sentence.embed_minilm(sentence_text(items[i][0]), budget) for i in todo if self.sentence),
             return_exceptions=True,
         )
-        image_vecs, title_vecs = embedded[: len(todo)], embedded[len(todo) :]
+        n = len(todo)
+        image_vecs, title_vecs, sentence_vecs = embedded[:n], embedded[n : 2 * n], embedded[2 * n :]
         records: list[tuple[int, Record]] = []
-        for i, iv, tv in zip(todo, image_vecs, title_vecs, strict=True):
-            for res in (iv, tv):
+        for j, i in enumerate(todo):
+            results = (image_vecs[j], title_vecs[j], *sentence_vecs[j : j + 1])
+            for res in results:
                 if isinstance(res, BaseException) and not isinstance(res, InvalidInput):
                     raise res
-            if isinstance(iv, BaseException):
-                errors[i] = InvalidInput(f"product {items[i][0].id!r}: {iv}")
+            failed = next((res for res in results if isinstance(res, BaseException)), None)
+            if failed is not None:
+                errors[i] = InvalidInput(f"product {items[i][0].id!r}: {failed}")
                 continue
-            if isinstance(tv, BaseException):
-                errors[i] = InvalidInput(f"product {items[i][0].id!r}: {tv}")
-                continue
-            records.append((i, Record(items[i][0], {IMAGE: iv, TITLE: tv[0]})))
+            vectors = {IMAGE: results[0], TITLE: results[1][0]}  # type: ignore[index]
+            if len(results) > 2:
+                vectors[MINILM] = results[2][0]  # type: ignore[index]
+            records.append((i, Record(items[i][0], vectors)))
         serving = self.serving
         # Besides the base spaces (required, and rollback's): the served version's spaces after a rollout,
         # and a version being rolled out, so a product ingested now is found by either.

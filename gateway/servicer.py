@@ -33,6 +33,10 @@ _TEXT_MATCH = {
     pb.TEXT_MATCH_IMAGE: "image",
     pb.TEXT_MATCH_TITLE: "title",
     pb.TEXT_MATCH_FUSION: "fusion",
+    pb.TEXT_MATCH_LEXICAL: "lexical",
+    pb.TEXT_MATCH_MINILM: "minilm",
+    pb.TEXT_MATCH_LEXICAL_MINILM: "lexical_minilm",
+    pb.TEXT_MATCH_ALL: "all",
 }
 
 UPSERTED_KEY = "vitrine-upserted"

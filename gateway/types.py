@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -26,6 +26,10 @@ class TextMatch(str, Enum):
     IMAGE = "image"  # text query vs product image vectors (CLIP's cross-modal space)
     TITLE = "title"  # text query vs product title vectors
     FUSION = "fusion"  # both, fused
+    LEXICAL = "lexical"  # BM25 over the product's words (the index's lexical space); embeds nothing
+    MINILM = "minilm"  # all-MiniLM-L6-v2 query vector vs product title-and-description vectors
+    LEXICAL_MINILM = "lexical_minilm"  # lexical and MiniLM, fused
+    ALL = "all"  # lexical, MiniLM and CLIP (image and title), fused (gateway.text_match)
 
 
 class Fusion(str, Enum):
@@ -112,6 +116,13 @@ class Embedder(Protocol):
     async def embed_image(self, image: bytes, timeout: float | None) -> np.ndarray: ...
 
 
+@runtime_checkable
+class SentenceEmbedder(Protocol):
+    async def embed_minilm(self, text: str, timeout: float | None) -> tuple[np.ndarray, bool]:
+        """Unit-norm 384-d all-MiniLM-L6-v2 embedding (the ``minilm`` space) and whether it was cut."""
+        ...
+
+
 class Reranker(Protocol):
     async def rerank(self, query: str, passages: Sequence[str], timeout: float | None) -> np.ndarray: ...
 
@@ -131,6 +142,22 @@ class ItemSource(Protocol):
     async def get(
         self, ids: Sequence[str], timeout: float | None
     ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]: ...
+
+
+@runtime_checkable
+class TextSource(Protocol):
+    """A catalog searched by its words (the index's lexical space, ``vitrine.items.LEXICAL``). Scores
+    are BM25 relevance, higher better, and not comparable with cosine: fuse them by rank."""
+
+    async def search_text(
+        self,
+        space: str,
+        texts: Sequence[str],
+        k: int,
+        filters: Sequence[FieldFilter],
+        timeout: float | None,
+        prefix: bool = False,
+    ) -> list[list[Candidate]]: ...
 
 
 class Retriever(ItemSource, Protocol):
