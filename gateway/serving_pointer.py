@@ -113,15 +113,3 @@ class FileServingPointer:
 
     def close(self) -> None:
         return None
-
-
-def open_pointer(serving_file: str | os.PathLike[str], state_url: str = "") -> ServingPointer | None:
-    """The pointer a gateway or a rollout follows: the database when ``state_url`` names one, else the
-    file (None when neither is set: the gateway serves its configured versions)."""
-    if state_url:
-        from gateway.pg_serving import PostgresServingPointer
-
-        return PostgresServingPointer(state_url)
-    if serving_file:
-        return FileServingPointer(serving_file)
-    return None

@@ -14,6 +14,7 @@ catalog ids known to exist, and the recommender version cache (``rec_version_ttl
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 from gateway.config import GatewayConfig
@@ -74,3 +75,15 @@ class GatewayState:
 
     def close(self) -> None:
         self._close()
+
+
+def open_pointer(serving_file: str | os.PathLike[str], state_url: str = "") -> ServingPointer | None:
+    """The pointer a gateway or a rollout follows: the database when ``state_url`` names one, else the
+    file (None when neither is set: the gateway serves its configured versions)."""
+    if state_url:
+        from gateway.pg_serving import PostgresServingPointer
+
+        return PostgresServingPointer(state_url)
+    if serving_file:
+        return FileServingPointer(serving_file)
+    return None

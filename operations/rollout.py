@@ -31,13 +31,8 @@ from tqdm import tqdm
 
 from gateway.errors import GatewayError
 from gateway.index_client import IndexRetriever
-from gateway.serving_pointer import (
-    Change,
-    FileServingPointer,
-    ServingPointer,
-    initial_state,
-    open_pointer,
-)
+from gateway.serving_pointer import Change, FileServingPointer, ServingPointer, initial_state
+from gateway.state import open_pointer
 from gateway.triton_client import TritonModels
 from vitrine.catalog import Product, read_catalog, resolve_image
 from vitrine.contracts import (
