@@ -22,7 +22,13 @@ class GatewayConfig:
             "of the name is a replica, resolved again every 10 s); see gateway/replicas.py"
         },
     )
-    index_address: str = field(default="127.0.0.1:50051", metadata={"help": "index service gRPC endpoint"})
+    index_address: str = field(
+        default="127.0.0.1:50051",
+        metadata={
+            "help": "index: the FAISS index service's host:port, or milvus://host:19530 (Milvus), or "
+            "milvus-lite:<path>.db (embedded milvus-lite, local trials)"
+        },
+    )
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     """Search settings (collection, text match, fusion, filterable attributes): their flags are the
     gateway's flags, declared once in ``PipelineSettings``."""

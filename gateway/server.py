@@ -20,7 +20,7 @@ from gateway.calls import Calls
 from gateway.config import GatewayConfig
 from gateway.errors import Dependency, DependencyError
 from gateway.events import EventIngest
-from gateway.index_client import IndexRetriever
+from gateway.index_backends import open_index
 from gateway.ingest import IngestRoots
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline, Serving
@@ -50,7 +50,7 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.triton = TritonModels(config.triton_url, self.metrics)
-        self.index = IndexRetriever(
+        self.index = open_index(  # the FAISS index service, or Milvus for a milvus:// address
             config.index_address,
             config.pipeline.collection,
             config.pipeline.filter_attributes,
