@@ -274,7 +274,8 @@ class Collection:
         space.count += len(slots)
         self.writes_since_snapshot += len(slots)
         space.version += 1
-        space.add_slots(slots)
+        if space.add_slots(slots):  # every slot below next_slot with a vector is in the index now, so a
+            space.indexed_upto = max(space.indexed_upto, next_slot)  # later replacement counts as dead there
 
     def apply_delete(self, ids: list[str]) -> int:
         deleted = 0
