@@ -144,6 +144,10 @@ index: venv protos ## serve the index service on :50051 with data in $(VAR)/inde
 bench-index: venv protos ## index benchmark: Flat/IVF/HNSW latency, QPS, recall, gRPC overhead, restart
 	$(PY) -m benchmarks.index $(BENCH_INDEX_ARGS)
 
+.PHONY: bench-scaling
+bench-scaling: venv protos ## how cost grows with the catalog: 10k/100k/1M products, FAISS service and milvus-lite
+	$(PY) -m benchmarks.scaling $(BENCH_SCALING_ARGS)
+
 .PHONY: bench-lexical
 bench-lexical: venv protos ## lexical tokenizers (unicode61, porter, trigram): NDCG@10 on labelled catalog queries
 	$(PY) -m benchmarks.lexical --out $(VAR)/bench-lexical $(ARGS)
