@@ -79,7 +79,28 @@ class IndexRetriever:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise from_dependency(Dependency.INDEX, exc) from exc
             await self._ensure_lexical(timeout)
+            await self._ensure_optional_spaces(timeout)
         self._ensured = True
+
+    async def _ensure_optional_spaces(self, timeout: float | None) -> None:
+        """A catalog created before one of ``items.OPTIONAL_SPACES`` existed gains it, empty (products
+        re-ingested fill it; searches on it see only products that have a vector there)."""
+        have = set(await self.spaces(timeout))
+        for space, dim in items.OPTIONAL_SPACES.items():
+            if space in have:
+                continue
+            spec = ipb.VectorSpec(
+                name=space,
+                dim=dim,
+                metric=ipb.METRIC_INNER_PRODUCT,
+                index=ipb.IndexSpec(kind=items.INDEX_KINDS[self.index_kind]),
+            )
+            request = ipb.AddVectorSpaceRequest(collection=self.collection, vector=spec)
+            try:
+                await self.stub.AddVectorSpace(request, timeout=timeout, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise from_dependency(Dependency.INDEX, exc) from exc
 
     async def _ensure_lexical(self, timeout: float | None) -> None:
         """A catalog created before it had a lexical space gains one, filled from its stored products

@@ -282,8 +282,9 @@ class Pipeline:
         if "text" in done:
             vectors["text"], truncated = done["text"]  # type: ignore[misc]
         if SENTENCE_VECTOR in done:
-            vectors[SENTENCE_VECTOR], cut = done[SENTENCE_VECTOR]  # type: ignore[misc]
-            truncated = truncated or cut
+            sentence: tuple[np.ndarray, bool] = done[SENTENCE_VECTOR]  # type: ignore[assignment]
+            vectors[SENTENCE_VECTOR] = sentence[0]
+            truncated = truncated or sentence[1]
         if has_image:
             vectors["image"] = done["image"]  # type: ignore[assignment]
 
@@ -432,9 +433,9 @@ class Pipeline:
             if failed is not None:
                 errors[i] = InvalidInput(f"product {items[i][0].id!r}: {failed}")
                 continue
-            vectors = {IMAGE: results[0], TITLE: results[1][0]}  # type: ignore[index]
+            vectors: dict[str, np.ndarray] = {IMAGE: results[0], TITLE: results[1][0]}
             if len(results) > 2:
-                vectors[MINILM] = results[2][0]  # type: ignore[index]
+                vectors[MINILM] = results[2][0]
             records.append((i, Record(items[i][0], vectors)))
         serving = self.serving
         # Besides the base spaces (required, and rollback's): the served version's spaces after a rollout,

@@ -23,7 +23,9 @@ from vitrine.contracts import (
     BASE_VERSION,
     EMBED_DIM,
     EMBED_IMAGE_IO,
+    EMBED_MINILM_IO,
     EMBED_TEXT_IO,
+    MINILM_DIM,
     REC_DIM,
     RERANK_IO,
     USER_TOWER_IO,
@@ -166,6 +168,11 @@ class TritonModels:
         )
         return res[Tensor.EMBEDDING].astype(np.float32).reshape(EMBED_DIM), bool(res[Tensor.TRUNCATED].any())
 
+    async def embed_minilm(self, text: str, timeout: float | None) -> tuple[np.ndarray, bool]:
+        """all-MiniLM-L6-v2 sentence embedding (the ``minilm`` space) and whether the text was cut."""
+        res = await self._infer(EMBED_MINILM_IO, {Tensor.TEXT: [text]}, timeout)
+        return res[Tensor.EMBEDDING].astype(np.float32).reshape(MINILM_DIM), bool(res[Tensor.TRUNCATED].any())
+
     async def embed_image(
         self, image: bytes, timeout: float | None, version: int = BASE_VERSION
     ) -> np.ndarray:
@@ -232,8 +239,11 @@ async def _replica_ready(client: Any, timeout: float, version: int, reranker_ver
         async with asyncio.timeout(timeout):
             if not await client.is_server_ready():
                 return False
-            for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO):
-                name = ensemble_name(io.model, reranker_version if io is RERANK_IO else version)
+            for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO, RERANK_IO, EMBED_MINILM_IO):
+                if io is EMBED_MINILM_IO:  # one version: CLIP's rollouts do not touch it
+                    name = io.model.value
+                else:
+                    name = ensemble_name(io.model, reranker_version if io is RERANK_IO else version)
                 if not await client.is_model_ready(name):
                     return False
     except Exception:

@@ -12,8 +12,8 @@ second lookup. Where each of ``Product``'s fields lives:
 
 ``index_filter`` translates the gateway's filters into the index's filter language over that layout,
 with the meaning ``vitrine.filters`` gives them (``matches`` is the same rule on a product in hand; a
-contract test holds the two to the same selection). Adding a space is one line in ``SPACES``; every item
-must then carry a vector for it.
+contract test holds the two to the same selection). Adding a space is one line in ``SPACES`` (every item
+must then carry a vector for it) or in ``OPTIONAL_SPACES`` (existing collections gain it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from vitrine.catalog import CATEGORY_SEPARATOR, Product
-from vitrine.contracts import BASE_VERSION, EMBED_DIM
+from vitrine.contracts import BASE_VERSION, EMBED_DIM, MINILM_DIM
 from vitrine.filters import BRAND, CATEGORY, PRICE, FieldFilter, category_names
 from vitrine.index.v2 import index_pb2 as ipb
 
@@ -40,8 +40,26 @@ REC = "rec"
 """Prefix of the recommendation spaces: ``rec.<version>`` holds one trained recommender's item vectors
 (optional spaces, added while serving; see ``rec_space``)."""
 
+MINILM = "minilm"
+"""all-MiniLM-L6-v2 sentence embedding of the product's title and description (``sentence_text``).
+
+Versioned with its own model, not with CLIP's: the CLIP adapters and their rollouts (``encoder_space``)
+never touch it, and a different sentence encoder would be a new space beside it, filled and switched to
+as an adapted CLIP version is."""
+
 SPACES: dict[str, int] = {IMAGE: EMBED_DIM, TITLE: EMBED_DIM}
-"""Every vector space of a catalog collection and its dimension, in stored order."""
+"""Every required vector space of a catalog collection and its dimension, in stored order."""
+
+OPTIONAL_SPACES: dict[str, int] = {MINILM: MINILM_DIM}
+"""Spaces a catalog collection declares optional: a collection created before they existed still loads
+and serves (the gateway adds them to it), and an item written without one keeps serving the other
+spaces; re-ingesting the catalog (an upsert by id) fills them."""
+
+
+def sentence_text(product: Product) -> str:
+    """What the sentence encoder reads of a product: its title, then its description (the encoder
+    truncates past 256 tokens)."""
+    return f"{product.title}. {product.description}" if product.description else product.title
 
 
 def encoder_space(base: str, version: int) -> str:
@@ -82,6 +100,16 @@ def collection_spec(
                 name=space, dim=dim, metric=ipb.METRIC_INNER_PRODUCT, index=ipb.IndexSpec(kind=kind)
             )
             for space, dim in SPACES.items()
+        ]
+        + [
+            ipb.VectorSpec(
+                name=space,
+                dim=dim,
+                metric=ipb.METRIC_INNER_PRODUCT,
+                index=ipb.IndexSpec(kind=kind),
+                optional=True,
+            )
+            for space, dim in OPTIONAL_SPACES.items()
         ],
         schema=ipb.AttributeSchema(number_fields=[PRICE], keyword_fields=[BRAND, *filter_attributes]),
         lexical=[lexical_spec()],

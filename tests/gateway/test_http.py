@@ -362,7 +362,12 @@ async def test_error_messages_say_what_is_wrong(stack: HttpStack) -> None:
         ),
         (
             stack.http.post("/v1/search", json={"text": "a", "text_match": "sound"}),
-            (400, "INVALID_ARGUMENT", "unknown text_match 'sound'; one of image, title, fusion"),
+            (
+                400,
+                "INVALID_ARGUMENT",
+                "unknown text_match 'sound'; one of image, title, fusion, lexical, minilm, "
+                "lexical_minilm, all",
+            ),
         ),
         (
             stack.http.post("/v1/products/nope/similar", json={}),
