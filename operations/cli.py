@@ -83,10 +83,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from operations.client import evaluate
+TEXT_MATCHES = ("image", "title", "fusion", "lexical", "minilm", "lexical_minilm", "all")
+"""``gateway.types.TextMatch``'s names (the CLI does not import the gateway to parse its flags)."""
 
-    print(evaluate(_connection(args), args.queries, k=args.k, depth=args.depth, text_matches=args.text_match))
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from operations.client import evaluate, tune_weights
+
+    conn = _connection(args)
+    if args.tune:
+        print(tune_weights(conn, args.queries, k=args.k))
+        return 0
+    print(
+        evaluate(
+            conn,
+            args.queries,
+            k=args.k,
+            depth=args.depth,
+            text_matches=args.text_match,
+            split=args.split,
+            rerank=not args.no_rerank,
+        )
+    )
     return 0
 
 
@@ -229,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument(
         "--filter", action="append", default=[], help="field=v1,v2 or price=min..max (repeatable)"
     )
-    se.add_argument("--text-match", default="", choices=["", "image", "title", "fusion"])
+    se.add_argument("--text-match", default="", choices=["", *TEXT_MATCHES])
     se.add_argument("--timeout", type=float, default=60.0)
     _connection_args(se)
     se.set_defaults(func=cmd_search)
@@ -239,7 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=int, default=10)
     ev.add_argument("--depth", type=int, default=50, help="re-rank depth")
     ev.add_argument(
-        "--text-match", nargs="+", default=["image", "title", "fusion"], choices=["image", "title", "fusion"]
+        "--text-match",
+        nargs="+",
+        default=["fusion", "lexical", "minilm", "lexical_minilm", "all"],
+        choices=TEXT_MATCHES,
+    )
+    ev.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "validation", "all"],
+        help="which queries: the held-out test half (default), the validation half weights are tuned on, "
+        "or all (a file no tuning read); the split is fixed by each query's words",
+    )
+    ev.add_argument("--no-rerank", action="store_true", help="skip the re-ranked rows")
+    ev.add_argument(
+        "--tune",
+        action="store_true",
+        help="instead: the fused modes' best weights on the validation split (reads no test query)",
     )
     _connection_args(ev)
     ev.set_defaults(func=cmd_eval)

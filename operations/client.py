@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 
 from gateway.messages import product_to_pb
-from operations.evaluation import Scores, format_table, mean_scores, score_query
+from operations.evaluation import VALIDATION, Row, format_interval_table, in_split, score_query
 from vitrine import targets
-from vitrine.catalog import BadRow, Product, iter_catalog, read_queries, resolve_image
+from vitrine.catalog import BadRow, LabelledQuery, Product, iter_catalog, read_queries, resolve_image
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -195,33 +195,83 @@ def render_results(resp: pb.SearchResponse, title: str = "") -> str:
     return "\n".join(r for r in rows if r != "" or False)
 
 
+EVAL_MODES = ("fusion", "lexical", "minilm", "lexical_minilm", "all")
+"""The text modes ``vitrine eval`` reports by default: CLIP fusion (the mode before lexical and MiniLM
+existed), each new signal alone, and their fusions."""
+
+
+def _search_ids(
+    stub: pb_grpc.ProductSearchStub,
+    conn: Connection,
+    q: LabelledQuery,
+    match: str,
+    k: int,
+    depth: int,
+    timeout: float,
+) -> pb.SearchResponse:
+    req = search_request(q.text, q.image, top_k=k, rerank=depth > 0, depth=depth, text_match=match)
+    return stub.Search(req, timeout=timeout, metadata=conn.metadata())
+
+
+def reranker_label(stub: pb_grpc.ProductSearchStub, conn: Connection, timeout: float) -> str:
+    """The served cross-encoder's weights as the gateway states them (``GetServing``), for the table."""
+    get = getattr(stub, "GetServing", None)
+    if get is None or not hasattr(pb, "GetServingRequest"):
+        return "served cross-encoder"
+    try:
+        info = get(pb.GetServingRequest(), timeout=timeout, metadata=conn.metadata())
+    except grpc.RpcError:
+        return "served cross-encoder"
+    weights = str(getattr(info, "reranker_weights", "") or "unknown")
+    trained = "trained" if weights in ("pretrained", "trained here") else "UNTRAINED head"
+    return f"cross-encoder v{getattr(info, 'reranker_version', '?')}, {weights} ({trained})"
+
+
 def evaluate(
     conn: Connection,
     queries_path: str | Path,
     k: int = 10,
     depth: int = 50,
-    text_matches: Sequence[str] = ("image", "title", "fusion"),
+    text_matches: Sequence[str] = EVAL_MODES,
     timeout: float = 120.0,
+    split: str = "test",
+    rerank: bool = True,
 ) -> str:
-    """One row per (text match, re-rank on/off), every query sent to the live gateway."""
-    queries = read_queries(queries_path)
-    rows: list[tuple[str, Scores]] = []
+    """One row per (text match, re-rank off/on), every query of ``split`` sent to the live gateway; NDCG
+    with its bootstrap interval over queries."""
+    queries = [q for q in read_queries(queries_path) if in_split(q.text, split)]
+    rows: list[Row] = []
     with conn.channel() as channel:
         stub = pb_grpc.ProductSearchStub(channel)
+        label = reranker_label(stub, conn, timeout) if rerank else ""
         for match in text_matches:
-            for rerank in (False, True):
+            for depth_now in (0, depth) if rerank else (0,):
                 per_query = []
                 for q in queries:
-                    req = search_request(
-                        q.text,
-                        q.image,
-                        top_k=k,
-                        rerank=rerank,
-                        depth=depth if rerank else 0,
-                        text_match=match,
-                    )
-                    resp = stub.Search(req, timeout=timeout, metadata=conn.metadata())
+                    resp = _search_ids(stub, conn, q, match, k, depth_now, timeout)
                     per_query.append(score_query([h.product.id for h in resp.hits], q.relevant, k))
-                name = f"text->{match}" + (f" + rerank@{depth}" if rerank else "")
-                rows.append((name, mean_scores(per_query)))
-    return format_table(rows, k, len(queries))
+                name = match + (f" + rerank@{depth}" if depth_now else "")
+                rows.append(Row(name, per_query))
+    title = f"{Path(queries_path).name} ({split} split)"
+    table = format_interval_table(title, rows, k)
+    return table + (f"\nre-ranker: {label}" if label else "")
+
+
+def tune_weights(
+    conn: Connection, queries_path: str | Path, k: int = 10, rrf_k: int = 60, timeout: float = 120.0
+) -> str:
+    """The fused modes' best weights on the validation split (``operations.tuning``)."""
+    from gateway.types import Candidate, TextMatch
+    from operations.tuning import PLACEHOLDER, SINGLE, render, tune
+
+    queries = [q for q in read_queries(queries_path) if in_split(q.text, VALIDATION)]
+    lists = []
+    with conn.channel() as channel:
+        stub = pb_grpc.ProductSearchStub(channel)
+        for q in queries:
+            per: dict[TextMatch, list[Candidate]] = {}
+            for match in SINGLE:
+                resp = _search_ids(stub, conn, q, match.value, k, 0, timeout)
+                per[match] = [Candidate(h.product.id, h.retrieval_score, PLACEHOLDER) for h in resp.hits]
+            lists.append(per)
+    return render(tune(queries, lists, rrf_k, k), len(queries))

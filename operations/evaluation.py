@@ -1,4 +1,5 @@
-"""``vitrine eval``'s scores: Recall@K, MRR, NDCG@K and Precision@K per labelled query, and their table.
+"""``vitrine eval``'s scores: Recall@K, MRR, NDCG@K and Precision@K per labelled query, their tables (with
+bootstrap intervals over queries), and the fixed validation/test split of labelled queries.
 
 The metrics are :mod:`vitrine.ranking`'s (relevance grades come from the query file; a plain list of ids
 means grade 1 each); this module only gathers them per query and prints them in the shape retrieval
@@ -7,6 +8,7 @@ papers use.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -47,4 +49,49 @@ def format_table(rows: Sequence[tuple[str, Scores]], k: int, n_queries: int) -> 
     lines = [f"{n_queries} queries", header, "-" * len(header)]
     for name, s in rows:
         lines.append(f"{name:<34} {s.recall:>10.4f} {s.mrr:>8.4f} {s.ndcg:>9.4f} {s.precision:>8.4f}")
+    return "\n".join(lines)
+
+
+# ---- held-out splits and intervals ------------------------------------------------------------------
+
+VALIDATION = "validation"
+TEST = "test"
+SPLITS = (VALIDATION, TEST, "all")
+
+
+def split_of(text: str) -> str:
+    """A query's split, fixed by its words alone (about half each): weights and modes are chosen on
+    ``validation`` queries and reported on ``test`` ones, whatever file or order they come in."""
+    return VALIDATION if hashlib.sha256(text.encode("utf-8")).digest()[0] % 2 == 0 else TEST
+
+
+def in_split(text: str, split: str) -> bool:
+    return split == "all" or split_of(text) == split
+
+
+@dataclass(frozen=True)
+class Row:
+    """One system's per-query figures."""
+
+    name: str
+    per_query: Sequence[Scores]
+
+    def ndcg(self) -> ranking.Estimate:
+        return ranking.bootstrap([s.ndcg for s in self.per_query])
+
+    def mean(self) -> Scores:
+        return mean_scores(self.per_query)
+
+
+def format_interval_table(title: str, rows: Sequence[Row], k: int) -> str:
+    """One row per system: NDCG@k with its 95% bootstrap interval over queries, then the plain means."""
+    header = (
+        f"{'system':<40} {'NDCG@' + str(k) + ' [95% CI]':>24} {'Recall@' + str(k):>10} {'MRR':>7} "
+        f"{'P@' + str(k):>7}"
+    )
+    n = len(rows[0].per_query) if rows else 0
+    lines = [f"{title}: {n} queries", header, "-" * len(header)]
+    for row in rows:
+        m = row.mean()
+        lines.append(f"{row.name:<40} {row.ndcg()!s:>24} {m.recall:>10.3f} {m.mrr:>7.3f} {m.precision:>7.3f}")
     return "\n".join(lines)
