@@ -33,8 +33,12 @@ def _valid_export(artifacts: Path, size: str) -> dict[str, object] | None:
         models = data["models"]
         if data.get("size") != size:
             return None
-        if all((artifacts / m["path"]).is_file() for m in models.values()):
-            return dict(data)
+        from export.specs import TOWERS
+
+        if {t.model.value for t in TOWERS} <= set(models) and all(
+            (artifacts / m["path"]).is_file() for m in models.values()
+        ):
+            return dict(data)  # an export from before a tower existed (e.g. the MiniLM) is redone
     except (KeyError, TypeError, ValueError):
         return None
     return None

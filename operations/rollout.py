@@ -30,7 +30,7 @@ from typing import Any
 from tqdm import tqdm
 
 from gateway.errors import GatewayError
-from gateway.index_client import IndexRetriever
+from gateway.index_backends import open_index
 from gateway.serving_pointer import Change, FileServingPointer, ServingPointer, initial_state
 from gateway.state import open_pointer
 from gateway.triton_client import TritonModels
@@ -163,7 +163,7 @@ async def serve_version(triton_url: str, version: int, artifacts: Path, repo: Pa
 async def prepare_spaces(target: RolloutTarget, version: int) -> None:
     """Triton serving ``version`` and the index holding its (empty) spaces; a resumed deploy finds them."""
     models = TritonModels(target.triton_url)
-    index = IndexRetriever(target.index_address, target.collection, (), target.index_kind)
+    index = open_index(target.index_address, target.collection, (), target.index_kind)
     try:
         await _load(models, version)
         for base in (IMAGE, TITLE):
@@ -189,7 +189,7 @@ async def reembed(
     """Write ``version``'s vectors of every product into its own spaces (``prepare_spaces`` made them and
     had Triton load the version); the live spaces are untouched."""
     models = TritonModels(target.triton_url)
-    index = IndexRetriever(target.index_address, target.collection, (), target.index_kind)
+    index = open_index(target.index_address, target.collection, (), target.index_kind)
     started = time.perf_counter()
     try:
         missing: list[str] = []

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from gateway.calls import SearchArgs
+from gateway.calls import TEXT_MATCH_NAMES, SearchArgs
 from gateway.errors import InvalidInput
 from gateway.events import MAX_ID_CHARS as MAX_EVENT_ID_CHARS
 from gateway.recommend import Recommendation
@@ -104,8 +104,8 @@ class SearchIn(_Strict):
     )
     text_match: str = Field(
         default="",
-        description="image, title or fusion; empty: the gateway's default",
-        json_schema_extra=_limits(enum=["", "image", "title", "fusion"]),
+        description=f"one of {', '.join(TEXT_MATCH_NAMES)}; empty: the gateway's default",
+        json_schema_extra=_limits(enum=["", *TEXT_MATCH_NAMES]),
     )
 
     def plain(self) -> SearchArgs:
