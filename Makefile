@@ -146,7 +146,7 @@ bench-index: venv protos ## index benchmark: Flat/IVF/HNSW latency, QPS, recall,
 
 .PHONY: bench-scaling
 bench-scaling: venv protos ## how cost grows with the catalog: 10k/100k/1M products, FAISS service and milvus-lite
-	$(PY) -m benchmarks.scaling $(BENCH_SCALING_ARGS)
+	mkdir -p $(VAR) && flock $(BENCH_LOCK) $(PY) -m benchmarks.scaling $(BENCH_SCALING_ARGS)
 
 .PHONY: bench-lexical
 bench-lexical: venv protos ## lexical tokenizers (unicode61, porter, trigram): NDCG@10 on labelled catalog queries

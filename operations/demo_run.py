@@ -5,6 +5,7 @@ is fast. They speak to the stack through addresses only (``operations.stack`` as
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -101,6 +102,11 @@ def demo_catalog(var: Path, products: int, seed: int) -> Path:
 
 def ingested_count(index_address: str, collection: str) -> int:
     import grpc
+
+    from gateway.index_backends import count_items, is_milvus
+
+    if is_milvus(index_address):
+        return asyncio.run(count_items(index_address, collection))
 
     from vitrine.index.v2 import index_pb2, index_pb2_grpc
 

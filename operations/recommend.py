@@ -87,11 +87,38 @@ def load_events(connection: Any, path: Path, timeout: float = 600.0) -> tuple[in
 def item_table(
     index_address: str, collection: str, catalog: Path, vocab: dict[str, list[str]] | None = None
 ) -> Any:
+    from gateway.index_backends import is_milvus
     from recommend.items import from_index
     from vitrine.catalog import Product, read_catalog
 
     ids = [p.id for p in read_catalog(catalog) if isinstance(p, Product)]
+    if is_milvus(index_address):
+        return asyncio.run(_milvus_item_table(index_address, collection, ids, vocab))
     return from_index(index_address, collection, ids, vocab=vocab)
+
+
+async def _milvus_item_table(
+    index_address: str, collection: str, ids: list[str], vocab: dict[str, list[str]] | None, batch: int = 256
+) -> Any:
+    """``recommend.items.from_index`` for a Milvus index: the same products and content vectors, read
+    through the gateway's Milvus backend."""
+    from gateway.index_backends import open_index
+    from recommend.items import build_table
+    from vitrine.items import IMAGE, TITLE
+
+    index = open_index(index_address, collection)
+    products, content = [], {}
+    try:
+        for start in range(0, len(ids), batch):
+            for pid, (product, vectors) in (await index.get(ids[start : start + batch], 60.0)).items():
+                products.append(product)
+                if IMAGE in vectors and TITLE in vectors:
+                    content[pid] = np.concatenate([vectors[IMAGE], vectors[TITLE]])
+    finally:
+        await index.close()
+    if not products:
+        raise ValueError(f"none of {len(ids)} catalog ids is in collection {collection!r} at {index_address}")
+    return build_table(products, content, vocab)
 
 
 def train(
@@ -153,10 +180,10 @@ def served_versions(repo: Path) -> list[int]:
 async def _write_space(
     index_address: str, collection: str, space: str, ids: list[str], vectors: np.ndarray
 ) -> None:
-    from gateway.index_client import IndexRetriever
+    from gateway.index_backends import open_index
     from vitrine.contracts import REC_DIM
 
-    client = IndexRetriever(index_address, collection, ())
+    client = open_index(index_address, collection)
     try:
         await client.add_space(space, REC_DIM, timeout=60.0)
         missing = await client.upsert_vectors(space, dict(zip(ids, vectors, strict=True)), timeout=300.0)
@@ -167,10 +194,10 @@ async def _write_space(
 
 
 async def _drop_spaces(index_address: str, collection: str, keep: set[str]) -> None:
-    from gateway.index_client import IndexRetriever
+    from gateway.index_backends import open_index
     from vitrine.items import REC
 
-    client = IndexRetriever(index_address, collection, ())
+    client = open_index(index_address, collection)
     try:
         for space in await client.spaces():
             if space.startswith(REC + ".") and space not in keep:

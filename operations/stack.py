@@ -35,6 +35,7 @@ from operations.assembly import RELOADABLE_MODELS as RELOADABLE_MODELS
 from operations.assembly import Stack as Stack
 from operations.assembly import trace_args as trace_args
 from operations.demo_run import say
+from operations.milvus_server import IndexChoice, start_index
 from vitrine.contracts import Target
 
 ENV_PREFIX = "VITRINE_STACK"
@@ -71,6 +72,13 @@ class StackConfig:
     )
     index_port: int = field(default=50051, metadata={"help": "index service gRPC port"})
     index_metrics_port: int = field(default=9102, metadata={"help": "index service Prometheus port"})
+    index: IndexChoice = field(
+        default=IndexChoice.FAISS,
+        metadata={
+            "help": "index tier: faiss (the FAISS index service) or milvus-lite (a milvus-lite server on "
+            "--index-port over var/milvus: Milvus's API, not its performance)"
+        },
+    )
     triton_http_port: int = field(default=8000, metadata={"help": "first Triton's HTTP port"})
     triton_grpc_port: int = field(default=8001, metadata={"help": "first Triton's gRPC port"})
     triton_metrics_port: int = field(default=8002, metadata={"help": "first Triton's Prometheus port"})
@@ -165,8 +173,8 @@ def start_supervised(cfg: StackConfig, stack: Stack) -> None:
     for _ in range(cfg.tritons):
         triton = stack.start_triton()
         say(f"{triton.name} ready on {triton.grpc_url} in {time.monotonic() - t0:.1f} s")
-    index = stack.start_index()
-    say(f"index service ready on {index.address}")
+    index = start_index(stack, cfg.index, cfg.index_port)  # the FAISS index service or milvus-lite
+    say(f"index ({cfg.index}) ready on {index.address}")
     for _ in range(cfg.gateways):
         gateway = stack.start_gateway()
         say(f"{gateway.name} serving on {gateway.address}")
