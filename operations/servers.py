@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,18 @@ from model_repository.server import (
 from operations.launcher import ChildServer, LaunchError, grpc_serving, http_ready
 from vitrine.config import secret_env, to_argv
 from vitrine.net import free_port, free_ports
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could bind ``host:port`` now (as servers do, with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
 
 C = TypeVar("C")
 
@@ -136,6 +149,15 @@ class TritonServer(ChildServer):
         if not self.repo.is_dir():
             raise TritonStartError(f"model repository {self.repo} does not exist: render it first")
         check_libpython()
+        # Triton binds its ports only once every model loaded (seconds to minutes): a port taken meanwhile
+        # would let another server answer this one's readiness probe. Refuse to start instead (a
+        # supervisor retries with backoff).
+        e = self.endpoints
+        busy = [p for p in (e.grpc_port, e.http_port, e.metrics_port) if not port_free(e.host, p)]
+        if busy:
+            raise TritonStartError(
+                f"{self.name}: port {', '.join(map(str, busy))} of {e.host} already in use"
+            )
 
     def start(self, timeout_s: float | None = None) -> TritonServer:
         try:

@@ -160,7 +160,7 @@ def _addresses(stack: Stack, cfg: StackConfig) -> list[str]:
         )
     if cfg.supervisor_metrics_port >= 0:
         lines.append(f"supervisor       metrics :{cfg.supervisor_metrics_port}/metrics")
-    lines.append(f"clients          --gateway {stack.gateway_target}")
+    lines.append(f"clients          --gateway {','.join(g.address for g in stack.gateways)}")
     return lines
 
 
@@ -173,6 +173,7 @@ def start_supervised(cfg: StackConfig, stack: Stack) -> None:
     for _ in range(cfg.tritons):
         triton = stack.start_triton()
         say(f"{triton.name} ready on {triton.grpc_url} in {time.monotonic() - t0:.1f} s")
+        t0 = time.monotonic()
     index = start_index(stack, cfg.index, cfg.index_port)  # the FAISS index service or milvus-lite
     say(f"index ({cfg.index}) ready on {index.address}")
     for _ in range(cfg.gateways):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from operations.launcher import ChildServer, LaunchError, group_members
+from operations.launcher import ChildServer, group_members
 from vitrine.metrics import service_registry
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class Supervisor:
                 return
             running = child.running
             self.child_up.labels(child.name).set(1.0 if running else 0.0)
+            self.restarts.labels(child.name)  # every child's count shows, 0 until its first restart
             if running or child.process is None:  # running, or stopped on purpose
                 if running and time.monotonic() - watch.started > self.stable_s:
                     watch.failures = 0
@@ -131,7 +132,7 @@ class Supervisor:
                 t0 = time.monotonic()
                 try:
                     child.start()
-                except (LaunchError, OSError) as exc:
+                except (RuntimeError, OSError) as exc:  # LaunchError, TritonStartError, a port in use
                     watch.failures += 1
                     delay = min(self.initial_backoff_s * 2**watch.failures, self.max_backoff_s)
                     log.warning(
