@@ -22,6 +22,7 @@ from index_service.config import ENV_PREFIX as INDEX_ENV_PREFIX
 from index_service.config import IndexServiceConfig
 from model_repository.render import RenderOptions, response_cache_args
 from model_repository.server import Endpoints, triton_flags
+from operations.assembly import RELOADABLE_MODELS
 from operations.deploy.config import DeployConfig, IndexBackend
 from vitrine.config import env_name, to_argv
 from vitrine.contracts import Target
@@ -179,5 +180,7 @@ def triton_container(deploy: DeployConfig) -> Container:
         f"--model-repository={MODELS_DIR}",
         *triton_flags(TRITON, gpu_metrics=True),
         *response_cache_args(render_options(deploy)),
+        # As the stack runs it: every model loaded at start, one reloaded when a rollout asks.
+        *RELOADABLE_MODELS,
     )
     return Container(("tritonserver",), args)
