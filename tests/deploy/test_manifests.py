@@ -234,6 +234,13 @@ def test_the_small_variant_runs_the_faiss_index_as_one_replica_with_its_volume()
     assert "--index-address=vitrine-index.vitrine.svc.cluster.local:50051" in gateway["args"]
     assert gateway["readinessProbe"]["grpc"] == {"port": 50050}
     assert "milvus-values.yaml" not in render(VARIANTS["small"])
+    from gateway.index_backends import is_milvus
+
+    cluster = _find(_objects(render()), "Deployment", "vitrine-gateway")["spec"]["template"]["spec"]
+    (address,) = [
+        a.split("=", 1)[1] for a in cluster["containers"][0]["args"] if a.startswith("--index-address=")
+    ]
+    assert is_milvus(address) and address == "milvus://milvus.vitrine.svc.cluster.local:19530"
     values = yaml.safe_load(render()["milvus-values.yaml"])
     assert values["queryNode"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert values["cluster"] == {"enabled": True}
