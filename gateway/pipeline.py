@@ -256,7 +256,9 @@ class Pipeline:
         serving = self.serving  # read once: query vectors and searched spaces of one encoder version
         chosen = self._spaces(q, has_text, has_image)
         if any(which == QUERY_TEXT for _, which, _ in chosen) and not isinstance(self.retriever, TextSource):
-            raise InvalidInput("text_match 'lexical' needs an index with a lexical space; this one has none")
+            if q.text_match is not None or all(which == QUERY_TEXT for _, which, _ in chosen):
+                raise InvalidInput("this text_match needs an index with a lexical space; this one has none")
+            chosen = [c for c in chosen if c[1] != QUERY_TEXT]  # the default mode, on an index without words
         minilm = any(which == SENTENCE_VECTOR for _, which, _ in chosen)
         if minilm and self.sentence is None:
             raise InvalidInput("this text_match needs the MiniLM sentence encoder; this gateway has none")
