@@ -25,6 +25,7 @@ from adapt import reranker
 from adapt.features import ONNX_FILE, file_digest, session
 from adapt.heads import AdapterPair, Head
 from vitrine.contracts import CLIP_IMAGE_SIZE, EMBED_DIM, Model, Tensor
+from vitrine.reranking import TRAINED_HERE
 from vitrine.tokenization import ClipTokenizer
 
 OPSET = 17
@@ -183,13 +184,14 @@ def export_reranker(enc: reranker.Encoder, artifacts: Path, version: str) -> dic
         "path": str(out.relative_to(artifacts)),
         "sha256": file_digest(out),
         "base_sha256": file_digest(artifacts / Model.CROSS_ENCODER.value / ONNX_FILE),
+        "weights": TRAINED_HERE,  # rendered as the rerank ensemble's ``weights`` (vitrine.reranking)
         "trained_blocks": enc.layers,
         "validation": {"pools": len(RERANK_PROBES), "max_abs_diff": worst, "same_order": same_order},
     }
 
 
 def export_version(
-    pair: AdapterPair,
+    pair: AdapterPair | None,
     artifacts: Path,
     version: str,
     source: dict[str, Any],
@@ -197,11 +199,15 @@ def export_version(
     measure: bool = True,
     cross_encoder: reranker.Encoder | None = None,
 ) -> dict[str, Any]:
-    """Write both adapted encoders as ``version`` (and the trained cross-encoder, when given) and the
-    version's manifest; returns the manifest."""
+    """Write both adapted encoders as ``version`` (unless ``pair`` is None: a version of the
+    cross-encoder alone) and the trained cross-encoder, when given, and the version's manifest; returns
+    the manifest."""
     out = version_dir(artifacts, version)
     entries: dict[str, Any] = {}
-    for model, head in ((Model.CLIP_IMAGE_ENCODER, pair.image), (Model.CLIP_TEXT_ENCODER, pair.text)):
+    heads = (
+        () if pair is None else ((Model.CLIP_IMAGE_ENCODER, pair.image), (Model.CLIP_TEXT_ENCODER, pair.text))
+    )
+    for model, head in heads:
         head_path = out / "heads" / f"{model.value}.onnx"
         export_head(head, head_path)
         fused = out / model.value / ONNX_FILE

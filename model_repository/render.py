@@ -29,6 +29,7 @@ from model_repository.spec import (
     versioned_steps,
 )
 from vitrine.contracts import Model, Target, ensemble_name
+from vitrine.reranking import TRAINED_HERE, UNKNOWN, WEIGHTS_PARAMETER
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,28 @@ def adapted_versions(artifacts: Path) -> dict[Model, list[int]]:
     return found
 
 
+def reranker_weights(artifacts: Path, version: int) -> str:
+    """The weights of cross-encoder ``version``: the export manifest's for version 1, ``trained here``
+    for a version ``vitrine adapt`` exported (its manifest lists the trained cross-encoder). Rendered as
+    each ``rerank`` ensemble's ``weights`` parameter, the one statement the gateway reads
+    (``vitrine.reranking``)."""
+    if version == int(VERSION):
+        entry = load_manifest(artifacts).get("models", {}).get(Model.CROSS_ENCODER.value) or {}
+        return str(entry.get("weights") or UNKNOWN)
+    meta = artifacts / ADAPTED_DIR / str(version) / "manifest.json"
+    models = json.loads(meta.read_text()).get("models", {}) if meta.is_file() else {}
+    entry = models.get(Model.CROSS_ENCODER.value)
+    return str(entry.get("weights", TRAINED_HERE)) if isinstance(entry, dict) else UNKNOWN
+
+
+def _ensemble_parameters(spec: ModelSpec, artifacts: Path, version: int) -> dict[str, str]:
+    if spec.model is Model.RERANK:
+        return {WEIGHTS_PARAMETER: reranker_weights(artifacts, version)}
+    return {}
+
+
 def _render_pinned_ensembles(
-    spec: ModelSpec, out: Path, options: RenderOptions, adapted: dict[Model, list[int]]
+    spec: ModelSpec, artifacts: Path, out: Path, options: RenderOptions, adapted: dict[Model, list[int]]
 ) -> None:
     """One ensemble per adapted version that every versioned step of ``spec`` has (``ensemble_name``)."""
     steps = versioned_steps(spec)
@@ -221,7 +242,12 @@ def _render_pinned_ensembles(
         name = ensemble_name(spec.model, v)
         (out / name / VERSION).mkdir(parents=True, exist_ok=True)
         config = render_config(
-            spec, options.target, versions=[v], name=name, response_cache=options.response_cache
+            spec,
+            options.target,
+            versions=[v],
+            name=name,
+            response_cache=options.response_cache,
+            parameters=_ensemble_parameters(spec, artifacts, v),
         )
         (out / name / "config.pbtxt").write_text(to_pbtxt(config))
 
@@ -273,6 +299,7 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
                 _place(artifacts / spec.artifact / name, version_dir / name)
         else:
             version_dir.mkdir(parents=True, exist_ok=True)  # Triton wants a version directory for ensembles
+            params.update(_ensemble_parameters(spec, artifacts, int(VERSION)))
         config = render_config(
             spec,
             options.target,
@@ -284,7 +311,7 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
         )
         (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
         if spec.role is Role.ENSEMBLE:
-            _render_pinned_ensembles(spec, out, options, adapted)
+            _render_pinned_ensembles(spec, artifacts, out, options, adapted)
     log.info("rendered model repository", extra={"out": str(out), "target": options.target.value})
     return out
 

@@ -13,6 +13,7 @@ from adapt.heads import AdapterPair, HeadKind
 from adapt.serving import export_version
 from model_repository.render import render_repository
 from vitrine.contracts import Model, ensemble_name
+from vitrine.reranking import TRAINED_HERE, WEIGHTS_PARAMETER
 
 
 def _config(repo: Path, name: str) -> mc.ModelConfig:
@@ -28,6 +29,9 @@ def test_without_adapters_only_version_1_is_served(tiny_artifacts: Path, tmp_pat
     assert list(_config(repo, Model.CLIP_IMAGE_ENCODER.value).version_policy.specific.versions) == [1]
     assert _step_versions(_config(repo, Model.EMBED_IMAGE.value))[Model.CLIP_IMAGE_ENCODER.value] == 1
     assert not (repo / ensemble_name(Model.EMBED_IMAGE, 2)).exists()
+    # The rerank ensemble states its cross-encoder's weights (the test export's are random): the one
+    # statement the gateway reads to decide whether searches re-rank by default.
+    assert _config(repo, Model.RERANK.value).parameters[WEIGHTS_PARAMETER].string_value == "random"
 
 
 def test_an_adapted_version_gets_its_own_pinned_ensembles(tiny_artifacts: Path, tmp_path: Path) -> None:
@@ -70,6 +74,11 @@ def test_a_trained_cross_encoder_gets_its_version_and_pinned_rerank(
     assert (repo / Model.CROSS_ENCODER.value / "2" / "model.onnx").is_file()
     assert _step_versions(_config(repo, Model.RERANK.value))[Model.CROSS_ENCODER.value] == 1
     assert _step_versions(_config(repo, ensemble_name(Model.RERANK, 2)))[Model.CROSS_ENCODER.value] == 2
+    weights = {
+        name: _config(repo, name).parameters[WEIGHTS_PARAMETER].string_value
+        for name in (Model.RERANK.value, ensemble_name(Model.RERANK, 2))
+    }
+    assert weights == {Model.RERANK.value: "random", ensemble_name(Model.RERANK, 2): TRAINED_HERE}
 
 
 def test_a_version_fused_onto_another_export_is_not_served(tiny_artifacts: Path, tmp_path: Path) -> None:
