@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
-from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from gateway.ingest import IngestRoots
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.recommend import Boost, Recommender, RecommendResult, recommend_query
+from gateway.serving_info import ServingInfo
 from gateway.types import (
     DEFAULT_IMAGE_WEIGHT,
     DEFAULT_RERANK_DEPTH,
@@ -37,6 +38,7 @@ from gateway.upserts import ItemError, UpsertItem, UpsertProgress, upsert_produc
 from vitrine.catalog import Product
 from vitrine.events import Event
 from vitrine.filters import FieldFilter
+from vitrine.reranking import UNKNOWN, rerank_default
 
 TEXT_MATCH_NAMES = tuple(m.value for m in TextMatch)
 
@@ -137,8 +139,10 @@ class Calls:
         image_roots: Sequence[str] = (),
         events: EventIngest | None = None,
         recommender: Recommender | None = None,
+        reranker_weights: Callable[[int, float | None], Awaitable[str]] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.reranker_weights = reranker_weights
         self.metrics = metrics
         self.gate = CallGate(metrics, max_in_flight, on_unavailable)
         self.upsert_batch = upsert_batch
@@ -152,6 +156,16 @@ class Calls:
             result = await self.pipeline.search(search_query(args), timeout)
             self.gate.observe(result.timings)
             return result
+
+    async def serving(self, timeout: float) -> ServingInfo:
+        """The versions answering searches and whether re-ranking is on by default with the served
+        cross-encoder (``vitrine.reranking``); read at the call, so it follows a rollout."""
+        async with self.gate.call("GetServing"):
+            serving = self.pipeline.serving
+            weights = UNKNOWN
+            if self.reranker_weights is not None:
+                weights = await self.reranker_weights(serving.reranker_version, timeout)
+            return ServingInfo(serving.version, serving.reranker_version, rerank_default(weights))
 
     async def similar(
         self, product_id: str, top_k: int | None, filters: Sequence[FieldFilter], timeout: float

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from grpc_health.v1 import health_pb2
 
+from gateway import serving_info
 from gateway.auth import ApiKeys, scope_of
 from gateway.calls import Calls
 from gateway.config import GatewayConfig
@@ -77,6 +78,7 @@ class Gateway:
             image_roots=config.image_roots,
             events=self.event_ingest,
             recommender=self.recommender,
+            reranker_weights=lambda v, t: serving_info.reranker_weights(self.triton.client, v, t),
         )
         self.servicer = ProductSearchServicer(self.calls, config.default_timeout_s)
         spec = ServerSpec(
@@ -161,6 +163,8 @@ class Gateway:
 
     async def probe_once(self) -> bool:
         self.apply_serving(await asyncio.to_thread(self.state.versions))
+        if self.config.state_url:  # shown, not part of health: searches do not need the database
+            self.metrics.dependency_up.labels(Dependency.STATE.value).set(1.0 if self.state.reachable else 0.0)
         triton_ok, index_ok = await asyncio.gather(
             self.triton.ready(
                 version=self.pipeline.serving.version, reranker_version=self.pipeline.serving.reranker_version

@@ -22,6 +22,7 @@ from gateway.calls import TEXT_MATCH_NAMES, SearchArgs
 from gateway.errors import InvalidInput
 from gateway.events import MAX_ID_CHARS as MAX_EVENT_ID_CHARS
 from gateway.recommend import Recommendation
+from gateway.serving_info import ServingInfo
 from gateway.types import (
     DEFAULT_IMAGE_WEIGHT,
     DEFAULT_RERANK_DEPTH,
@@ -281,6 +282,31 @@ class RecommendOut(BaseModel):
     strategy: str = Field(description="personal, session (context item neighbours) or trending")
     model_version: int
     timings: list[StageTimingOut]
+
+
+class ServingOut(BaseModel):
+    encoder_version: int = Field(description="the encoder version answering searches")
+    reranker_version: int = Field(description="the cross-encoder version re-ranking when asked")
+    reranker_weights: str = Field(
+        description="the served cross-encoder's weights: pretrained, trained here, partial (random head), "
+        "random or unknown"
+    )
+    rerank_by_default: bool = Field(
+        description="whether a search should re-rank unless told otherwise: only with a cross-encoder "
+        "trained for relevance (the demo page starts its switch from this; the API re-ranks only when asked)"
+    )
+    reason: str = Field(description="why, in words")
+
+    @classmethod
+    def of(cls, info: ServingInfo) -> ServingOut:
+        d = info.rerank_default
+        return cls(
+            encoder_version=info.encoder_version,
+            reranker_version=info.reranker_version,
+            reranker_weights=d.weights,
+            rerank_by_default=d.on,
+            reason=d.reason,
+        )
 
 
 class HealthOut(BaseModel):

@@ -33,6 +33,7 @@ from gateway.http.models import (
     RecommendOut,
     SearchIn,
     SearchOut,
+    ServingOut,
     SimilarIn,
     SimilarOut,
     UpsertIn,
@@ -143,6 +144,15 @@ async def similar(product_id: ProductId, api: Api, body: SimilarIn | None = None
         by_title=hits_out(result.by_title),
         timings=timings_out(result.timings),
     )
+
+
+@reads.get(
+    "/serving",
+    response_model=ServingOut,
+    summary="The model versions serving, and whether searches should re-rank by default (and why)",
+)
+async def serving(api: Api) -> ServingOut:
+    return ServingOut.of(await api.calls.serving(api.timeout))
 
 
 @reads.get("/products/{product_id}", response_model=ProductOut, summary="One stored product")

@@ -255,6 +255,21 @@ async function recommendations() {
   }
 }
 
+// The re-rank switch starts as the gateway advises: on only when the served cross-encoder was trained for
+// relevance (an untrained head scrambles the results); the note says why it starts off.
+async function rerankDefault() {
+  const box = $("#rerank");
+  try {
+    const s = await call("/v1/serving");
+    box.checked = Boolean(s.rerank_by_default);
+    $("#rerank-label").title = s.reason;
+    $("#rerank-note").textContent = s.rerank_by_default ? "" : `off by default: ${s.reason.split(":")[0]}`;
+  } catch (_) {
+    box.checked = false; // unknown: never re-rank by default
+  }
+  box.dataset.advised = "1";
+}
+
 function init() {
   $("#search").addEventListener("submit", search);
   $("#photo").addEventListener("change", (ev) => setPhoto(ev.target.files[0]));
@@ -282,6 +297,7 @@ function init() {
   });
   $("#rec-user").addEventListener("change", recommendations);
   recommendations();
+  rerankDefault();
   $("#q").focus();
 }
 

@@ -188,6 +188,11 @@ async def test_text_search_shows_images_and_a_filter_narrows(driver: Any, site: 
             ".filter(n => !n.startsWith(location.origin) && !n.startsWith('blob:'))"
         )
         assert foreign == []
+        # The served cross-encoder is untrained (test export: random weights), so the re-rank switch
+        # starts off and the page says why, as the gateway's /v1/serving advises.
+        _wait(driver, lambda b: b.find_element("id", "rerank").get_attribute("data-advised"), "advice")
+        assert not driver.find_element("id", "rerank").is_selected()
+        assert "untrained" in driver.find_element("id", "rerank-note").text
 
         _set(driver, "q", "boots")
         _submit(driver)
