@@ -73,6 +73,16 @@ class Dataset:
 # ---- the demo catalog: (photo, title) per product, split by product ------------------------------------
 
 
+def product_split(
+    n: int, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.25
+) -> dict[str, list[int]]:
+    """Positions of ``n`` products in the train, val and test splits (seeded, disjoint)."""
+    order = list(range(n))
+    random.Random(seed + 12).shuffle(order)
+    n_test, n_val = int(n * test_fraction), int(n * val_fraction)
+    return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+
+
 def catalog_pairs(
     n: int, seed: int = 0, image_size: int = 224, val_fraction: float = 0.15, test_fraction: float = 0.25
 ) -> Dataset:
@@ -85,10 +95,7 @@ def catalog_pairs(
     for product, spec in generate_catalog(n, seed, image_size):
         products.append(product)
         images.append(render_product_image(*spec))
-    order = list(range(n))
-    random.Random(seed + 12).shuffle(order)
-    n_test, n_val = int(n * test_fraction), int(n * val_fraction)
-    parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+    parts = product_split(n, seed, val_fraction, test_fraction)
 
     def split(name: str) -> Split:
         idx = parts[name]

@@ -245,6 +245,32 @@ def scores(enc: Encoder, query: str, passages: Sequence[str]) -> np.ndarray:
     return enc.upper(*enc.lower(query, passages)).numpy()
 
 
+def snapshot(enc: Encoder) -> dict[str, Any]:
+    """A copy of the trainable part's current weights (``trained_state`` shares the live tensors)."""
+    return {
+        "layers": enc.layers,
+        "state": {k: v.detach().clone() for k, v in enc.trained.state_dict().items()},
+    }
+
+
+@torch.no_grad()
+def paired_scores(
+    enc: Encoder, baseline: dict[str, Any], query: str, passages: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs' scores by ``baseline`` (a ``snapshot`` of the same encoder, e.g. before training) and
+    by the encoder as it is now. The frozen blocks are shared, so their output is computed once: the
+    comparison costs one pass through them plus the top blocks twice."""
+    h, mask = enc.lower(query, passages)
+    now = enc.upper(h, mask).numpy()
+    current = snapshot(enc)
+    enc.load_trained(baseline)
+    try:
+        before = enc.upper(h, mask).numpy()
+    finally:
+        enc.load_trained(current)
+    return before, now
+
+
 def ranking_metrics(
     orders: Sequence[Sequence[str]], queries: Sequence[LabelledQuery]
 ) -> dict[str, np.ndarray]:

@@ -120,7 +120,9 @@ def ingested_count(index_address: str, collection: str) -> int:
         return int(stats.count)
 
 
-def demo_searches(address: str, catalog: Path) -> None:
+def demo_searches(address: str, catalog: Path, rerank: bool = False, why: str = "") -> None:
+    """A text search (re-ranked only when the served cross-encoder is trained: ``vitrine.reranking``)
+    and an image search."""
     from operations.client import Connection, render_results, search_request
     from vitrine.catalog import Product, read_catalog
     from vitrine.gateway.v1 import gateway_pb2_grpc
@@ -130,8 +132,11 @@ def demo_searches(address: str, catalog: Path) -> None:
     with conn.channel() as channel:
         stub = gateway_pb2_grpc.ProductSearchStub(channel)
         text = "red leather ankle boots"
-        resp = stub.Search(search_request(text, top_k=5, rerank=True, depth=50), timeout=120)
-        print("\n" + render_results(resp, f'text search: "{text}" (re-ranked, depth 50)'))
+        resp = stub.Search(
+            search_request(text, top_k=5, rerank=rerank, depth=50 if rerank else 0), timeout=120
+        )
+        how = "re-ranked, depth 50" if rerank else f"not re-ranked: {why or 'off by default'}"
+        print("\n" + render_results(resp, f'text search: "{text}" ({how})'))
         image = catalog.parent / first.image_uri
         resp = stub.Search(search_request(image=str(image), top_k=5), timeout=120)
         print("\n" + render_results(resp, f"image search: {image.name} ({first.title})") + "\n", flush=True)

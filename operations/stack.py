@@ -29,7 +29,7 @@ from gateway.config import GatewayConfig
 from index_service.config import IndexServiceConfig
 from model_repository.render import RenderOptions
 from model_repository.server import Endpoints
-from operations import demo_run
+from operations import demo_run, trained_defaults, trained_deploy
 from operations.assembly import PORT_STRIDE as PORT_STRIDE
 from operations.assembly import RELOADABLE_MODELS as RELOADABLE_MODELS
 from operations.assembly import Stack as Stack
@@ -89,6 +89,13 @@ class StackConfig:
     )
     ingest_batch: int = field(default=32, metadata={"help": "products per upsert stream"})
     serve: bool = field(default=True, metadata={"help": "keep serving after the demo searches"})
+    train: bool = field(
+        default=True,
+        metadata={
+            "help": "train catalog adapters and the cross-encoder on the demo catalog (once), and serve "
+            "each that beats the exported one on held-out data (docs/ADAPTATION.md)"
+        },
+    )
     users: int = field(default=0, metadata={"help": "demo shoppers with generated history (0: products / 2)"})
     device: str = field(
         default="cpu",
@@ -225,7 +232,10 @@ def up(cfg: StackConfig) -> int:
             t0 = time.monotonic()
             summary = ingest(Connection(stack.gateway_target), catalog, batch=cfg.ingest_batch)
             say(summary.render() + f" in {time.monotonic() - t0:.0f} s")
-        demo_run.demo_searches(stack.gateway_target, catalog)
+        if cfg.train:
+            demo_run.banner(trained_defaults.serve_trained(var, catalog, trained_deploy.Live.of(stack)))
+        rerank, why = trained_defaults.rerank_advice(stack)
+        demo_run.demo_searches(stack.gateway_target, catalog, rerank, why)
         demo_run.demo_recommendations(
             var, catalog, products=cfg.products, seed=cfg.seed, users=cfg.users, tiny=cfg.size == "tiny",
             repo=stack.triton.repo, triton_urls=[t.grpc_url for t in stack.tritons],

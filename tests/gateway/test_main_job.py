@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,13 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
         assert "SEEDED RANDOM WEIGHTS" in log
         assert "ingested 24 of 24 rows; 0 bad rows" in log
         assert 'text search: "red leather ankle boots"' in log and "image search: p000000.jpg" in log
+        # Nothing trained on 24 products beats the exported models on held-out data, and the test
+        # export's cross-encoder head is random: the page and the demo search do not re-rank, and say why.
+        assert "catalog adapters: R@10" in log and "not deployed (no held-out gain)" in log
+        assert "Re-ranking by default (the page's switch, the demo search): OFF" in log
+        assert (
+            '"red leather ankle boots" (not re-ranked: the served cross-encoder\'s head is untrained' in log
+        )
         assert (var / "vitrine.pid").read_text() == str(up.pid)
 
         with grpc.insecure_channel(f"127.0.0.1:{ports['gateway']}") as channel:
@@ -66,6 +74,9 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
         assert f"page: {page}" in log
         with urllib.request.urlopen(page, timeout=30) as reply:
             assert reply.status == 200 and b"<html" in reply.read().lower()
+        with urllib.request.urlopen(f"{page}v1/serving", timeout=30) as reply:
+            serving = json.loads(reply.read())
+        assert serving["reranker_weights"] == "random" and serving["rerank_by_default"] is False
         with urllib.request.urlopen(f"{page}v1/products/p000023/image", timeout=30) as reply:
             assert reply.headers["content-type"] == "image/jpeg" and reply.read(3) == b"\xff\xd8\xff"
 
