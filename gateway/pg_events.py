@@ -21,10 +21,12 @@ What the backends cannot hide, written down:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
 
+from gateway.errors import Unavailable
 from gateway.event_store import (
     CO_VISITED_ITEMS,
     CO_VISITED_SESSIONS,
@@ -74,7 +76,8 @@ class PostgresEventStore:
             conn.execute("SET LOCAL synchronous_commit = on")
             stored = {row[0] for row in conn.execute(_INSERT, (received, *columns))}
         if received - self._last_retention > RETENTION_EVERY_S:
-            self.apply_retention(received)
+            with contextlib.suppress(Unavailable):  # the batch is committed: acknowledge it regardless
+                self.apply_retention(received)
         return [i for i, e in enumerate(events) if e.event_id not in stored]
 
     def apply_retention(self, now: float | None = None) -> int:

@@ -102,7 +102,7 @@ class PostgresServingPointer:
                     wait, failing = RECONNECT_S[0], False
                     async for note in conn.notifies():
                         apply(ServingVersions.of(json.loads(note.payload)))
-            except (psycopg.OperationalError, Unavailable) as exc:
+            except (psycopg.Error, Unavailable) as exc:
                 if not failing:
                     detail = str(unavailable(exc) if isinstance(exc, psycopg.Error) else exc)
                     log.warning("serving pointer not followed", extra={"error": detail})

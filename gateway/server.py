@@ -164,7 +164,8 @@ class Gateway:
     async def probe_once(self) -> bool:
         self.apply_serving(await asyncio.to_thread(self.state.versions))
         if self.config.state_url:  # shown, not part of health: searches do not need the database
-            self.metrics.dependency_up.labels(Dependency.STATE.value).set(1.0 if self.state.reachable else 0.0)
+            up = 1.0 if self.state.reachable else 0.0
+            self.metrics.dependency_up.labels(Dependency.STATE.value).set(up)
         triton_ok, index_ok = await asyncio.gather(
             self.triton.ready(
                 version=self.pipeline.serving.version, reranker_version=self.pipeline.serving.reranker_version

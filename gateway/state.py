@@ -52,6 +52,11 @@ class GatewayState:
             )
         self._failing = False
 
+    @property
+    def reachable(self) -> bool:
+        """Whether the last read of the serving pointer succeeded (with PostgreSQL: the database is up)."""
+        return not self._failing
+
     def versions(self) -> ServingVersions | None:
         """The pointer's versions; None when there is no pointer, none was written, or it cannot be read
         (then the versions being served stay; logged once per spell of failures). Blocking."""

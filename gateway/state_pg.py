@@ -137,7 +137,11 @@ class Connections:
             self.dsn, autocommit=True, connect_timeout=max(1, round(self.connect_timeout_s))
         )
         if not self._migrated:
-            migrate(conn)
+            try:
+                migrate(conn)
+            except psycopg.Error as exc:  # e.g. a role without CREATE: the database cannot serve us yet
+                conn.close()
+                raise unavailable(exc) from None
             self._migrated = True
         return conn
 
