@@ -26,6 +26,7 @@ from gateway.errors import GatewayError
 from gateway.index_backends import IndexBackend, open_index
 from gateway.types import Record
 from operations import servers
+from operations.launcher import ChildServer
 from tests.contract.catalog import HOSTILE, records
 from vitrine.errors import MAX_MESSAGE_CHARS
 from vitrine.filters import FieldFilter, matches
@@ -36,7 +37,7 @@ pytest.importorskip("milvus_lite", reason="pip install milvus-lite (pyproject's 
 BACKENDS = ("faiss", "milvus-lite")
 ATTRIBUTES = ("color",)
 N = 60
-Open = Callable[[str], Awaitable[IndexBackend]]
+Open = Callable[..., Awaitable[IndexBackend]]
 _names = itertools.count()
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -253,15 +254,21 @@ async def _get(address: str, ids: list[str]) -> dict[str, object]:
         await index.close()
 
 
+def _service(backend: str, tmp_path: Path) -> tuple[str, ChildServer | None]:
+    """The index the writer writes to, and the server process that holds its data (None: the writer
+    embeds it)."""
+    if backend != "faiss":
+        return f"milvus-lite:{tmp_path / 'kill.db'}", None
+    service = servers.index_server(tmp_path / "index")
+    service.start()
+    return service.address, service
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_acknowledged_rows_survive_kill_9_of_the_writing_process(backend: str, tmp_path: Path) -> None:
-    """milvus-lite is embedded in the writer, so the writer dies; with the FAISS service, the service
-    holds the data and is the one killed (and restarted on its directory)."""
-    service = servers.index_server(tmp_path / "index") if backend == "faiss" else None
-    address = f"milvus-lite:{tmp_path / 'kill.db'}"
-    if service is not None:
-        service.start()
-        address = service.address
+    """Embedded milvus-lite dies with the writer; the FAISS service holds the data in its own process,
+    which is the one killed (and restarted on its directory)."""
+    address, service = _service(backend, tmp_path)
     writer = subprocess.Popen(
         [sys.executable, "-m", "tests.contract.writer", address, "durable"],
         stdout=subprocess.PIPE,
