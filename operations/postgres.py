@@ -22,8 +22,10 @@ import contextlib
 import glob
 import os
 import pwd
+import random
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -66,6 +68,22 @@ def postgres_binaries() -> Path | None:
     return None
 
 
+def free_port_below_ephemeral(host: str = "127.0.0.1") -> int:
+    """A free port under Linux's ephemeral range (32768-60999). A server restarted on a port from that
+    range can find it taken as the source port of some outgoing connection (seen in kill -9 tests):
+    PostgreSQL, which cannot bind port 0 and report it, gets one from below."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return free_port(host)
+
+
 def _run_as_user() -> pwd.struct_passwd | None:
     """The user the cluster runs as: None (ourselves) unless we are root."""
     if os.geteuid() != 0:
@@ -89,8 +107,9 @@ def _grant_search(path: Path, user: pwd.struct_passwd) -> None:
 
 
 class PostgresServer(ChildServer):
-    """One PostgreSQL cluster in ``data_dir`` on ``host:port`` (0 = a free port chosen now, kept for
-    restarts); ``dsn`` names database ``database``, created on the first start."""
+    """One PostgreSQL cluster in ``data_dir`` on ``host:port`` (0 = a free port below the ephemeral
+    range, chosen now and kept for restarts); ``dsn`` names database ``database``, created on the first
+    start."""
 
     def __init__(
         self,
@@ -112,7 +131,7 @@ class PostgresServer(ChildServer):
         self.bindir = bindir
         self.data_dir = Path(data_dir).resolve()
         self.host = host
-        self.port = port or free_port(host)
+        self.port = port or free_port_below_ephemeral(host)
         self.database = database
         self.user = user
         self.run_as = _run_as_user()
