@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -278,7 +278,16 @@ class Pipeline:
             jobs["image"] = self._timed(
                 timer, "embed_image", partial(serving.embedder.embed_image, q.image, budget)
             )
+        depth = max(q.top_k, q.rerank_depth) if (q.rerank and has_text) else q.top_k
+        lexical = list(dict.fromkeys(sp for sp, which, _ in chosen if which == QUERY_TEXT))
+        for space in lexical:  # words need no embedding: the lexical search runs while the query embeds
+            assert isinstance(self.retriever, TextSource)  # checked above
+            search_text = partial(self.retriever.search_text, space, [q.text], depth, q.filters, budget)
+            jobs[f"{QUERY_TEXT}:{space}"] = self._timed(timer, "lexical", search_text)
         done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+        words: dict[str, list[Candidate]] = {}
+        for space in lexical:
+            (words[space],) = cast(list[list[Candidate]], done[f"{QUERY_TEXT}:{space}"])  # one text, one list
         truncated = False
         vectors: dict[str, np.ndarray] = {}
         if "text" in done:
@@ -290,11 +299,10 @@ class Pipeline:
         if has_image:
             vectors["image"] = done["image"]  # type: ignore[assignment]
 
-        depth = max(q.top_k, q.rerank_depth) if (q.rerank and has_text) else q.top_k
         # Only CLIP's spaces follow its encoder version; the lexical and MiniLM spaces are their own.
         spaces = [(serving.space(sp) if sp in (IMAGE, TITLE) else sp, which, w) for sp, which, w in chosen]
         with timer.stage("retrieve"):
-            ranked = await self._retrieve(spaces, vectors, q, depth, deadline.remaining())
+            ranked = await self._retrieve(spaces, vectors, words, q, depth, deadline.remaining())
         weighted = self.settings.fusion == Fusion.WEIGHTED and len(spaces) > 1
         fused = fuse(
             [
@@ -326,28 +334,29 @@ class Pipeline:
         self,
         spaces: list[tuple[str, str, float]],
         vectors: dict[str, np.ndarray],
+        words: dict[str, list[Candidate]],
         q: SearchQuery,
         depth: int,
         budget: float | None,
     ) -> list[list[Candidate]]:
         """Each searched space's ranked list, in ``spaces``' order: one index request per vector space
-        carrying every query vector aimed at it, one per lexical space carrying the query's text."""
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, (space, which, _) in enumerate(spaces):
-            groups.setdefault((space, "lexical" if which == QUERY_TEXT else "vector"), []).append(i)
-        calls: list[Awaitable[list[list[Candidate]]]] = []
-        for (space, kind), idx in groups.items():
-            if kind == "lexical":
-                assert isinstance(self.retriever, TextSource)  # checked before anything started
-                calls.append(self.retriever.search_text(space, [q.text], depth, q.filters, budget))
-            else:
-                queries = [vectors[spaces[i][1]] for i in idx]
-                calls.append(self.retriever.search(space, queries, depth, q.filters, budget))
-        results = await asyncio.gather(*calls)
+        carrying every query vector aimed at it; a lexical space's list is already in ``words``."""
+        groups: dict[str, list[int]] = {}
         ranked: list[list[Candidate]] = [[] for _ in spaces]
-        for ((_, kind), idx), lists in zip(groups.items(), results, strict=True):
-            for j, i in enumerate(idx):
-                ranked[i] = lists[0] if kind == "lexical" else lists[j]  # one text, however many uses
+        for i, (space, which, _) in enumerate(spaces):
+            if which == QUERY_TEXT:
+                ranked[i] = words[space]
+            else:
+                groups.setdefault(space, []).append(i)
+        results = await asyncio.gather(
+            *(
+                self.retriever.search(space, [vectors[spaces[i][1]] for i in idx], depth, q.filters, budget)
+                for space, idx in groups.items()
+            )
+        )
+        for idx, lists in zip(groups.values(), results, strict=True):
+            for i, res in zip(idx, lists, strict=True):
+                ranked[i] = res
         return ranked
 
     # ---- similar items ----------------------------------------------------------------------------

@@ -27,7 +27,8 @@ async def test_lexical_search_finds_products_by_their_words(gateway_stack: Gatew
         pb.SearchRequest(text=target.title, top_k=5, text_match=pb.TEXT_MATCH_LEXICAL), timeout=30
     )
     assert resp.hits[0].product.id == target.id
-    assert "embed_text" not in {t.stage for t in resp.timings}  # words need no model
+    stages = {t.stage for t in resp.timings}
+    assert "lexical" in stages and "embed_text" not in stages  # words need no model
     scores = [h.retrieval_score for h in resp.hits]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0
 
@@ -94,7 +95,7 @@ async def test_lexical_mode_embeds_nothing_and_needs_a_lexical_index() -> None:
     pipeline = Pipeline(_NoEmbedder(), words, None, PipelineSettings())  # type: ignore[arg-type]
     result = await pipeline.search(SearchQuery(text="red boots", text_match=TextMatch.LEXICAL))
     assert [h.product.id for h in result.hits] == ["w1"] and result.hits[0].retrieval_score == 7.5
-    assert words.calls == ["text:lexical:red boots"]
+    assert words.calls == ["text:lexical:red boots"] and "lexical" in result.timings
     without = Pipeline(_NoEmbedder(), _Words(lexical=False), None, PipelineSettings())  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="lexical space"):
         await without.search(SearchQuery(text="red boots", text_match=TextMatch.LEXICAL))
