@@ -303,3 +303,114 @@ def _verify(stub: index_pb2_grpc.IndexServiceStub, acked: dict[str, int], inflig
             assert int(it.vectors["title"].values[0]) == acked[pid] == int(it.payload.title.split()[1][1:])
             assert hits[0] == pid, (pid, hits)  # its own id and version words rank it first
             assert not [h for h in hits if acked.get(h, 0) == 0], "a deleted product came back"
+
+
+# ---- over gRPC: statuses, and a catalog created before lexical spaces gains one ----
+
+
+async def test_a_catalog_without_a_lexical_space_gains_a_filled_one(
+    index_stub: index_pb2_grpc.IndexServiceStub,
+) -> None:
+    from gateway.index_client import IndexRetriever
+
+    old = items.collection_spec("old", ATTRIBUTES)
+    del old.lexical[:]  # as the gateway created catalogs before lexical spaces
+    await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=old))
+    vectors = {space: np.ones(dim, np.float32) for space, dim in items.SPACES.items()}
+    await index_stub.Upsert(
+        pb.UpsertRequest(
+            collection="old", items=[items.item_of(p, vectors, ATTRIBUTES) for p in PRODUCTS[:20]]
+        )
+    )
+    retriever = IndexRetriever("127.0.0.1:1", "old", ATTRIBUTES)  # its channel is never used:
+    retriever.stub = index_stub  # the calls go to this test's in-process server
+    try:
+        await retriever.ensure_collection()
+        stats = await index_stub.GetStats(pb.GetStatsRequest(name="old"))
+        assert [(lex.name, lex.count) for lex in stats.lexical] == [(items.LEXICAL, 20)]
+        (hits,) = await retriever.search_text(items.LEXICAL, [PRODUCTS[9].title], 3, (), 10.0)
+        assert hits[0].id == PRODUCTS[9].id and hits[0].product.title == PRODUCTS[9].title
+        retriever._ensured = False
+        await retriever.ensure_collection()  # a second gateway finds it there
+    finally:
+        await retriever.close()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code", "message"),
+    [
+        (lambda r: setattr(r.queries[0], "text", "x" * 1025), grpc.StatusCode.INVALID_ARGUMENT, "1-1024"),
+        (lambda r: r.queries[0].vector.extend([1.0]), grpc.StatusCode.INVALID_ARGUMENT, "is lexical"),
+        (lambda r: setattr(r, "k", 0), grpc.StatusCode.INVALID_ARGUMENT, "k must be"),
+        (
+            lambda r: r.filter.keyword.CopyFrom(pb.KeywordIn(field="nope", values=["x"])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "nope",
+        ),
+        (lambda r: setattr(r, "collection", "missing"), grpc.StatusCode.NOT_FOUND, "missing"),
+    ],
+    ids=["long text", "vector", "k", "filter field", "collection"],
+)
+async def test_bad_lexical_searches_get_precise_statuses(
+    index_stub: index_pb2_grpc.IndexServiceStub, mutate, code, message
+) -> None:
+    await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=items.collection_spec("c", ATTRIBUTES)))
+    request = pb.SearchRequest(collection="c", vector=items.LEXICAL, queries=[pb.Query(text="boots")], k=5)
+    assert not (await index_stub.Search(request)).results[0].hits  # empty collection: no hits, no error
+    mutate(request)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await index_stub.Search(request)
+    assert err.value.code() == code and message in (err.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("lexical", "code", "message"),
+    [
+        (
+            pb.LexicalSpec(name="w", fields=[pb.LexicalField(source="body")]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "'body'",
+        ),
+        (pb.LexicalSpec(name="w"), grpc.StatusCode.INVALID_ARGUMENT, "fields"),
+        (
+            pb.LexicalSpec(name="w", tokenizer=9, fields=[pb.LexicalField(source="title")]),  # type: ignore[arg-type]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "tokenizer",
+        ),
+        (
+            pb.LexicalSpec(name="w", fields=[pb.LexicalField(source="title", weight=-1)]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "weight",
+        ),
+        (
+            pb.LexicalSpec(name="w~x", fields=[pb.LexicalField(source="title")]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "name",
+        ),
+        (
+            pb.LexicalSpec(name=items.LEXICAL, fields=[pb.LexicalField(source="title")]),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "already",
+        ),
+        (
+            pb.LexicalSpec(name=items.IMAGE, fields=[pb.LexicalField(source="title")]),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "already",
+        ),
+    ],
+    ids=["source", "no fields", "tokenizer", "weight", "name", "taken", "vector's name"],
+)
+async def test_bad_lexical_spaces_get_precise_statuses(
+    index_stub: index_pb2_grpc.IndexServiceStub, lexical: pb.LexicalSpec, code, message
+) -> None:
+    await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=items.collection_spec("c", ATTRIBUTES)))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await index_stub.AddLexicalSpace(pb.AddLexicalSpaceRequest(collection="c", lexical=lexical))
+    assert err.value.code() == code and message in (err.value.details() or ""), err.value.details()
+    spec = items.collection_spec("d", ATTRIBUTES)
+    spec.lexical.append(lexical)
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        code = grpc.StatusCode.INVALID_ARGUMENT  # declared twice in one spec
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await index_stub.CreateCollection(pb.CreateCollectionRequest(spec=spec))
+    assert err.value.code() == code
