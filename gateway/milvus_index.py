@@ -234,9 +234,17 @@ class MilvusIndex:
     async def upsert(self, records: Sequence[Record], timeout: float | None) -> None:
         """One upsert call: every space of every product in one row each; optional spaces the records do
         not name keep their stored vectors (read under this process's write lock)."""
+        if not records:
+            raise InvalidInput("index rejected the input: upsert needs at least one item")
+        seen: set[str] = set()
+        for i, r in enumerate(records):  # the pipeline keeps the last of an id; the index refuses two
+            if r.product.id in seen:
+                raise InvalidInput(
+                    f"index rejected the input: duplicate id {quoted(r.product.id)} in one batch (item {i})"
+                )
+            seen.add(r.product.id)
         await self.ensure_collection(timeout)
-        last = {r.product.id: r for r in records}  # the last of a batch wins, as on the FAISS service
-        built = [items.item_of(r.product, r.vectors, self.filter_attributes) for r in last.values()]
+        built = [items.item_of(r.product, r.vectors, self.filter_attributes) for r in records]
 
         def run() -> None:
             with self.store.writes:

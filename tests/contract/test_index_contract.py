@@ -223,6 +223,8 @@ async def test_bad_input_gets_the_same_precise_status_on_both(shared) -> None:
             index.upsert([Record(recs[0].product, {IMAGE: q, TITLE: q * np.inf})], 30.0), bad, "NaN",
         ),
         "duplicate delete ids": (index.delete(["p2", "p2"], 30.0), bad, "duplicate"),
+        "duplicate upsert ids": (index.upsert([recs[3], recs[3]], 30.0), bad, "duplicate"),
+        "an empty upsert": (index.upsert([], 30.0), bad, "at least one"),
         "an unknown space's vectors": (index.upsert_vectors("rec.9", {"p0": np.ones(8)}, 30.0), bad, "rec.9"),
     }  # fmt: skip
     for name, (call, code, needle) in cases.items():
