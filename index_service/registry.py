@@ -293,6 +293,11 @@ class Registry:
         handle = self.handle(name)
         with handle.writing(name) as c:
             space = c.spaces.get(space_name)
+            if space is None and space_name in c.lexical:
+                raise FailedPrecondition(
+                    f"space {quoted(space_name)} of {quoted(c.name)} is lexical; a lexical space is dropped "
+                    "only with its collection"
+                )
             if space is None:
                 raise NotFound(f"collection {quoted(c.name)} has no vector space {quoted(space_name)}")
             if not space.spec.optional:

@@ -20,7 +20,7 @@ import pytest
 from demo.catalog import generate_catalog
 from index_service import codec, convert
 from index_service.engine import Engine
-from index_service.errors import AlreadyExists, InvalidArgument
+from index_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from index_service.model import LexicalField, LexicalSpec, LexicalTokenizer
 from index_service.storage import SCHEMA_VERSION
 from operations.servers import index_server
@@ -189,6 +189,8 @@ def test_a_schema_3_data_directory_opens_and_gains_a_filled_lexical_space(tmp_pa
             engine.registry.add_lexical("shop", lexical)
         with pytest.raises(AlreadyExists):
             engine.registry.add_lexical("shop", LexicalSpec(items.IMAGE, 0, (LexicalField("title"),)))
+        with pytest.raises(FailedPrecondition, match="is lexical"):
+            engine.registry.drop_space("shop", items.LEXICAL)
         _write(engine, PRODUCTS[30:32])
         assert _search(engine, PRODUCTS[31].title, k=1)[0][0] == PRODUCTS[31].id
     finally:
