@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from operations.trained_deploy import catalog_products, stored_vectors
 from vitrine import ranking
-from vitrine.catalog import LabelledQuery, Product, read_catalog
+from vitrine.catalog import LabelledQuery, Product
 from vitrine.reranking import rerank_default
 
 
@@ -149,10 +150,6 @@ class Trained:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def catalog_products(catalog: Path) -> list[Product]:
-    return [p for p in read_catalog(catalog) if isinstance(p, Product)]
-
-
 def cache_key(artifacts: Path, catalog: Path, settings: UpTraining) -> str:
     """The export's towers and cross-encoder, the catalog and the settings: what the models depend on."""
     manifest = json.loads((artifacts / "manifest.json").read_text())
@@ -162,27 +159,6 @@ def cache_key(artifacts: Path, catalog: Path, settings: UpTraining) -> str:
 
 
 # ---- data ----------------------------------------------------------------------------------------------
-
-
-async def stored_vectors(
-    index_address: str, collection: str, ids: Sequence[str], spaces: Sequence[str], batch: int = 256
-) -> dict[str, np.ndarray]:
-    """Each space's stored vector of every product, rows in ``ids`` order (the towers' output: they
-    L2-normalise inside the graph, and the index keeps inner-product vectors normalised)."""
-    from gateway.index_backends import open_index
-
-    index = open_index(index_address, collection)
-    got: dict[str, dict[str, np.ndarray]] = {}
-    try:
-        for start in range(0, len(ids), batch):
-            for pid, (_, vectors) in (await index.get(ids[start : start + batch], 60.0)).items():
-                got[pid] = vectors
-    finally:
-        await index.close()
-    missing = [pid for pid in ids if pid not in got or any(s not in got[pid] for s in spaces)]
-    if missing:
-        raise RuntimeError(f"{len(missing)} catalog products have no stored vectors (first: {missing[0]})")
-    return {s: np.stack([got[pid][s] for pid in ids]).astype(np.float32) for s in spaces}
 
 
 async def embed_queries(triton_url: str, texts: Sequence[str], chunk: int = 16) -> np.ndarray:

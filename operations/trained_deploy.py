@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from model_repository.render import RenderOptions
+from vitrine.catalog import Product, read_catalog
 from vitrine.contracts import BASE_VERSION
 
 MIN_COSINE = 0.999
@@ -75,6 +76,31 @@ class Live:
         )
 
 
+def catalog_products(catalog: Path) -> list[Product]:
+    return [p for p in read_catalog(catalog) if isinstance(p, Product)]
+
+
+async def stored_vectors(
+    index_address: str, collection: str, ids: Sequence[str], spaces: Sequence[str], batch: int = 256
+) -> dict[str, np.ndarray]:
+    """Each space's stored vector of every product, rows in ``ids`` order (the towers' output: they
+    L2-normalise inside the graph, and the index keeps inner-product vectors normalised)."""
+    from gateway.index_backends import open_index
+
+    index = open_index(index_address, collection)
+    got: dict[str, dict[str, np.ndarray]] = {}
+    try:
+        for start in range(0, len(ids), batch):
+            for pid, (_, vectors) in (await index.get(ids[start : start + batch], 60.0)).items():
+                got[pid] = vectors
+    finally:
+        await index.close()
+    missing = [pid for pid in ids if pid not in got or any(s not in got[pid] for s in spaces)]
+    if missing:
+        raise RuntimeError(f"{len(missing)} catalog products have no stored vectors (first: {missing[0]})")
+    return {s: np.stack([got[pid][s] for pid in ids]).astype(np.float32) for s in spaces}
+
+
 def next_version(artifacts: Path) -> int:
     """One past every version the artifacts hold: versions are never overwritten."""
     from adapt.serving import VERSIONS_DIR
@@ -107,7 +133,6 @@ async def _filled(live: Live, version: int, catalog: Path) -> bool:
     """Whether ``version``'s spaces hold the catalog's vectors: the first and the last product's adapted
     title vector (written last) are there."""
     from gateway.index_backends import open_index
-    from operations.trained_defaults import catalog_products
     from vitrine.items import IMAGE, TITLE, encoder_space
 
     products = catalog_products(catalog)
@@ -127,7 +152,6 @@ async def _check_fused(live: Live, version: int, catalog: Path, heads: Any, samp
     """Smallest cosine, over ``sample`` products, between the head over the stored vectors and the
     fused towers over the product's photo and title, served by Triton as ``version``."""
     from gateway.triton_client import TritonModels
-    from operations.trained_defaults import catalog_products, stored_vectors
     from vitrine.catalog import resolve_image
     from vitrine.items import IMAGE, TITLE
 
@@ -152,7 +176,6 @@ async def fill_spaces(live: Live, version: int, catalog: Path, heads: Any) -> in
     """The adapted spaces of ``version`` filled from the stored base vectors; returns products written.
     Refuses (``DeployError``) when the fused towers disagree with the head on the catalog's own data."""
     from gateway.index_backends import open_index
-    from operations.trained_defaults import catalog_products, stored_vectors
     from vitrine.items import IMAGE, TITLE, encoder_space
 
     ids = [p.id for p in catalog_products(catalog)]
