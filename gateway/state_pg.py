@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from gateway.errors import Dependency, Unavailable
 from vitrine.errors import bounded
@@ -125,6 +126,12 @@ class Connections:
     first connection this object opens."""
 
     def __init__(self, dsn: str, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        try:
+            conninfo_to_dict(dsn)
+        except psycopg.Error:  # its message may quote the DSN, password included
+            raise ValueError(
+                "state_url is neither a PostgreSQL URL (postgresql://user@host:5432/db) nor a key=value DSN"
+            ) from None
         self.dsn = dsn
         self.connect_timeout_s = connect_timeout_s
         self._idle: list[psycopg.Connection] = []

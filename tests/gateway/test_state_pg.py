@@ -14,9 +14,11 @@ import grpc
 import psycopg
 import pytest
 
+from gateway.config import GatewayConfig
 from gateway.errors import Unavailable, status_of
 from gateway.pg_events import PostgresEventStore
 from gateway.pg_serving import PostgresServingPointer
+from gateway.server import Gateway
 from gateway.serving_pointer import FileServingPointer, ServingPointer, ServingVersions
 from gateway.state_pg import MIGRATIONS, migrate
 from operations.rollout import RolloutError, rollback
@@ -110,6 +112,12 @@ def test_an_unreachable_database_is_unavailable_with_a_bounded_message() -> None
     assert code == grpc.StatusCode.UNAVAILABLE
     assert message.startswith("state: unavailable (PostgreSQL:") and len(message) <= 400
     store.close()
+
+
+def test_a_malformed_state_url_fails_at_start_without_echoing_it() -> None:
+    with pytest.raises(ValueError) as err:
+        Gateway(GatewayConfig(port=0, state_url="postgresql://vitrine:s3cret@db:5432/vitrine?sslmod=require"))
+    assert "s3cret" not in str(err.value) and "state_url" in str(err.value)
 
 
 async def test_followers_hear_their_own_schema_only(postgres_database: Callable[[], str]) -> None:
