@@ -109,6 +109,28 @@ def _score(
     return bootstrap(ndcg), bootstrap(recall), ms
 
 
+def latency_at(n: int, n_queries: int = 30) -> dict[str, float]:
+    """Median ms per query of each tokenizer over a catalog of ``n`` products (no filter, k=10): an OR
+    of words scores every product that holds any of them, so the cost grows with the catalog."""
+    products = [p for p, _ in generate_catalog(n, seed=2)]
+    texts = [q.text for q in generate_queries(products, n_queries, seed=2)]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(tmp)
+        engine.load()
+        for label_, tokenizer in TOKENIZERS.items():
+            _catalog(engine, label_, products, tokenizer)
+            ms = []
+            for text in texts:
+                t0 = time.perf_counter()
+                engine.reads.search_text(label_, items.LEXICAL, [text], K, None, False)
+                ms.append((time.perf_counter() - t0) * 1000.0)
+            out[label_] = round(percentile(ms, 0.5), 2)
+            print(f"{label_}: {n} products, p50 {out[label_]} ms per query")
+        engine.close()
+    return out
+
+
 def run(n: int, n_queries: int) -> dict[str, Any]:
     validation_products = [p for p, _ in generate_catalog(n, seed=1)]
     demo_products = [p for p, _ in generate_catalog(n, seed=0)]
@@ -202,6 +224,13 @@ def report(result: dict[str, Any]) -> str:
         "Chosen on the mean validation NDCG@10 (clean and misspelt, no prefix): "
         f"{result['chosen']['tokenizer']} (a misspelt validation query: {result['validation_example']!r}).",
     ]
+    if "latency" in result:
+        lat = result["latency"]
+        lines.append(
+            f"Median ms per query at {lat['products']} products (k=10, no filter): "
+            + ", ".join(f"{k} {v}" for k, v in lat["p50_ms"].items())
+            + "."
+        )
     return "\n".join(lines)
 
 
@@ -209,9 +238,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--products", type=int, default=2000, help="products per catalog (the demo's size)")
     parser.add_argument("--queries", type=int, default=100, help="validation queries")
+    parser.add_argument(
+        "--latency-products", type=int, default=20000, help="also time each tokenizer at this size (0: skip)"
+    )
     parser.add_argument("--out", type=Path, default=Path("var/bench-lexical"), help="report and JSON here")
     args = parser.parse_args(argv)
     result = run(args.products, args.queries)
+    if args.latency_products:
+        result["latency"] = {"products": args.latency_products, "p50_ms": latency_at(args.latency_products)}
     text = report(result)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.md").write_text(text + "\n", encoding="utf-8")
