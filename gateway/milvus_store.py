@@ -36,6 +36,8 @@ FLUSH_EVERY = 2000
 and whenever writes pause for ``FLUSH_IDLE_S`` (a flush costs ~0.3 s and leaves a segment behind, so
 not after every batch of a stream)."""
 FLUSH_IDLE_S = 0.5
+CONNECT_TIMEOUT_S = 2.0
+"""How long connecting to a Milvus server may take before the index is reported UNAVAILABLE."""
 SCHEMA_TTL_S = 1.0
 """How long reads trust the cached schema; another process may switch the alias to a new generation."""
 
@@ -133,7 +135,8 @@ class MilvusStore:
                 from pymilvus import MilvusClient
 
                 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # errors are reported by us, once
-                self._client = MilvusClient(uri=uri_of(self.address), token=self.token)
+                timeout = None if self.address.startswith("milvus-lite:") else CONNECT_TIMEOUT_S
+                self._client = MilvusClient(uri=uri_of(self.address), token=self.token, timeout=timeout)
                 # a milvus-lite server reached over milvus:// needs the same flushing as an embedded one
                 self.lite = self.lite or str(self._client.get_server_version()).startswith("milvus_lite")
             return self._client

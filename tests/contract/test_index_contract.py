@@ -295,3 +295,14 @@ def test_acknowledged_rows_survive_kill_9_of_the_writing_process(backend: str, t
         writer.stdout.close()
         if service is not None:
             service.close()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "milvus://127.0.0.1:1"])
+async def test_an_index_that_cannot_be_reached_is_unavailable(address: str) -> None:
+    index = open_index(address, "absent", ATTRIBUTES)
+    try:
+        assert not await index.ready(1.0)
+        code, _ = await _status(index.search(IMAGE, [np.ones(512, np.float32)], 5, [], 10.0))
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await index.close()
