@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from operations.trained_deploy import catalog_products, stored_vectors
+from operations.trained_deploy import NotIngested, catalog_products, stored_vectors
 from vitrine import ranking
 from vitrine.catalog import LabelledQuery, Product
 from vitrine.reranking import rerank_default
@@ -427,10 +427,14 @@ def serve_trained(var: Path, catalog: Path, live: Any, settings: UpTraining | No
     settings = settings or UpTraining()
     out = var / "adapt" / "up"
     key = cache_key(live.artifacts, catalog, settings)
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     report = _load_report(out, key)
     if report is None:
-        report = _train(settings, live, catalog, out, key)
+        try:
+            report = _train(settings, live, catalog, out, key)
+        except NotIngested as exc:
+            say(f"trained models skipped: {exc}")
+            return [f"TRAINED MODELS SKIPPED: {exc}", "  re-run `make up` to resume the ingest, then train"]
     else:
         say(f"trained models already compared ({out / REPORT}); deploying what won")
         report["reused"] = True
@@ -442,7 +446,7 @@ def serve_trained(var: Path, catalog: Path, live: Any, settings: UpTraining | No
             f"adapted spaces filled from the stored vectors ({done['filled']} products, no photo re-embedded)"
         )
     served = trained_deploy.serving(live.gateway_pages[0]) if live.gateway_pages else {}
-    say(f"trained models step done in {time.monotonic() - t0:.0f} s")
+    say(f"trained models step done in {time.monotonic() - t0:.0f} s ({time.process_time() - cpu0:.0f} s CPU)")
     return banner_lines(report, str(served.get("reranker_weights", reranker_weights(live.artifacts, rr_v))))
 
 

@@ -37,6 +37,10 @@ SETTLE_S = 2.0
 interval, 1 s by default)."""
 
 
+class NotIngested(RuntimeError):
+    """Some catalog products have no stored vectors yet (an interrupted ingest): nothing to train on."""
+
+
 class DeployError(RuntimeError):
     """The trained version cannot be served as trained; nothing was switched."""
 
@@ -97,7 +101,7 @@ async def stored_vectors(
         await index.close()
     missing = [pid for pid in ids if pid not in got or any(s not in got[pid] for s in spaces)]
     if missing:
-        raise RuntimeError(f"{len(missing)} catalog products have no stored vectors (first: {missing[0]})")
+        raise NotIngested(f"{len(missing)} catalog products have no stored vectors yet (first: {missing[0]})")
     return {s: np.stack([got[pid][s] for pid in ids]).astype(np.float32) for s in spaces}
 
 
