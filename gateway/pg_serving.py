@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 
 from gateway.errors import Unavailable
 from gateway.serving_pointer import Change, ServingVersions, initial_state
-from gateway.state_pg import CONNECT_TIMEOUT_S, Connections, unavailable
+from gateway.state_pg import Connections, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,7 @@ class PostgresServingPointer:
         failing = False
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.db.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-                ) as conn:
+                async with await psycopg.AsyncConnection.connect(self.db.dsn, **self.db.params) as conn:
                     schema = await (await conn.execute("SELECT current_schema()")).fetchone()
                     channel = channel_of(schema[0] if schema else "")
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))

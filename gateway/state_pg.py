@@ -23,6 +23,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -37,6 +38,8 @@ CONNECT_TIMEOUT_S = 2
 
 MAX_IDLE = 8
 """Idle connections kept per process; more are opened under load and closed when returned."""
+
+APPLICATION_NAME = "vitrine-gateway"
 
 MIGRATION_LOCK = 0x7669_7472
 """The advisory lock gateways take while migrating (any constant no other application uses)."""
@@ -127,22 +130,26 @@ class Connections:
 
     def __init__(self, dsn: str, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         try:
-            conninfo_to_dict(dsn)
+            info = conninfo_to_dict(dsn)
         except psycopg.Error:  # its message may quote the DSN, password included
             raise ValueError(
                 "state_url is neither a PostgreSQL URL (postgresql://user@host:5432/db) nor a key=value DSN"
             ) from None
         self.dsn = dsn
         self.connect_timeout_s = connect_timeout_s
+        # How the gateway's sessions show in pg_stat_activity, unless the DSN names them itself.
+        self.params: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(1, round(connect_timeout_s)),
+            **({} if "application_name" in info else {"application_name": APPLICATION_NAME}),
+        }
         self._idle: list[psycopg.Connection] = []
         self._lock = threading.Lock()
         self._migrated = False
         self._closed = False
 
     def _open(self) -> psycopg.Connection:
-        conn = psycopg.connect(
-            self.dsn, autocommit=True, connect_timeout=max(1, round(self.connect_timeout_s))
-        )
+        conn = psycopg.connect(self.dsn, **self.params)
         if not self._migrated:
             try:
                 migrate(conn)
