@@ -4,8 +4,8 @@ The key format, the file and environment sources, the digest comparison and the 
 kernel's (``vitrine.api_keys``, shared with the index service); on gRPC the kernel's interceptor
 (``vitrine.grpc_server``) applies ``scope_of`` to every ProductSearch method. The gateway adds its one
 extra source, ``api_key`` (the original single key; it may read and write), and the table of scopes:
-reads (Search, SimilarItems, GetProducts, Recommend and the product image) need ``read``, writes
-(UpsertProducts, DeleteProducts, RecordEvents) ``write``. A method missing from the table needs
+reads (Search, SimilarItems, GetProducts, Recommend, GetServing and the product image) need ``read``,
+writes (UpsertProducts, DeleteProducts, RecordEvents) ``write``. A method missing from the table needs
 ``write``: a new RPC is closed to read-only keys until someone decides otherwise. A missing or unknown
 key is UNAUTHENTICATED; a known key without the scope is PERMISSION_DENIED.
 """
@@ -25,6 +25,7 @@ METHOD_SCOPES: dict[str, Scope] = {
     "SimilarItems": Scope.READ,
     "GetProducts": Scope.READ,
     "GetProductImage": Scope.READ,
+    "GetServing": Scope.READ,
     "UpsertProducts": Scope.WRITE,
     "DeleteProducts": Scope.WRITE,
     "Recommend": Scope.READ,

@@ -189,6 +189,19 @@ class ProductSearchServicer(pb_grpc.ProductSearchServicer):
         )
         return pb.GetProductsResponse(products=[product_to_pb(p) for p in products])
 
+    async def GetServing(
+        self, request: pb.GetServingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServingResponse:
+        info = await self._answer(context, self.calls.serving(self._timeout(context)))
+        d = info.rerank_default
+        return pb.GetServingResponse(
+            encoder_version=info.encoder_version,
+            reranker_version=info.reranker_version,
+            reranker_weights=d.weights,
+            rerank_by_default=d.on,
+            reason=d.reason,
+        )
+
     async def DeleteProducts(
         self, request: pb.DeleteProductsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteProductsResponse:

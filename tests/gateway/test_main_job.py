@@ -65,10 +65,11 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
         assert (var / "vitrine.pid").read_text() == str(up.pid)
 
         with grpc.insecure_channel(f"127.0.0.1:{ports['gateway']}") as channel:
-            got = pb_grpc.ProductSearchStub(channel).GetProducts(
-                pb.GetProductsRequest(ids=["p000023"]), timeout=30
-            )
+            stub = pb_grpc.ProductSearchStub(channel)
+            got = stub.GetProducts(pb.GetProductsRequest(ids=["p000023"]), timeout=30)
             assert got.products[0].id == "p000023"
+            served = stub.GetServing(pb.GetServingRequest(), timeout=30)
+            assert (served.reranker_weights, served.rerank_by_default) == ("random", False)
 
         page = f"http://127.0.0.1:{ports['http']}/"
         assert f"page: {page}" in log
