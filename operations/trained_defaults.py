@@ -51,6 +51,9 @@ def say(message: str) -> None:
 REPORT = "report.json"
 HEADS = "residual.pt"
 RERANKER = "reranker.pt"
+MIN_HELD_OUT = 50
+"""Fewest held-out products a comparison is made on: below it no gain can clear its interval (6 held-out
+products of a 24-product catalog all sit in everyone's top 10), so training would only cost time."""
 RERANK_DEPTH = 50
 """Candidates the held-out comparison re-ranks: the gateway's default depth."""
 
@@ -422,6 +425,7 @@ def _heads(out: Path, report: dict[str, Any]) -> Any:
 def serve_trained(var: Path, catalog: Path, live: Any, settings: UpTraining | None = None) -> list[str]:
     """``up``'s step: train and compare (once per export and catalog), deploy the winners, and return
     the banner's lines (the comparisons, what serves, and the re-rank default with its reason)."""
+    from adapt.data import product_split
     from operations import trained_deploy
 
     settings = settings or UpTraining()
@@ -429,6 +433,16 @@ def serve_trained(var: Path, catalog: Path, live: Any, settings: UpTraining | No
     key = cache_key(live.artifacts, catalog, settings)
     t0, cpu0 = time.monotonic(), time.process_time()
     report = _load_report(out, key)
+    held_out = len(product_split(len(catalog_products(catalog)), settings.seed)["test"])
+    if report is None and held_out < MIN_HELD_OUT:
+        reason = f"{held_out} held-out products are too few to show a gain (at least {MIN_HELD_OUT})"
+        say(f"trained models skipped: {reason}")
+        advice = rerank_default(reranker_weights(live.artifacts))
+        return [
+            f"TRAINED MODELS SKIPPED: {reason}; the exported models serve",
+            f"Re-ranking by default (the page's switch, the demo search): {'ON' if advice.on else 'OFF'}",
+            f"  because {advice.reason}",
+        ]
     if report is None:
         try:
             report = _train(settings, live, catalog, out, key)

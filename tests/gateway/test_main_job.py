@@ -55,9 +55,9 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
         assert "SEEDED RANDOM WEIGHTS" in log
         assert "ingested 24 of 24 rows; 0 bad rows" in log
         assert 'text search: "red leather ankle boots"' in log and "image search: p000000.jpg" in log
-        # Nothing trained on 24 products beats the exported models on held-out data, and the test
-        # export's cross-encoder head is random: the page and the demo search do not re-rank, and say why.
-        assert "catalog adapters: R@10" in log and "not deployed (no held-out gain)" in log
+        # 24 products leave too few held out to compare trained models on, and the test export's
+        # cross-encoder head is random: the page and the demo search do not re-rank, and say why.
+        assert "TRAINED MODELS SKIPPED: 6 held-out products are too few to show a gain" in log
         assert "Re-ranking by default (the page's switch, the demo search): OFF" in log
         assert (
             '"red leather ankle boots" (not re-ranked: the served cross-encoder\'s head is untrained' in log
