@@ -93,8 +93,10 @@ class Comparison:
         serves."""
         return self.gain.low > 0.0
 
-    def line(self, deployed_as: str) -> str:
-        verdict = f"DEPLOYED as {deployed_as}" if self.wins else "not deployed (no held-out gain)"
+    def line(self, deployed_as: str = "") -> str:
+        """The comparison and its verdict (``deployed_as`` names the version, once it is known)."""
+        won = f"DEPLOYED as {deployed_as}" if deployed_as else "beats the exported model: to be deployed"
+        verdict = won if self.wins else "not deployed (no held-out gain)"
         return (
             f"{self.model}: {self.metric} {self.before.mean:.3f} {self.baseline} -> {self.after.mean:.3f} "
             f"trained (gain {self.gain.mean:+.3f} [{self.gain.low:+.3f}, {self.gain.high:+.3f}], "
@@ -301,7 +303,7 @@ def train_and_compare(
     t0 = time.perf_counter()
     best, adapter_cmp, adapter_details = train_adapter(settings, feats)
     seconds["adapters"] = time.perf_counter() - t0
-    say(adapter_cmp.line("encoder version N") + f" ({seconds['adapters']:.0f} s)")
+    say(adapter_cmp.line() + f" ({seconds['adapters']:.0f} s)")
 
     weights = reranker_weights(artifacts)
     train_p = [products[i] for i in parts["train"]]
@@ -327,7 +329,7 @@ def train_and_compare(
             settings, artifacts, queries, mined, pools, train_p
         )
         seconds["reranker"] = time.perf_counter() - t0
-        say(rerank_cmp.line("cross-encoder version N") + f" ({seconds['reranker']:.0f} s)")
+        say(rerank_cmp.line() + f" ({seconds['reranker']:.0f} s)")
     trained = Trained(adapter_cmp, rerank_cmp, weights, best.model, enc, seconds)
     return trained, details
 
