@@ -9,6 +9,8 @@ processes over one work directory, optionally supervised.
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -208,21 +210,29 @@ class Stack:
         return self.supervisor
 
     def stop(self) -> None:
-        """The supervisor first (nothing stopped here comes back), then gateways, index, Tritons and
-        PostgreSQL last (gateways may still be writing to it)."""
+        """The supervisor first (nothing stopped here comes back), then the gateways, the index, the
+        Triton replicas and PostgreSQL last (gateways may still be writing to it); the replicas of one
+        kind stop together, each drained and its whole process group gone before the next kind."""
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
-        servers: list[ChildServer | None] = [*reversed(self.gateways), self.index,
-                                              *reversed(self.tritons), self.postgres]  # fmt: skip
+        index, postgres = [self.index] if self.index else [], [self.postgres] if self.postgres else []
+        kinds: list[Sequence[ChildServer]] = [self.gateways, index, self.tritons, postgres]
         self.gateways, self.tritons, self.index, self.postgres = [], [], None, None
-        errors = []
-        for server in servers:
-            if server is not None:
-                try:
-                    server.close()
-                except (OSError, RuntimeError) as exc:
-                    errors.append(exc)
+        errors: list[BaseException] = []
+
+        def close(server: ChildServer) -> None:
+            try:
+                server.close()
+            except (OSError, RuntimeError) as exc:
+                errors.append(exc)
+
+        for servers in kinds:
+            threads = [threading.Thread(target=close, args=(s,)) for s in servers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         if errors:
             raise errors[0]
 
