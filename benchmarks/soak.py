@@ -42,7 +42,7 @@ from vitrine.catalog import Product, read_catalog
 from vitrine.gateway.v1 import gateway_pb2 as pb
 from vitrine.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-KILLS = ((0.2, "triton-0"), (0.4, "gateway-1"), (0.6, "index service"), (0.8, "postgres"))
+KILLS = ((0.2, "triton-0"), (0.4, "gateway-1"), (0.6, "index service"), (0.8, "postgresql"))
 RSS_LIMIT = 0.05
 
 
@@ -146,7 +146,10 @@ async def kills(stack: Stack, ledger: Ledger, start: float, duration: float, gra
     assert stack.supervisor is not None
     for fraction, name in KILLS:
         await asyncio.sleep(max(0.0, start + fraction * duration - time.monotonic()))
-        child = next(c for c in stack.children() if c.name == name)
+        named = {c.name: c for c in stack.children()}
+        if name not in named:
+            raise LookupError(f"no child {name!r} in the stack: {', '.join(named)}")
+        child = named[name]
         before = stack.supervisor.restart_count(name)
         assert child.process is not None
         pgid = child.process.pid
