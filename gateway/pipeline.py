@@ -33,7 +33,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 from gateway.errors import InvalidInput, NotFound
-from gateway.text_match import QUERY_TEXT, SENTENCE_VECTOR, TextWeights, text_spaces
+from gateway.text_match import QUERY_TEXT, SENTENCE_VECTOR, TextWeights, servable_spaces
 from gateway.timing import Deadline, Timer
 from gateway.types import (
     MAX_RERANK_DEPTH,
@@ -95,7 +95,9 @@ class PipelineSettings:
         default="products", metadata={"help": "catalog name: one index collection, one item per product"}
     )
     text_match: TextMatch = field(
-        default=TextMatch.FUSION, metadata={"help": "how a text query meets products by default"}
+        # the best on both held-out query sets of the demo catalog (docs/BENCHMARKS.md, text modes)
+        default=TextMatch.LEXICAL_MINILM,
+        metadata={"help": "how a text query meets products by default"},
     )
     fusion: Fusion = field(default=Fusion.RRF, metadata={"help": "how ranked lists of several spaces merge"})
     rrf_k: int = field(default=60, metadata={"help": "reciprocal-rank fusion constant"})
@@ -109,7 +111,10 @@ class PipelineSettings:
         default=1.0, metadata={"help": "MiniLM list's weight in the fused modes (gateway.text_match)"}
     )
     clip_weight: float = field(
-        default=1.0, metadata={"help": "CLIP lists' weight in text_match all (gateway.text_match)"}
+        # lexical 1 : MiniLM 1 : CLIP 0.25 with rrf: the best of the grid on the validation queries
+        # (docs/BENCHMARKS.md, text modes); CLIP's weights were random there
+        default=0.25,
+        metadata={"help": "CLIP lists' weight in text_match all (gateway.text_match)"},
     )
 
     def weights(self) -> TextWeights:
@@ -229,8 +234,11 @@ class Pipeline:
         image_w = q.image_weight if has_text else 1.0
         spaces: list[tuple[str, str, float]] = []
         if has_text:
-            match = q.text_match or self.settings.text_match
-            spaces.extend(text_spaces(match, self.settings.weights(), text_w))
+            missing = {QUERY_TEXT} if not isinstance(self.retriever, TextSource) else set()
+            missing |= {SENTENCE_VECTOR} if self.sentence is None else set()
+            spaces = servable_spaces(
+                q.text_match, self.settings.text_match, self.settings.weights(), text_w, missing
+            )
         if has_image:
             spaces.append((IMAGE, "image", image_w))
         return spaces
@@ -255,13 +263,7 @@ class Pipeline:
         has_text, has_image = bool(q.text.strip()), bool(q.image)
         serving = self.serving  # read once: query vectors and searched spaces of one encoder version
         chosen = self._spaces(q, has_text, has_image)
-        if any(which == QUERY_TEXT for _, which, _ in chosen) and not isinstance(self.retriever, TextSource):
-            if q.text_match is not None or all(which == QUERY_TEXT for _, which, _ in chosen):
-                raise InvalidInput("this text_match needs an index with a lexical space; this one has none")
-            chosen = [c for c in chosen if c[1] != QUERY_TEXT]  # the default mode, on an index without words
         minilm = any(which == SENTENCE_VECTOR for _, which, _ in chosen)
-        if minilm and self.sentence is None:
-            raise InvalidInput("this text_match needs the MiniLM sentence encoder; this gateway has none")
         # Concurrent stages share one budget, read before any coroutine exists: a deadline passing
         # between two reads would otherwise leave the first coroutine created but never awaited.
         budget = deadline.remaining()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.errors import InvalidInput
 from gateway.types import TextMatch
 from vitrine.items import IMAGE, LEXICAL, MINILM, TITLE
 
@@ -80,3 +81,19 @@ def text_spaces(match: TextMatch, weights: TextWeights, share: float) -> list[Se
             out.append((IMAGE, QUERY_VECTOR, w * (1.0 - weights.title_weight)))
             out.append((TITLE, QUERY_VECTOR, w * weights.title_weight))
     return [s for s in out if s[2] > 0.0] or out[:1]
+
+
+def servable_spaces(
+    asked: TextMatch | None, default: TextMatch, weights: TextWeights, share: float, missing: set[str]
+) -> list[Searched]:
+    """``text_spaces`` of the mode asked for, else of the default; ``missing`` names what this gateway
+    cannot search (``QUERY_TEXT``: its index has no lexical space, e.g. Milvus; ``SENTENCE_VECTOR``: no
+    sentence encoder). A mode asked for by name needs all its parts (INVALID_ARGUMENT otherwise); the
+    default falls back to CLIP fusion, so a gateway without them still answers."""
+    spaces = text_spaces(asked or default, weights, share)
+    if not any(which in missing for _, which, _ in spaces):
+        return spaces
+    if asked is not None:
+        what = "a lexical space" if QUERY_TEXT in missing else "the MiniLM sentence encoder"
+        raise InvalidInput(f"text_match {asked.value!r} needs {what}; this gateway has none")
+    return text_spaces(TextMatch.FUSION, weights, share)

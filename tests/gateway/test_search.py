@@ -427,7 +427,9 @@ async def test_overlong_text_is_truncated_and_said_so(gateway_stack: GatewayHand
     short = await gateway_stack.stub.Search(pb.SearchRequest(text="red boots", top_k=1), timeout=30)
     assert not short.text_truncated
     long = await gateway_stack.stub.Search(
-        pb.SearchRequest(text="red leather boots " * 60, top_k=1), timeout=30
+        # past both encoders' contexts (CLIP 77 tokens, MiniLM 256), whichever the default mode reads
+        pb.SearchRequest(text="red leather boots " * 100, top_k=1),
+        timeout=30,
     )
     assert long.text_truncated and len(long.hits) == 1
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.errors import InvalidInput
 from gateway.pipeline import PipelineSettings, fuse
-from gateway.text_match import QUERY_TEXT, TextWeights, text_spaces
+from gateway.text_match import QUERY_TEXT, TextWeights, servable_spaces, text_spaces
 from gateway.types import Candidate, Fusion, TextMatch
 from tests.fixtures.stack import GatewayHandle
 from vitrine.catalog import Product
@@ -83,3 +84,14 @@ async def test_a_fused_mode_is_the_fusion_of_its_spaces(
     expected = [c.id for c in fuse(expected_lists, settings.fusion, settings.rrf_k)[:10]]
     got = [h.product.id for h in await _search(gateway_stack, text, match)]
     assert got == expected
+
+
+def test_the_default_falls_back_to_clip_where_its_parts_are_missing() -> None:
+    weights = TextWeights()
+    clip = text_spaces(TextMatch.FUSION, weights, 1.0)
+    assert servable_spaces(None, TextMatch.LEXICAL_MINILM, weights, 1.0, {QUERY_TEXT}) == clip
+    assert servable_spaces(None, TextMatch.LEXICAL_MINILM, weights, 1.0, set()) == text_spaces(
+        TextMatch.LEXICAL_MINILM, weights, 1.0
+    )
+    with pytest.raises(InvalidInput, match="needs the MiniLM sentence encoder"):
+        servable_spaces(TextMatch.MINILM, TextMatch.FUSION, weights, 1.0, {"minilm"})
