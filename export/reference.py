@@ -51,7 +51,7 @@ class TorchReference:
         if self._minilm is None:
             model = AutoModel.from_pretrained(self._minilm_root, attn_implementation="eager").eval()
             self._minilm = (model, AutoTokenizer.from_pretrained(self._minilm_root))
-        return self._minilm  # type: ignore[no-any-return]
+        return self._minilm
 
     @torch.inference_mode()
     def embed_minilm(self, texts: Sequence[str]) -> FloatArray:
