@@ -3,7 +3,7 @@ against a live gateway over a real Triton and index service.
 
 The gateway serves from this test's event loop, so every browser step runs in a worker thread
 (``asyncio.to_thread``) while the loop answers the page's requests. Screenshots land in the test's tmp
-directory; ``VITRINE_PAGE_SCREENSHOT=docs/img/page.png`` also writes the README's picture there.
+directory; ``VITRINE_PAGE_SCREENSHOT=<path>`` also copies the re-ranked search's picture there.
 """
 
 from __future__ import annotations
