@@ -33,7 +33,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 from gateway.errors import InvalidInput, NotFound
-from gateway.text_match import QUERY_TEXT, SENTENCE_VECTOR, TextWeights, servable_spaces
+from gateway.text_match import LEXICAL_QUERY_CHARS, QUERY_TEXT, SENTENCE_VECTOR, TextWeights, servable_spaces
 from gateway.timing import Deadline, Timer
 from gateway.types import (
     MAX_RERANK_DEPTH,
@@ -284,16 +284,20 @@ class Pipeline:
         lexical = list(dict.fromkeys(sp for sp, which, _ in chosen if which == QUERY_TEXT))
         for space in lexical:  # words need no embedding: the lexical search runs while the query embeds
             assert isinstance(self.retriever, TextSource)  # checked above
-            search_text = partial(self.retriever.search_text, space, [q.text], depth, q.filters, budget)
+            words_of_q = [
+                q.text[:LEXICAL_QUERY_CHARS]
+            ]  # the index reads no more; the rest is cut, and said so
+            search_text = partial(self.retriever.search_text, space, words_of_q, depth, q.filters, budget)
             jobs[f"{QUERY_TEXT}:{space}"] = self._timed(timer, "lexical", search_text)
         done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
         words: dict[str, list[Candidate]] = {}
         for space in lexical:
             (words[space],) = cast(list[list[Candidate]], done[f"{QUERY_TEXT}:{space}"])  # one text, one list
-        truncated = False
+        truncated = bool(lexical) and len(q.text) > LEXICAL_QUERY_CHARS
         vectors: dict[str, np.ndarray] = {}
         if "text" in done:
-            vectors["text"], truncated = done["text"]  # type: ignore[misc]
+            clip: tuple[np.ndarray, bool] = done["text"]  # type: ignore[assignment]
+            vectors["text"], truncated = clip[0], truncated or clip[1]
         if SENTENCE_VECTOR in done:
             sentence: tuple[np.ndarray, bool] = done[SENTENCE_VECTOR]  # type: ignore[assignment]
             vectors[SENTENCE_VECTOR] = sentence[0]

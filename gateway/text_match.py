@@ -30,6 +30,9 @@ SENTENCE_VECTOR = "minilm"
 QUERY_TEXT = "lexical"
 """A space searched with the query's words, not a vector."""
 
+LEXICAL_QUERY_CHARS = 1024
+"""Longest text the index service matches in a lexical space (``index.proto``); longer queries are cut."""
+
 Searched = tuple[str, str, float]
 """(space, what the query brings to it, weight)."""
 

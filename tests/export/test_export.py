@@ -276,6 +276,7 @@ def test_local_checkpoint_directories_take_the_same_path(tiny_artifacts: Path, t
             out=tmp_path,
             clip_source=str(ckpts / "clip"),
             cross_encoder_source=str(ckpts / "cross_encoder"),
+            minilm_source=str(ckpts / "minilm"),
             size=Size.TINY,
         )
     )
