@@ -18,7 +18,7 @@ from vitrine.contracts import Tensor
 from vitrine.tokenization import SentenceTokenizer, write_pair_tokenizer_json
 
 TOKENIZER_FILE = Path("tokenizers/minilm/tokenizer.json")
-CORPUS = 200
+CORPUS = 100
 """Passages of the validation corpus each query is ranked against."""
 CORPUS_BATCH = 50
 
