@@ -193,6 +193,21 @@ async def _write_space(
         await client.close()
 
 
+async def _index_versions(index_address: str, collection: str) -> list[int]:
+    """The recommender versions whose ``rec.N`` spaces the collection holds."""
+    from gateway.index_backends import open_index
+    from vitrine.items import REC
+
+    client = open_index(index_address, collection)
+    try:
+        names = await client.spaces()
+    finally:
+        await client.close()
+    return [
+        int(n.split(".", 1)[1]) for n in names if n.startswith(REC + ".") and n.split(".", 1)[1].isdigit()
+    ]
+
+
 async def _drop_spaces(index_address: str, collection: str, keep: set[str]) -> None:
     from gateway.index_backends import open_index
     from vitrine.items import REC
@@ -217,7 +232,11 @@ def deploy(artifacts: Path, repo: Path, triton_url: str, index_address: str, col
 
     ids = json.loads((artifacts / "item_ids.json").read_text())
     vectors = np.load(artifacts / "item_vectors.npy")
-    version = max(served_versions(repo), default=0) + 1
+    # Past the repository's versions and the index's: a repository rendered anew (a re-export) over an
+    # index that kept its ``rec.N`` spaces must not reuse N.
+    version = (
+        max([*served_versions(repo), *asyncio.run(_index_versions(index_address, collection))], default=0) + 1
+    )
     asyncio.run(_write_space(index_address, collection, rec_space(version), ids, vectors))
     render_version(USER_TOWER_SPEC, artifacts, repo, version, RenderOptions())
     client = triton_grpc.InferenceServerClient(triton_url)

@@ -287,6 +287,9 @@ async def test_redeploying_while_serving_fails_no_request(rec_stack: RecStack) -
         assert time.monotonic() < deadline, "the gateway never switched to version 3"
         await asyncio.sleep(0.1)
     assert rec.served_versions(stack.triton.repo) == [2, 3]
+    # The next version also counts past the index's spaces: a repository rendered anew over this index
+    # (a re-export) would otherwise reuse rec.2's name.
+    assert sorted(await rec._index_versions(stack.index.address, rec_stack.collection)) == [2, 3]
 
 
 def test_kill_9_during_an_event_stream_loses_no_acknowledged_event(
