@@ -108,10 +108,16 @@ async def live(
     await stop_gateway(handle)
 
 
+def clip_search(text: str, rerank: bool) -> pb.SearchRequest:
+    """A search through the CLIP spaces, the ones a catalog adapter changes (the default text mode reads
+    the lexical and MiniLM spaces, which a CLIP rollout leaves alone)."""
+    return pb.SearchRequest(text=text, top_k=10, rerank=rerank, text_match=pb.TEXT_MATCH_FUSION)
+
+
 async def answers(handle: GatewayHandle, rerank: bool = False) -> dict[str, tuple[str, ...]]:
     out = {}
     for q in QUERIES:
-        reply = await handle.stub.Search(pb.SearchRequest(text=q, top_k=10, rerank=rerank), timeout=30)
+        reply = await handle.stub.Search(clip_search(q, rerank), timeout=30)
         out[q] = tuple(h.product.id for h in reply.hits)
     return out
 
@@ -203,9 +209,7 @@ async def test_deploy_under_concurrent_searches_then_rollback(live: Live) -> Non
     async def searcher(q: str, rerank: bool) -> None:
         while not done.is_set():
             try:
-                reply = await handle.stub.Search(
-                    pb.SearchRequest(text=q, top_k=10, rerank=rerank), timeout=30
-                )
+                reply = await handle.stub.Search(clip_search(q, rerank), timeout=30)
                 seen.append((rerank, q, tuple(h.product.id for h in reply.hits)))
             except Exception as exc:  # every failure is a test failure
                 failures.append(exc)
