@@ -252,7 +252,7 @@ def evaluate(
                     per_query.append(score_query([h.product.id for h in resp.hits], q.relevant, k))
                 name = match + (f" + rerank@{depth}" if depth_now else "")
                 rows.append(Row(name, per_query))
-    title = f"{Path(queries_path).name} ({split} split)"
+    title = f"{Path(queries_path).name} ({split if split == 'all' else split + ' split'})"
     table = format_interval_table(title, rows, k)
     return table + (f"\nre-ranker: {label}" if label else "")
 

@@ -105,18 +105,21 @@ async def test_eval_prints_the_metrics_table(gateway_stack: GatewayHandle) -> No
         "10",
         "--text-match",
         "title",
+        "--split",
+        "all",
         "--gateway",
         gateway_stack.address,
     )
     assert code == 0, out
     lines = out.splitlines()
-    assert lines[0] == "8 queries"
-    assert lines[1].split() == ["system", "Recall@5", "MRR", "NDCG@5", "P@5"]
-    rows = {
-        line.split()[0] + (" " + line.split()[2] if "rerank" in line else ""): line.split()
-        for line in lines[3:]
-    }
-    assert set(rows) == {"text->title", "text->title rerank@10"}
+    assert lines[0] == "queries.jsonl (all): 8 queries"
+    assert lines[1].split() == ["system", "NDCG@5", "[95%", "CI]", "Recall@5", "MRR", "P@5"]
+    # The re-ranked row names the weights it used: this stack's cross-encoder is untrained.
+    assert any(line.startswith("re-ranker: cross-encoder v1, random") for line in lines), out
+    table = [line for line in lines[3:] if line.strip() and not line.startswith("re-ranker:")]
+    rows = {line[:40].strip(): line[40:].split() for line in table}
+    assert set(rows) == {"title", "title + rerank@10"}
     for cells in rows.values():
-        values = [float(v) for v in cells[-4:]]
-        assert all(0.0 <= v <= 1.0 for v in values)
+        mean, low, high = float(cells[0]), float(cells[1].strip("[,")), float(cells[2].strip("]"))
+        assert 0.0 <= low <= mean <= high <= 1.0
+        assert all(0.0 <= float(v) <= 1.0 for v in cells[-3:])

@@ -275,6 +275,7 @@ async def test_openapi_lists_every_route(stack: HttpStack) -> None:
         "/v1/products/{product_id}/image": {"get"},
         "/v1/events": {"post"},
         "/v1/recommendations": {"get"},
+        "/v1/serving": {"get"},
         "/healthz": {"get"},
     } == {path: set(ops) for path, ops in doc["paths"].items()}
     responses = doc["paths"]["/v1/search"]["post"]["responses"]

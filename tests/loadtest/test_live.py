@@ -192,7 +192,9 @@ async def test_gateway_load_fills_every_dashboard_query(
             for name in SCENARIOS[LoadTarget.GATEWAY]:
                 assert rows[name].requests > 0 and rows[name].failures == 0, (name, rows[name])
             stages = json.loads((out / "stages.json").read_text())
-            assert {"embed_text", "embed_image", "retrieve", "rerank", "total"} <= set(stages), stages
+            # The default text match embeds the query with MiniLM and reads the lexical space.
+            want = {"embed_minilm", "lexical", "embed_image", "retrieve", "rerank", "total"}
+            assert want <= set(stages), stages
             assert all(s["count"] > 0 and s["p95_ms"] >= s["p50_ms"] > 0 for s in stages.values())
     finally:
         if handle is not None:
@@ -256,7 +258,7 @@ async def test_objective_command_writes_the_report(
     rows = [
         line for line in report.splitlines() if line.startswith("| 10 | 1 |") or line.startswith("| 50 | 1 |")
     ]
-    assert len(rows) == 2 and all("rerank" in row and "embed_text" in row for row in rows), report
+    assert len(rows) == 2 and all("rerank" in row and "embed_minilm" in row for row in rows), report
     result = json.loads((out / "objective.json").read_text())
     assert [r["depth"] for r in result["rerank"]] == [10, 50]
     assert "Inside Triton" in report and f"| re-rank 50 at 1 req/s | {Model.CROSS_ENCODER.value} |" in report
@@ -280,7 +282,7 @@ async def test_open_loop_objective_writes_the_same_tables(
     assert "Highest offered rate meeting the objective: **2 req/s**" in report
     assert "open loop, poisson arrivals" in report and "weights: random (tiny)" in report
     rows = [line for line in report.splitlines() if line.startswith(("| 10 | ", "| 50 | "))]
-    assert len(rows) == 2 and all("rerank" in row and "embed_text" in row for row in rows), report
+    assert len(rows) == 2 and all("rerank" in row and "embed_minilm" in row for row in rows), report
     result = json.loads((out / "objective.json").read_text())
     assert [(r["depth"], r["rate"]) for r in result["rerank"]] == [(10, 1.0), (50, 1.0)]
     assert all(

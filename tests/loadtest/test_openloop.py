@@ -194,7 +194,7 @@ async def test_open_loop_against_the_live_gateway(
     # The gateway counted exactly the searches sent; its own latency cannot exceed what the client saw.
     assert seen["method:Search"]["count"] == searches
     if searches:
-        assert {"embed_text", "retrieve", "total"} <= set(result.stages())
+        assert {"embed_minilm", "lexical", "retrieve", "total"} <= set(result.stages())
     record = result.to_json(openloop.Objective(p95_ms=60_000, max_error_rate=0))
     assert record["verdict"]["stats"]["failures"] == 0 and record["cpu"]["generator_cpu_s"] > 0
     assert record["offered_rate"] == result.scheduled / 2.0
