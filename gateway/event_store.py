@@ -27,7 +27,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -187,12 +187,7 @@ class SqliteEventStore:
             "WHERE ts >= ? GROUP BY item_id, type, age_h",
             (now, now - self.trending_window_days * 86400),
         )
-        scores: dict[str, float] = {}
-        decay = math.log(2) / (half_life_days * 24)
-        weight = {t.value: w for t, w in EVENT_WEIGHT.items()}
-        for item, kind, age_h, n in rows:
-            scores[item] = scores.get(item, 0.0) + weight[kind] * n * math.exp(-decay * max(0.0, age_h + 0.5))
-        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        return trending_scores(rows, half_life_days, limit)
 
     def co_visited(
         self, item_id: str, limit: int = CO_VISITED_ITEMS, sessions: int = CO_VISITED_SESSIONS
@@ -207,3 +202,16 @@ class SqliteEventStore:
 
     def count(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
+def trending_scores(
+    rows: Iterable[tuple[str, str, int, int]], half_life_days: float, limit: int
+) -> list[tuple[str, float]]:
+    """Items by decayed, type-weighted event counts from (item, type, age in hours, count) rows: each
+    store groups its events so, and the scoring is this one function."""
+    scores: dict[str, float] = {}
+    decay = math.log(2) / (half_life_days * 24)
+    weight = {t.value: w for t, w in EVENT_WEIGHT.items()}
+    for item, kind, age_h, n in rows:
+        scores[item] = scores.get(item, 0.0) + weight[kind] * n * math.exp(-decay * max(0.0, age_h + 0.5))
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]

@@ -22,7 +22,6 @@ What the backends cannot hide, written down:
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Sequence
 
@@ -34,9 +33,10 @@ from gateway.event_store import (
     RETENTION_EVERY_S,
     TRENDING_HALF_LIFE_DAYS,
     TRENDING_ITEMS,
+    trending_scores,
 )
 from gateway.state_pg import Connections
-from vitrine.events import COLUMNS, EVENT_WEIGHT, MAX_HISTORY, Event, event_of_row, event_row
+from vitrine.events import COLUMNS, MAX_HISTORY, Event, event_of_row, event_row
 
 _ARRAY_TYPE = {"ts": "float8"}
 """Array type of each column in the batch insert; text unless named here."""
@@ -123,12 +123,7 @@ class PostgresEventStore:
                 "WHERE ts >= %s GROUP BY item_id, type, age_h",
                 (now, now - self.trending_window_days * 86400),
             ).fetchall()
-        scores: dict[str, float] = {}
-        decay = math.log(2) / (half_life_days * 24)
-        weight = {t.value: w for t, w in EVENT_WEIGHT.items()}
-        for item, kind, age_h, n in rows:
-            scores[item] = scores.get(item, 0.0) + weight[kind] * n * math.exp(-decay * max(0.0, age_h + 0.5))
-        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        return trending_scores(rows, half_life_days, limit)
 
     def co_visited(
         self, item_id: str, limit: int = CO_VISITED_ITEMS, sessions: int = CO_VISITED_SESSIONS
