@@ -91,10 +91,20 @@ def catalog_products(catalog: Path) -> list[tuple[Product, Path]]:
     return out
 
 
+def _servers(models: TritonModels) -> list[Any]:
+    """Every Triton replica's client: each replica loads a version, or the gateways would mark the ones
+    that lack it down until someone loads it there too."""
+    servers = [replica.client for replica in models.replicas.replicas]
+    if not servers:
+        raise RolloutError("no Triton replica to load the version on (the Triton DNS name resolved to none)")
+    return servers
+
+
 async def _ready(models: TritonModels, version: int) -> bool:
-    for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO):
-        if not await models.client.is_model_ready(ensemble_name(io.model, version)):
-            return False
+    for client in _servers(models):
+        for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO):
+            if not await client.is_model_ready(ensemble_name(io.model, version)):
+                return False
     return True
 
 
@@ -105,10 +115,11 @@ async def _load(models: TritonModels, version: int) -> None:
     if await _ready(models, version):
         return
     try:
-        for encoder in (Model.CLIP_TEXT_ENCODER, Model.CLIP_IMAGE_ENCODER):
-            await models.client.load_model(encoder.value)
-        for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO):
-            await models.client.load_model(ensemble_name(io.model, version))
+        for client in _servers(models):
+            for encoder in (Model.CLIP_TEXT_ENCODER, Model.CLIP_IMAGE_ENCODER):
+                await client.load_model(encoder.value)
+            for io in (EMBED_TEXT_IO, EMBED_IMAGE_IO):
+                await client.load_model(ensemble_name(io.model, version))
     except Exception as exc:
         raise RolloutError(
             f"Triton does not serve encoder version {version} ({str(exc)[:200]}): render the model "
@@ -124,8 +135,9 @@ async def load_reranker(models: TritonModels, version: int) -> int:
     adds one when a re-ranker was trained); returns the cross-encoder version the gateways should use:
     ``version``, or 1 when this version ships no cross-encoder of its own."""
     name = ensemble_name(RERANK_IO.model, version)
+    servers = _servers(models)
     try:
-        if await models.client.is_model_ready(name):
+        if all([await client.is_model_ready(name) for client in servers]):
             return version
         index = await models.client.get_model_repository_index(as_json=True)
     except Exception as exc:
@@ -133,12 +145,13 @@ async def load_reranker(models: TritonModels, version: int) -> int:
     if name not in {m.get("name") for m in index.get("models", [])}:
         return BASE_VERSION
     try:
-        await models.client.load_model(Model.CROSS_ENCODER.value)
-        await models.client.load_model(name)
+        for client in servers:
+            await client.load_model(Model.CROSS_ENCODER.value)
+            await client.load_model(name)
     except Exception as exc:
         raise RolloutError(f"Triton could not load {name} ({str(exc)[:200]})") from None
-    if not await models.client.is_model_ready(name):
-        raise RolloutError(f"Triton loaded {name} but it is not ready")
+    if not all([await client.is_model_ready(name) for client in servers]):
+        raise RolloutError(f"Triton loaded {name} but it is not ready on every replica")
     return version
 
 
