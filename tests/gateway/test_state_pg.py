@@ -114,7 +114,8 @@ def test_an_unreachable_database_is_unavailable_with_a_bounded_message() -> None
     store.close()
 
 
-def test_a_malformed_state_url_fails_at_start_without_echoing_it() -> None:
+async def test_a_malformed_state_url_fails_at_start_without_echoing_it() -> None:
+    # Async: the gateway is built inside a running loop, as its server builds it.
     with pytest.raises(ValueError) as err:
         Gateway(GatewayConfig(port=0, state_url="postgresql://vitrine:s3cret@db:5432/vitrine?sslmod=require"))
     assert "s3cret" not in str(err.value) and "state_url" in str(err.value)

@@ -22,7 +22,7 @@ from vitrine.contracts import Model, Tensor
 
 pytestmark = pytest.mark.slow
 
-CACHED = {Model.EMBED_TEXT.value, Model.EMBED_IMAGE.value, Model.RERANK.value}
+CACHED = {Model.EMBED_TEXT.value, Model.EMBED_IMAGE.value, Model.EMBED_MINILM.value, Model.RERANK.value}
 
 
 @pytest.fixture(scope="module")
