@@ -228,12 +228,17 @@ VARIANTS = {
 
 
 def parse_layout(text: str) -> tuple[Model, Layout]:
-    """``cross_encoder=2x1`` (instances x onnxruntime threads), ``...=1x2u``: the same without a batcher."""
+    """``cross_encoder=2x1`` (instances x onnxruntime threads), ``...=1x2u``: the same without a batcher,
+    ``...=2xa``: threads adapted to the load (every core alone, a share beside a busy sibling)."""
     try:
         name, shape = text.split("=")
         unbatched = shape.endswith("u")
-        instances, threads = (int(x) for x in shape.rstrip("u").split("x"))
-        return Model(name.strip()), Layout(instances, threads, batching=not unbatched)
+        count, threads = shape.rstrip("u").split("x")
+        adaptive = threads == "a"
+        layout = Layout(
+            int(count), 0 if adaptive else int(threads), batching=not unbatched, adaptive=adaptive
+        )
+        return Model(name.strip()), layout
     except ValueError as exc:
         raise argparse.ArgumentTypeError(
             f"layout {text!r}: expected MODEL=INSTANCESxTHREADS[u], e.g. cross_encoder=2x1 ({exc})"
@@ -366,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--layouts", type=parse_layout, nargs="*", default=[],
         help="extra variants, each the spec's batching with one model's CPU layout replaced: "
-        "MODEL=INSTANCESxTHREADS[u] (u: no batcher), e.g. cross_encoder=2x1 clip_text_encoder=1x2",
+        "MODEL=INSTANCESx(THREADS|a)[u] (u: no batcher, a: adaptive threads), "
+        "e.g. cross_encoder=2x1 clip_text_encoder=1x2",
     )  # fmt: skip
     parser.add_argument(
         "--precision", default=Precision.FP32.value, choices=[p.value for p in Precision],

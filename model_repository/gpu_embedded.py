@@ -47,8 +47,9 @@ def move_encoders_to_gpu(
         if spec.batching is not None and dynamic_batching:
             set_batching(config, spec.batching, Target.GPU, queue_delay_us)
         # Thread counts size CPU sessions; a CUDA session's work is on the device.
-        if "intra_op_threads" in config.parameters:
-            del config.parameters["intra_op_threads"]
+        for cpu_only in ("intra_op_threads", "adaptive_threads"):
+            if cpu_only in config.parameters:
+                del config.parameters[cpu_only]
         config.parameters[DEVICE_PARAMETER].string_value = "cuda"
         if torch_files and config.name in torch_files:
             config.parameters[TORCH_FILE_PARAMETER].string_value = torch_files[config.name]

@@ -56,13 +56,17 @@ class Layout:
     threads: int
     batching: bool = True
     """True: the spec's batcher, on the CPU too; False: none."""
+    adaptive: bool = False
+    """Every core for a lone request, a share while a sibling runs (``ModelSpec.adaptive_threads``);
+    ``threads`` is then unused."""
 
     def __post_init__(self) -> None:
         if self.instances < 1 or self.threads < 0:
             raise ValueError(f"a layout needs >= 1 instance and >= 0 threads, got {self}")
 
     def label(self) -> str:
-        return f"{self.instances}x{self.threads}" + ("" if self.batching else " unbatched")
+        threads = "adaptive" if self.adaptive else str(self.threads)
+        return f"{self.instances}x{threads}" + ("" if self.batching else " unbatched")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class RenderOptions:
             spec,
             instances={**spec.instances, Target.CPU: layout.instances},
             cpu_threads=layout.threads,
+            adaptive_threads=layout.adaptive,
             batching=replace(spec.batching, cpu=True) if layout.batching and spec.batching else None,
         )
 

@@ -6,8 +6,13 @@ group, split back per request, per-request errors) is unit-tested in-process.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +45,115 @@ def make_session(path: str | os.PathLike[str], threads: int = 0) -> ort.Inferenc
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class BusyBoard:
+    """Which instances of one model are computing right now, across the Python-backend stub processes.
+
+    Each instance holds an exclusive ``flock`` on a file of its own while it executes; another instance
+    is busy while a non-blocking shared lock on its file fails. The kernel drops a dead process's lock,
+    so a crashed instance never reads as busy; its file (named after its process id) is removed by the
+    next instance to start.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], name: str) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.iterdir():
+            if not _alive(stale.name.rsplit("-", 1)[-1]):
+                stale.unlink(missing_ok=True)
+        self.path = self.directory / f"{name}-{os.getpid()}"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._siblings: list[Path] = []
+        self._listed = 0
+
+    @classmethod
+    def for_model(cls, model_dir: str | os.PathLike[str], instance: str) -> BusyBoard:
+        """The board every instance of the model served from ``model_dir`` shares (all its versions)."""
+        key = hashlib.sha1(str(Path(model_dir).resolve()).encode()).hexdigest()[:16]
+        return cls(Path(tempfile.gettempdir()) / "vitrine-busy" / key, instance)
+
+    def others_busy(self) -> bool:
+        now = time.monotonic_ns()
+        if now - self._listed > 1_000_000_000:  # siblings start and stop rarely: list them once a second
+            self._siblings = [p for p in self.directory.iterdir() if p != self.path]
+            self._listed = now
+        return any(_held(p) for p in self._siblings)
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def _alive(pid: str) -> bool:
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
+
+
+def _held(path: Path) -> bool:
+    """True when another process holds a lock on ``path`` (a missing file is not held)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class AdaptiveSession:
+    """A CPU session whose thread budget follows the load on its model's instances.
+
+    A request that runs alone gets every core (``wide``); once this instance has seen a sibling instance
+    computing at the same time as itself, it runs on ``narrow`` (the cores divided among the instances)
+    until ``memory_ns`` pass without seeing that again. Under concurrent load the instances therefore
+    stay narrow through the short gaps between their requests, and busy intra-op threads never outnumber
+    the cores; requests that follow one another (even on alternating instances) never overlap, so they
+    keep every core. Two sessions of one graph cost its weights twice in memory.
+
+    The caller holds :meth:`executing` around a whole request set; each :meth:`run` inside chooses
+    afresh, so a long request adapts between its sub-batches.
+    """
+
+    def __init__(
+        self, wide: Session, narrow: Session, board: BusyBoard, memory_ns: int = 250_000_000
+    ) -> None:
+        self.wide, self.narrow, self.board = wide, narrow, board
+        self.memory_ns = memory_ns
+        self._shared_until = 0
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], instances: int, board: BusyBoard, cores: int = 0
+    ) -> AdaptiveSession:
+        cores = cores or available_cores()
+        narrow_threads = max(1, cores // max(1, instances))
+        return cls(make_session(path, cores), make_session(path, narrow_threads), board)
+
+    def _shared(self) -> bool:
+        now = time.monotonic_ns()
+        if self.board.others_busy():
+            self._shared_until = now + self.memory_ns
+        return now < self._shared_until
+
+    @contextmanager
+    def executing(self) -> Iterator[None]:
+        with self.board.running():
+            try:
+                yield
+            finally:
+                self._shared()  # a sibling still computing as this set ends counts as overlap too
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> Sequence[Any]:
+        session = self.narrow if self._shared() else self.wide
+        return session.run(output_names, input_feed)
 
 
 class DeviceUnavailable(RuntimeError):

@@ -11,13 +11,12 @@ Batching choices (measured by ``python -m benchmarks.triton``, see docs/BENCHMAR
 
 * Encoders batch dynamically with preferred sizes; text is padded to ``CLIP_TEXT_BUCKETS`` by the
   tokenizer so requests of similar length share a shape (Triton only batches equal shapes).
-* CPU queue delays (docs/BENCHMARKS.md, text embedding, 2 vCPU): the CLIP text encoder waits 2 ms,
-  chosen at an earlier layout where it gave 1.6-1.9x the throughput of no delay at concurrency 32. At the
-  current layout (two 2-thread instances) the report measures 1.15x at concurrency 8, 0.91x at 32 and
-  2.3 ms more p50 at concurrency 1: re-measure before changing it. The image and cross-encoder queues
-  wait 0: one image or one rerank request already costs 60-430 ms of compute, a batch of 8 is only
-  1.1-1.3x cheaper per item, and a delay showed no consistent gain in three runs, while the queue fills
-  anyway when the instance is busy.
+* CPU queue delays are 0 everywhere (docs/BENCHMARKS.md, "Latency at the floor"): a delay is paid in
+  full by every lone request, while under load requests queue behind the busy instances and leave as
+  one batch without it (the text encoder: 150 vs 148 req/s at concurrency 8 with and without 2 ms, and
+  a lone query 1.55x vs 1.27x the in-process floor).
+* CPU encoders adapt their threads to the load (``adaptive_threads``): every core for a request that
+  runs alone, the cores divided among the instances while they overlap.
   GPU delays (1-2 ms) are a starting point, not a measurement: there a batch of 32 costs little more
   than one, so waiting pays; re-measure on the GPU host.
 * Every batching model has a bounded queue (``max_queue_size``) with ``REJECT``: overload is refused
@@ -108,6 +107,10 @@ class ModelSpec:
     instances: dict[Target, int] = field(default_factory=lambda: {Target.CPU: 1, Target.GPU: 1})
     cpu_threads: int = 0
     """onnxruntime intra-op threads per CPU instance of an encoder (0: every core)."""
+    adaptive_threads: bool = False
+    """CPU target: each instance runs a request on every core while no sibling instance computes, and on
+    the cores divided among the instances while one does (``runtime.AdaptiveSession``): a lone request
+    uses the whole machine, concurrent ones never put more busy threads than cores on it."""
     source: str | None = None  # Python-backend source under model_repository/backends/
     artifact: str | None = None  # directory of the artifacts holding this model's files
     files: tuple[str, ...] = ()  # artifact files placed next to model.py (tokenizers)
@@ -182,17 +185,20 @@ SPECS: tuple[ModelSpec, ...] = (
         inputs=(Io(T.INPUT_IDS, "TYPE_INT64", (-1,)), Io(T.EOT_INDEX, "TYPE_INT64", (1,))),
         outputs=(Io(T.EMBEDDING, "TYPE_FP32", (EMBED_DIM,)),),
         max_batch_size=64,
+        # CPU: no queue delay. A 2 ms delay cost every lone query 2 ms (served p50 1.55x the in-process
+        # floor against 1.27x without it) and bought nothing at concurrency 8 (150 vs 148 req/s): requests
+        # queue while both instances compute and leave as one batch anyway (docs/BENCHMARKS.md, "Latency
+        # at the floor").
         batching=Batching(
-            preferred=(8, 16, 32, 64), max_queue_delay_us=2_000, max_queue_size=256, gpu_queue_delay_us=1_000
+            preferred=(8, 16, 32, 64), max_queue_delay_us=0, max_queue_size=256, gpu_queue_delay_us=1_000
         ),
         artifact="clip_text_encoder",
         versioned=True,
         # Two instances (one alone behind the batcher left requests queued ~0.5 s after it was free:
-        # traced), each with two threads: a lone query uses both cores (c=1 p50 14.6 vs 19.6 ms with one
-        # thread each) and under load the two share them (c=8 151 vs 127 req/s); docs/BENCHMARKS.md,
-        # "The 0.5 s stall, traced".
+        # traced), threads adapted to the load: a lone query on every core, concurrent ones on a core
+        # each (``adaptive_threads``).
         instances={Target.CPU: 2, Target.GPU: 1},
-        cpu_threads=2,
+        adaptive_threads=True,
     ),
     ModelSpec(
         **_public(EMBED_TEXT_IO),  # type: ignore[arg-type]
@@ -231,12 +237,13 @@ SPECS: tuple[ModelSpec, ...] = (
         ),
         artifact="clip_image_encoder",
         versioned=True,
-        # CPU: two instances of two threads each, no batcher. Behind the batcher one 2-thread instance
-        # served *fewer* images/s at concurrency 8 than at 1 (10.7-11.8 vs 13.3-13.6); unbatched 2x2 keeps
-        # the lone photo on both cores (c=1 p50 72 ms either way) and serves 14.4/s at c=8, p95 599 vs
-        # 1,197 ms (docs/BENCHMARKS.md, "Images: the encoder's layout"). The GPU keeps its batcher.
+        # CPU: two instances, no batcher, threads adapted to the load. Behind the batcher one 2-thread
+        # instance served *fewer* images/s at concurrency 8 than at 1; two unbatched instances of two
+        # threads each kept a lone photo on both cores but oversubscribed them under load (0.76-0.85x the
+        # in-process floor at c=8); adapted, a lone photo still gets both cores and concurrent ones a core
+        # each (0.95x at c=8; docs/BENCHMARKS.md, "Latency at the floor"). The GPU keeps its batcher.
         instances={Target.CPU: 2, Target.GPU: 1},
-        cpu_threads=2,
+        adaptive_threads=True,
     ),
     ModelSpec(
         **_public(EMBED_IMAGE_IO),  # type: ignore[arg-type]
@@ -268,15 +275,15 @@ SPECS: tuple[ModelSpec, ...] = (
         inputs=(Io(T.INPUT_IDS, "TYPE_INT64", (-1,)), Io(T.ATTENTION_MASK, "TYPE_INT64", (-1,))),
         outputs=(Io(T.EMBEDDING, "TYPE_FP32", (MINILM_DIM,)),),
         max_batch_size=64,
-        # The CLIP text encoder's measured batching, not re-measured for this tower: MiniLM-L6 reads
-        # ~90 MB of weights per forward against CLIP text's ~250 MB, so it is the cheaper of the two.
+        # The CLIP text encoder's batching and thread layout: MiniLM-L6 reads ~90 MB of weights per
+        # forward against CLIP text's ~250 MB, so it is the cheaper of the two.
         batching=Batching(
-            preferred=(8, 16, 32, 64), max_queue_delay_us=2_000, max_queue_size=256, gpu_queue_delay_us=1_000
+            preferred=(8, 16, 32, 64), max_queue_delay_us=0, max_queue_size=256, gpu_queue_delay_us=1_000
         ),
         artifact="minilm_encoder",
         # Not ``versioned``: the catalog adapters are CLIP's; the minilm space follows this model alone.
         instances={Target.CPU: 2, Target.GPU: 1},
-        cpu_threads=1,
+        adaptive_threads=True,
     ),
     ModelSpec(
         **_public(EMBED_MINILM_IO),  # type: ignore[arg-type]
@@ -329,12 +336,13 @@ SPECS: tuple[ModelSpec, ...] = (
         ),
         artifact="cross_encoder",
         versioned=True,  # a cross-encoder trained on the catalog (``vitrine adapt``) is served as version 2
-        # CPU: two single-threaded instances. Two 1-thread sessions on two cores re-rank ~14% more pairs
-        # per second than one 2-thread session, and the gateway splits each re-rank in two halves
-        # (``PipelineSettings.rerank_parts``), so one request still uses both cores (docs/BENCHMARKS.md,
-        # "Re-ranking layout").
+        # CPU: two instances, threads adapted to the load. Single-threaded instances served concurrent
+        # re-ranks at the floor but left a lone request on one core (served 1.8x the floor's p50); two
+        # threads each served a lone one at the floor but lost 14% at c=8. Adapted: 1.04x the floor's
+        # p50 at c=1, 0.98x its throughput at c=8 (docs/BENCHMARKS.md, "Latency at the floor"). The
+        # gateway's halves (``PipelineSettings.rerank_parts``) still let one search use both instances.
         instances={Target.CPU: 2, Target.GPU: 1},
-        cpu_threads=1,
+        adaptive_threads=True,
         # Pairs run length-sorted, 16 at a time, each sub-batch padded to its own bucket: short pairs stop
         # paying for a long neighbour's padding (docs/BENCHMARKS.md, "Re-ranking at the floor").
         parameters={"length_sorted_rows": "16"},
@@ -436,7 +444,9 @@ def render_config(
         config.response_cache.enable = True
     config.input.extend(_io_message(io, mc.ModelInput) for io in spec.inputs)
     config.output.extend(_io_message(io, mc.ModelOutput) for io in spec.outputs)
-    if target is Target.CPU and spec.role is Role.ENCODER and spec.cpu_threads:
+    if target is Target.CPU and spec.role is Role.ENCODER and spec.adaptive_threads:
+        config.parameters["adaptive_threads"].string_value = "1"
+    elif target is Target.CPU and spec.role is Role.ENCODER and spec.cpu_threads:
         config.parameters["intra_op_threads"].string_value = str(spec.cpu_threads)
     for key, value in {**spec.parameters, **(parameters or {})}.items():
         config.parameters[key].string_value = value

@@ -98,22 +98,27 @@ def test_preprocessing_runs_in_python_on_cpu_for_both_targets(rendered):
                 assert (repo / spec.model.value / "1" / name).is_file()
 
 
-def test_cpu_encoders_run_two_instances(rendered):
+def test_cpu_encoders_run_two_instances_with_adaptive_threads(rendered):
     target, _, configs = rendered
     layouts = (
-        (Model.CLIP_TEXT_ENCODER, "2", True),
-        (Model.CLIP_IMAGE_ENCODER, "2", False),
-        (Model.CROSS_ENCODER, "1", False),
+        (Model.CLIP_TEXT_ENCODER, True),
+        (Model.MINILM_ENCODER, True),
+        (Model.CLIP_IMAGE_ENCODER, False),
+        (Model.CROSS_ENCODER, False),
     )
-    for model, threads, cpu_batcher in layouts:
+    for model, cpu_batcher in layouts:
         config = configs[model.value]
         if target is Target.CPU:
             assert [g.count for g in config.instance_group] == [2], model
-            assert config.parameters["intra_op_threads"].string_value == threads, model
+            assert config.parameters["adaptive_threads"].string_value == "1", model
+            assert "intra_op_threads" not in config.parameters, model
             assert config.HasField("dynamic_batching") is cpu_batcher, model
+            if cpu_batcher:  # a delay is paid by every lone request; the queue batches under load anyway
+                assert config.dynamic_batching.max_queue_delay_microseconds == 0, model
         else:
             assert [g.count for g in config.instance_group] == [1], model
             assert "intra_op_threads" not in config.parameters, model
+            assert "adaptive_threads" not in config.parameters, model
             assert config.HasField("dynamic_batching"), model  # merging pays on a GPU
 
 

@@ -39,6 +39,7 @@ def test_gpu_embedded_is_the_cpu_rendering_with_encoders_on_the_gpu(
             assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
             assert config.parameters["device"].string_value == "cuda"
             assert "intra_op_threads" not in config.parameters
+            assert "adaptive_threads" not in config.parameters
             assert config.parameters["onnx_file"].string_value == "model.onnx"
             # GPU batching even where the CPU rendering has none (the cross-encoder): merging pays there.
             assert config.HasField("dynamic_batching"), name
