@@ -33,6 +33,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 from gateway.errors import InvalidInput, NotFound
+from gateway.product_vectors import product_vectors, version_vectors
 from gateway.text_match import LEXICAL_QUERY_CHARS, QUERY_TEXT, SENTENCE_VECTOR, TextWeights, servable_spaces
 from gateway.timing import Deadline, Timer
 from gateway.types import (
@@ -59,7 +60,7 @@ from gateway.types import (
 from vitrine.catalog import Product
 from vitrine.contracts import BASE_VERSION, MAX_TEXT_CHARS
 from vitrine.filters import FieldFilter, FilterError, check_filters
-from vitrine.items import IMAGE, MINILM, TITLE, encoder_space, sentence_text
+from vitrine.items import IMAGE, TITLE, encoder_space
 
 T = TypeVar("T")
 
@@ -430,30 +431,15 @@ class Pipeline:
             except InvalidInput as exc:
                 errors[i] = exc
         todo = [i for i, e in enumerate(errors) if e is None]
-        # Every image and title of the batch at once: Triton's dynamic batcher turns them into batches.
+        # The batch's photos and titles in few requests, all at once (``gateway.product_vectors``).
         budget = deadline.remaining()
-        embedded = await asyncio.gather(
-            *(self.embedder.embed_image(items[i][1], budget) for i in todo),
-            *(self.embedder.embed_text(items[i][0].title, budget) for i in todo),
-            *(self.sentence.embed_minilm(sentence_text(items[i][0]), budget) for i in todo if self.sentence),
-            return_exceptions=True,
-        )
-        n = len(todo)
-        image_vecs, title_vecs, sentence_vecs = embedded[:n], embedded[n : 2 * n], embedded[2 * n :]
+        embedded = await product_vectors(self.embedder, self.sentence, [items[i] for i in todo], budget)
         records: list[tuple[int, Record]] = []
-        for j, i in enumerate(todo):
-            results = (image_vecs[j], title_vecs[j], *sentence_vecs[j : j + 1])
-            for res in results:
-                if isinstance(res, BaseException) and not isinstance(res, InvalidInput):
-                    raise res
-            failed = next((res for res in results if isinstance(res, BaseException)), None)
-            if failed is not None:
-                errors[i] = InvalidInput(f"product {items[i][0].id!r}: {failed}")
-                continue
-            vectors: dict[str, np.ndarray] = {IMAGE: results[0], TITLE: results[1][0]}
-            if len(results) > 2:
-                vectors[MINILM] = results[2][0]
-            records.append((i, Record(items[i][0], vectors)))
+        for i, vectors in zip(todo, embedded, strict=True):
+            if isinstance(vectors, InvalidInput):
+                errors[i] = vectors
+            else:
+                records.append((i, Record(items[i][0], vectors)))
         serving = self.serving
         # Besides the base spaces (required, and rollback's): the served version's spaces after a rollout,
         # and a version being rolled out, so a product ingested now is found by either.
@@ -462,13 +448,10 @@ class Pipeline:
             versions.setdefault(serving.pending_version, serving.pending_embedder)
         versions.pop(BASE_VERSION, None)
         for version, embedder in versions.items() if records else ():
-            extra = await asyncio.gather(
-                *(embedder.embed_image(items[i][1], budget) for i, _ in records),
-                *(embedder.embed_text(items[i][0].title, budget) for i, _ in records),
-            )
-            for k, (_, rec) in enumerate(records):
-                rec.vectors[encoder_space(IMAGE, version)] = extra[k]
-                rec.vectors[encoder_space(TITLE, version)] = extra[len(records) + k][0]
+            extra = await version_vectors(embedder, [items[i] for i, _ in records], budget)
+            for (_, rec), (image_vector, title_vector) in zip(records, extra, strict=True):
+                rec.vectors[encoder_space(IMAGE, version)] = image_vector
+                rec.vectors[encoder_space(TITLE, version)] = title_vector
         # Upsert is by id: of several items with one id, the last embedded one is what a stream of
         # separate writes would leave, so only it is written (the index refuses a batch repeating an id).
         last = {rec.product.id: (i, rec) for i, rec in records}

@@ -103,10 +103,12 @@ class TritonModels:
         timeout: float | None,
         version: str = "",
         model: str = "",
+        rows: bool = False,
     ) -> dict[Tensor, np.ndarray]:
         """One request built from the ensemble's contract (batch axis and dtypes are declared, not probed);
-        ``model`` names a pinned ensemble of the same contract (``vitrine.contracts.ensemble_name``)."""
-        inputs = triton_request.inputs(io, values)
+        ``model`` names a pinned ensemble of the same contract (``vitrine.contracts.ensemble_name``);
+        ``rows``: ``values`` hold several items, one row each, sent as one batch."""
+        inputs = triton_request.inputs(io, values, rows)
         outputs = triton_request.outputs(io)
         name = model or io.model.value
 
@@ -118,7 +120,7 @@ class TritonModels:
         result = await self._call(infer, timeout)
         out = {}
         for o in io.outputs:
-            arr = triton_request.output(io, result, o)
+            arr = triton_request.output(io, result, o, rows)
             if arr is None:
                 raise from_dependency(
                     Dependency.TRITON, RuntimeError(f"{io.model.value} returned no {o.value}")
@@ -184,6 +186,30 @@ class TritonModels:
         )
         return res[Tensor.EMBEDDING].astype(np.float32).reshape(EMBED_DIM)
 
+    async def embed_texts(
+        self, texts: Sequence[str], timeout: float | None, version: int = BASE_VERSION
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Several texts in one request (bulk ingest): their embeddings, one row each, and truncation."""
+        name = ensemble_name(EMBED_TEXT_IO.model, version)
+        res = await self._infer(EMBED_TEXT_IO, {Tensor.TEXT: list(texts)}, timeout, model=name, rows=True)
+        n = len(texts)
+        return res[Tensor.EMBEDDING].astype(np.float32).reshape(n, EMBED_DIM), _flags(res, n)
+
+    async def embed_minilms(
+        self, texts: Sequence[str], timeout: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        res = await self._infer(EMBED_MINILM_IO, {Tensor.TEXT: list(texts)}, timeout, rows=True)
+        n = len(texts)
+        return res[Tensor.EMBEDDING].astype(np.float32).reshape(n, MINILM_DIM), _flags(res, n)
+
+    async def embed_images(
+        self, images: Sequence[bytes], timeout: float | None, version: int = BASE_VERSION
+    ) -> np.ndarray:
+        """Several photos in one request (bulk ingest); one bad photo fails the whole request."""
+        name = ensemble_name(EMBED_IMAGE_IO.model, version)
+        res = await self._infer(EMBED_IMAGE_IO, {Tensor.IMAGE: list(images)}, timeout, model=name, rows=True)
+        return res[Tensor.EMBEDDING].astype(np.float32).reshape(len(images), EMBED_DIM)
+
     async def rerank(
         self, query: str, passages: Sequence[str], timeout: float | None, version: int = BASE_VERSION
     ) -> np.ndarray:
@@ -228,6 +254,10 @@ class TritonModels:
         return res[Tensor.USER_EMBEDDING].astype(np.float32).reshape(REC_DIM)
 
 
+def _flags(res: dict[Tensor, np.ndarray], n: int) -> np.ndarray:
+    return res[Tensor.TRUNCATED].astype(bool).reshape(n)
+
+
 def _connect(address: str) -> Any:
     from tritonclient.grpc import aio as triton_aio
 
@@ -263,6 +293,12 @@ class PinnedEmbedder:
 
     async def embed_image(self, image: bytes, timeout: float | None) -> np.ndarray:
         return await self.models.embed_image(image, timeout, self.version)
+
+    async def embed_texts(self, texts: Sequence[str], timeout: float | None) -> tuple[np.ndarray, np.ndarray]:
+        return await self.models.embed_texts(texts, timeout, self.version)
+
+    async def embed_images(self, images: Sequence[bytes], timeout: float | None) -> np.ndarray:
+        return await self.models.embed_images(images, timeout, self.version)
 
 
 class PinnedReranker:

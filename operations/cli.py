@@ -46,7 +46,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from operations.client import ingest
 
-    summary = ingest(_connection(args), args.catalog, batch=args.batch, progress=not args.quiet)
+    summary = ingest(
+        _connection(args), args.catalog, batch=args.batch, progress=not args.quiet, streams=args.streams
+    )
     print(summary.render())
     return 1 if summary.error or (summary.rows and not summary.upserted) else 0
 
@@ -213,6 +215,7 @@ def cmd_recommend_show(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from operations.client import STREAMS
     from operations.stack import ENV_PREFIX, StackConfig
 
     parser = argparse.ArgumentParser(prog="vitrine", description=__doc__)
@@ -233,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="load a catalog (JSONL or CSV) through the gateway; upsert by id")
     ing.add_argument("catalog", help="catalog file")
     ing.add_argument("--batch", type=int, default=32, help="products per upsert stream")
+    ing.add_argument(
+        "--streams", type=int, default=STREAMS, help="upsert streams in flight at once (default: %(default)s)"
+    )
     ing.add_argument("--quiet", action="store_true", help="no progress bar")
     _connection_args(ing)
     ing.set_defaults(func=cmd_ingest)

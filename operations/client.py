@@ -7,8 +7,13 @@ the client's disk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -54,9 +59,19 @@ class IngestSummary:
     bad: list[BadRow] = field(default_factory=list)
     error: str = ""
     """Why ingestion stopped early (the gateway or a dependency failed); empty when it ran to the end."""
+    seconds: float = 0.0
+    """Wall time from the first row read to the last batch settled."""
+
+    @property
+    def rate(self) -> float:
+        """Products stored per second of ``seconds``."""
+        return self.upserted / self.seconds if self.seconds > 0 else 0.0
 
     def render(self) -> str:
-        lines = [f"ingested {self.upserted} of {self.rows} rows; {len(self.bad)} bad rows"]
+        lines = [
+            f"ingested {self.upserted} of {self.rows} rows; {len(self.bad)} bad rows "
+            f"in {self.seconds:.1f} s ({self.rate:.1f} products/s)"
+        ]
         if self.error:
             lines.insert(
                 0, f"ingestion stopped: {self.error}; re-run to resume (upserts by id are idempotent)"
@@ -68,10 +83,15 @@ class IngestSummary:
         return "\n".join(lines)
 
 
-def _batches(
-    items: Iterator[tuple[int, Product | BadRow]], size: int
-) -> Iterator[list[tuple[int, Product | BadRow]]]:
-    batch: list[tuple[int, Product | BadRow]] = []
+CatalogRow = tuple[int, Product | BadRow]
+
+STREAMS = 3
+"""Upsert streams in flight at once: while the gateway embeds one batch, the next is already on its way
+and a third waits in Triton's queues, so the image encoder never idles between batches."""
+
+
+def _batches(items: Iterable[CatalogRow], size: int) -> Iterator[list[CatalogRow]]:
+    batch: list[CatalogRow] = []
     for item in items:
         batch.append(item)
         if len(batch) >= size:
@@ -81,56 +101,132 @@ def _batches(
         yield batch
 
 
+@dataclass
+class _Batch:
+    """One upsert stream's worth of rows: the messages to send, the catalog line of each, and the rows
+    refused before sending (no image on disk)."""
+
+    rows: int
+    messages: list[pb.UpsertProductsRequest] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    bad: list[BadRow] = field(default_factory=list)
+
+    @property
+    def ids(self) -> set[str]:
+        return {m.product.id for m in self.messages}
+
+
+def _read_batch(rows: list[CatalogRow], root: Path) -> _Batch:
+    out = _Batch(len(rows))
+    for line, row in rows:
+        if isinstance(row, BadRow):
+            out.bad.append(row)
+            continue
+        path = resolve_image(row, root)
+        if path is None:
+            out.bad.append(BadRow(line, row.id, f"missing image (no local path: {row.image_uri!r})"))
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            out.bad.append(BadRow(line, row.id, f"missing image {row.image_uri!r}: {exc.strerror}"))
+            continue
+        out.messages.append(pb.UpsertProductsRequest(product=product_to_pb(row), image_bytes=data))
+        out.lines.append(line)
+    return out
+
+
+def _may_send(summary: IngestSummary, in_flight: Counter[str], ids: set[str]) -> bool:
+    """A batch goes once no earlier batch in flight holds one of its ids (or ingestion has stopped)."""
+    return bool(summary.error) or not any(in_flight[i] for i in ids)
+
+
+def count_rows(catalog: Path) -> int:
+    with catalog.open(encoding="utf-8") as fh:
+        total = sum(1 for line in fh if line.strip())
+    return max(total - 1, 0) if catalog.suffix.lower() == ".csv" else total
+
+
 def ingest(
-    conn: Connection, catalog: str | Path, batch: int = 64, progress: bool = True, timeout: float = 600.0
+    conn: Connection,
+    catalog: str | Path,
+    batch: int = 32,
+    progress: bool = True,
+    timeout: float = 600.0,
+    streams: int = STREAMS,
+    rows: Iterable[CatalogRow] | None = None,
+    on_batch: Callable[[IngestSummary], None] | None = None,
 ) -> IngestSummary:
-    """Upsert every row by id (re-running is harmless); bad rows are collected, never fatal."""
+    """Upsert every row by id (re-running is harmless); bad rows are collected, never fatal.
+
+    Batches of ``batch`` rows go as separate upsert streams, up to ``streams`` in flight, while the next
+    batch's images are read. A batch holding an id that an earlier batch still in flight holds waits for
+    it, so of several rows with one id the last one is stored, as with one stream at a time. ``rows``:
+    the catalog's rows as they become ready (default: read from ``catalog``; image paths resolve against
+    its directory either way). ``on_batch`` is called with the summary after each batch settles."""
     from tqdm import tqdm
 
     catalog = Path(catalog)
-    with catalog.open(encoding="utf-8") as fh:
-        total = sum(1 for line in fh if line.strip())
-    if catalog.suffix.lower() == ".csv":
-        total = max(total - 1, 0)
     summary = IngestSummary()
+    lock = threading.Condition()
+    in_flight: Counter[str] = Counter()
+    slots = threading.Semaphore(streams + 1)  # the senders' batches and one read ahead
+    t0 = time.monotonic()
+
+    def settle(done: _Batch, resp: pb.UpsertProductsResponse | None, error: str) -> None:
+        with lock:
+            summary.rows += done.rows
+            summary.bad.extend(done.bad)
+            if resp is not None:
+                summary.upserted += resp.upserted
+                summary.bad.extend(
+                    BadRow(done.lines[e.index], e.id, f"{e.code}: {e.message}") for e in resp.errors
+                )
+            summary.error = summary.error or error
+            in_flight.subtract(done.ids)
+            summary.seconds = time.monotonic() - t0
+            bar.update(done.rows)
+            if on_batch is not None:
+                on_batch(summary)
+            lock.notify_all()
+
+    def send(done: _Batch) -> None:
+        try:
+            if summary.error:
+                with lock:
+                    in_flight.subtract(done.ids)
+                    lock.notify_all()
+                return
+            try:
+                resp = stub.UpsertProducts(iter(done.messages), timeout=timeout, metadata=conn.metadata())
+            except grpc.RpcError as exc:
+                settle(done, None, f"{exc.code().name}: {exc.details()}")
+            else:
+                settle(done, resp, "")
+        finally:
+            slots.release()
+
     with (
         conn.channel() as channel,
-        tqdm(total=total, desc="ingest", unit="product", disable=not progress) as bar,
+        tqdm(total=count_rows(catalog), desc="ingest", unit="product", disable=not progress) as bar,
+        ThreadPoolExecutor(max(1, streams), thread_name_prefix="ingest") as pool,
     ):
         stub = pb_grpc.ProductSearchStub(channel)
-        for rows in _batches(iter_catalog(catalog), batch):
-            messages: list[pb.UpsertProductsRequest] = []
-            lines: list[int] = []
-            for line, row in rows:
-                summary.rows += 1
-                if isinstance(row, BadRow):
-                    summary.bad.append(row)
-                    continue
-                path = resolve_image(row, catalog.parent)
-                if path is None:
-                    summary.bad.append(
-                        BadRow(line, row.id, f"missing image (no local path: {row.image_uri!r})")
-                    )
-                    continue
-                try:
-                    data = path.read_bytes()
-                except OSError as exc:
-                    summary.bad.append(
-                        BadRow(line, row.id, f"missing image {row.image_uri!r}: {exc.strerror}")
-                    )
-                    continue
-                messages.append(pb.UpsertProductsRequest(product=product_to_pb(row), image_bytes=data))
-                lines.append(line)
-            if messages:
-                try:
-                    resp = stub.UpsertProducts(iter(messages), timeout=timeout, metadata=conn.metadata())
-                except grpc.RpcError as exc:
-                    summary.error = f"{exc.code().name}: {exc.details()}"
-                    break
-                summary.upserted += resp.upserted
-                for err in resp.errors:
-                    summary.bad.append(BadRow(lines[err.index], err.id, f"{err.code}: {err.message}"))
-            bar.update(len(rows))
+        for chunk in _batches(iter_catalog(catalog) if rows is None else rows, batch):
+            if summary.error:
+                break
+            done = _read_batch(chunk, catalog.parent)
+            if not done.messages:
+                settle(done, None, "")
+                continue
+            slots.acquire()
+            with lock:
+                lock.wait_for(partial(_may_send, summary, in_flight, done.ids))
+                in_flight.update(done.ids)
+            pool.submit(send, done)
+        pool.shutdown(wait=True)
+    summary.bad.sort(key=lambda b: b.line)
+    summary.seconds = time.monotonic() - t0
     return summary
 
 
