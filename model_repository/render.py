@@ -20,7 +20,9 @@ from typing import Any
 from model_repository.spec import (
     ENCODER_SOURCE,
     ONNX_FILE,
+    SPEC_BY_MODEL,
     SPECS,
+    TOKENIZER_FILE,
     VERSION,
     ModelSpec,
     Role,
@@ -289,6 +291,10 @@ def render_repository(artifacts: Path, out: Path, options: RenderOptions | None 
             if options.target is Target.CPU:
                 shutil.copyfile(BACKENDS / ENCODER_SOURCE, version_dir / "model.py")
                 params["onnx_file"] = ONNX_FILE
+                if spec.tokenizes is not None:  # one tokenizer for every version, beside them
+                    tokenizer = SPEC_BY_MODEL[spec.tokenizes]
+                    assert tokenizer.artifact is not None
+                    _place(artifacts / tokenizer.artifact / TOKENIZER_FILE, model_dir / TOKENIZER_FILE)
             for v in adapted.get(spec.model, []):
                 _place(
                     artifacts / ADAPTED_DIR / str(v) / spec.model.value / ONNX_FILE,

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from model_repository.preprocess import InputError
 from model_repository.runtime import (
     AdaptiveSession,
     BusyBoard,
@@ -27,15 +29,24 @@ from model_repository.runtime import (
     make_session,
     run_batched,
 )
-from vitrine.contracts import Tensor
+from model_repository.text_feeds import TextFeeds
+from vitrine.contracts import Model, Tensor
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.inputs = [i["name"] for i in config["input"]]
-        self.outputs = [o["name"] for o in config["output"]]
+        # With ``tokenizer`` (the CPU target's text encoders) a request may bring TEXT instead of tokens:
+        # this model then does the tokenizer model's work itself and also answers TRUNCATED.
+        self.text: TextFeeds | None = None
+        if "tokenizer" in params:
+            tokenizer_json = os.path.join(args["model_repository"], params["tokenizer_file"])
+            self.text = TextFeeds.for_model(Model(params["tokenizer"]), Path(tokenizer_json))
+        extra = {Tensor.TEXT.value, Tensor.TRUNCATED.value} if self.text else set()
+        self.inputs = [i["name"] for i in config["input"] if i["name"] not in extra]
+        self.outputs = [o["name"] for o in config["output"] if o["name"] not in extra]
+        self.logger = pb_utils.Logger
         path = os.path.join(args["model_repository"], args["model_version"], params["onnx_file"])
         self.session: Session
         if params.get("device") == "cuda":  # the gpu-embedded target (model_repository.gpu_embedded)
@@ -55,19 +66,46 @@ class TritonPythonModel:
         # Set on the cross-encoder: its pairs run in length-sorted sub-batches of this many rows.
         self.sorting = LengthSorting(Tensor.ATTENTION_MASK.value, rows) if rows > 0 else None
 
+    def _feed(self, request: Any) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """A request's graph inputs, and TRUNCATED when it brought TEXT (raises ``InputError``)."""
+        text = pb_utils.get_input_tensor_by_name(request, Tensor.TEXT.value) if self.text else None
+        if text is None or self.text is None:
+            return {
+                name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs
+            }, None
+        tokens = self.text(text.as_numpy())
+        if (note := tokens.truncation_note(self.text.context)) is not None:
+            self.logger.log_info(note)
+        return tokens.feed, tokens.truncated
+
     def execute(self, requests: list[Any]) -> list[Any]:
-        feeds = [
-            {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs}
-            for r in requests
-        ]
+        feeds: list[dict[str, np.ndarray]] = []
+        truncated: list[np.ndarray | None] = []
+        refused: dict[int, str] = {}
+        for i, request in enumerate(requests):
+            try:
+                feed, cut = self._feed(request)
+            except InputError as exc:
+                refused[i] = str(exc)
+                continue
+            feeds.append(feed)
+            truncated.append(cut)
         with self.session.executing() if isinstance(self.session, AdaptiveSession) else nullcontext():
-            results = run_batched(self.session, feeds, self.outputs, self.sorting)
+            results = iter(run_batched(self.session, feeds, self.outputs, self.sorting))
+        cuts = iter(truncated)
         responses = []
-        for result in results:
+        for i in range(len(requests)):
+            if i in refused:
+                error = pb_utils.TritonError(refused[i], pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                continue
+            result, cut = next(results), next(cuts)
             if result.outputs is None:
                 error = pb_utils.TritonError(result.error, pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
             tensors = [pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in result.outputs.items()]
+            if cut is not None:
+                tensors.append(pb_utils.Tensor(Tensor.TRUNCATED.value, cut))
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
