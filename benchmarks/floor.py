@@ -214,13 +214,13 @@ class Floor:
 async def served(
     url: str, workload: Workload, inputs: Inputs, concurrency: int, total: int
 ) -> tuple[list[float], int, float]:
-    """``total`` requests over ``concurrency`` closed-loop workers on one server (after two to warm up)."""
+    """``total`` requests over ``concurrency`` closed-loop workers on one server (after two, one at a time, to warm up)."""
     async with grpcclient.InferenceServerClient(url) as client:
 
         async def send(i: int) -> object:
             return await client.infer(workload.model.value, request(inputs, workload, i), client_timeout=900)
 
-        await closed_loop(send, 2, 2)
+        await closed_loop(send, 1, 2)  # one at a time: overlap would put adaptive instances on a share
         return await closed_loop(send, concurrency, total)
 
 

@@ -127,6 +127,9 @@ def triton_command(
         f"--backend-directory={prepare_backends(backends)}",
         f"--cache-directory={triton_home() / 'caches'}",  # the wheel's local response cache, when configured
         *triton_flags(endpoints, verbose),
+        # Honours the instance priorities the CPU rendering gives encoders (``spec.render_config``): a lone
+        # request goes to the warm first instance, the second takes work only while the first is busy.
+        "--rate-limit=execution_count",
         *extra_args,
     ]
 

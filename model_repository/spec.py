@@ -107,6 +107,10 @@ class ModelSpec:
     instances: dict[Target, int] = field(default_factory=lambda: {Target.CPU: 1, Target.GPU: 1})
     cpu_threads: int = 0
     """onnxruntime intra-op threads per CPU instance of an encoder (0: every core)."""
+    tokenizes: Model | None = None
+    """CPU target: this encoder also takes TEXT and does the work of this tokenizer model itself
+    (``model_repository.text_feeds``), and its ensemble runs it as one step instead of two: a lone query
+    crosses one Python-backend hop, not two. Other targets keep the two steps."""
     adaptive_threads: bool = False
     """CPU target: each instance runs a request on every core while no sibling instance computes, and on
     the cores divided among the instances while one does (``runtime.AdaptiveSession``): a lone request
@@ -199,6 +203,7 @@ SPECS: tuple[ModelSpec, ...] = (
         # each (``adaptive_threads``).
         instances={Target.CPU: 2, Target.GPU: 1},
         adaptive_threads=True,
+        tokenizes=Model.CLIP_TEXT_TOKENIZE,
     ),
     ModelSpec(
         **_public(EMBED_TEXT_IO),  # type: ignore[arg-type]
@@ -284,6 +289,7 @@ SPECS: tuple[ModelSpec, ...] = (
         # Not ``versioned``: the catalog adapters are CLIP's; the minilm space follows this model alone.
         instances={Target.CPU: 2, Target.GPU: 1},
         adaptive_threads=True,
+        tokenizes=Model.MINILM_TOKENIZE,
     ),
     ModelSpec(
         **_public(EMBED_MINILM_IO),  # type: ignore[arg-type]
@@ -387,6 +393,30 @@ OPTIONAL_SPECS: tuple[ModelSpec, ...] = (USER_TOWER_SPEC,)
 SPEC_BY_MODEL: dict[Model, ModelSpec] = {s.model: s for s in (*SPECS, *OPTIONAL_SPECS)}
 
 
+SECOND_CHOICE_PRIORITY = 1000
+"""Rate-limiter priority of every instance after the first: Triton gives an instance of priority p 1/p
+of the scheduling chances of one of priority 1 when both are free."""
+
+TOKENIZER_FILE = "tokenizer.json"
+"""A tokenizing encoder's tokenizer, in its model directory (shared by every version)."""
+
+
+def cpu_steps(spec: ModelSpec) -> tuple[Step, ...]:
+    """An ensemble's steps on the CPU target: a tokenizer step folded into the encoder step after it when
+    that encoder ``tokenizes`` (the tokenizer's outputs the encoder does not consume, TRUNCATED, come
+    from the encoder)."""
+    steps = spec.steps
+    if len(steps) < 2:
+        return steps
+    first, second = steps[0], steps[1]
+    encoder = SPEC_BY_MODEL.get(second.model)
+    if encoder is None or encoder.tokenizes is not first.model:
+        return steps
+    consumed = set(second.input_map.values())
+    passed = {k: v for k, v in first.output_map.items() if v not in consumed}
+    return (Step(second.model, dict(first.input_map), {**second.output_map, **passed}), *steps[2:])
+
+
 def versioned_steps(spec: ModelSpec) -> list[Model]:
     """The versioned encoders an ensemble runs."""
     return [s.model for s in spec.steps if s.model in SPEC_BY_MODEL and SPEC_BY_MODEL[s.model].versioned]
@@ -451,9 +481,17 @@ def render_config(
     for key, value in {**spec.parameters, **(parameters or {})}.items():
         config.parameters[key].string_value = value
 
+    if target is Target.CPU and spec.role is Role.ENCODER and spec.tokenizes is not None:
+        for given in config.input:  # tokens, or TEXT for this model to tokenize
+            given.optional = True
+        config.input.add(name=T.TEXT.value, data_type=mc.TYPE_STRING, dims=[1], optional=True)
+        config.output.add(name=T.TRUNCATED.value, data_type=mc.TYPE_BOOL, dims=[1])
+        config.parameters["tokenizer"].string_value = spec.tokenizes.value
+        config.parameters["tokenizer_file"].string_value = TOKENIZER_FILE
+
     if spec.role is Role.ENSEMBLE:
         config.platform = "ensemble"
-        for step in spec.steps:
+        for step in cpu_steps(spec) if target is Target.CPU else spec.steps:
             pinned = SPEC_BY_MODEL[step.model].versioned if step.model in SPEC_BY_MODEL else False
             config.ensemble_scheduling.step.add(
                 model_name=step.model.value,
@@ -480,7 +518,17 @@ def render_config(
     if spec.versioned:
         config.version_policy.specific.versions.extend(versions or [int(VERSION)])
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu_encoder else mc.ModelInstanceGroup.KIND_CPU
-    config.instance_group.add(kind=kind, count=spec.instances[target])
+    count = spec.instances[target]
+    if target is Target.CPU and spec.adaptive_threads and count > 1:
+        # One group per instance, the first preferred: with the server's rate limiter on, a lone request
+        # goes to the first instance (its weights and activations warm in the caches) instead of
+        # alternating between the two; the others take work while it is busy. Measured: a lone query
+        # 13.7 vs 16.1 ms, the same throughput at concurrency 8 (docs/BENCHMARKS.md, "Latency at the floor").
+        for i in range(count):
+            group = config.instance_group.add(name=f"{config.name}_{i}", kind=kind, count=1)
+            group.rate_limiter.priority = 1 if i == 0 else SECOND_CHOICE_PRIORITY
+    else:
+        config.instance_group.add(kind=kind, count=count)
 
     if spec.batching is not None and dynamic_batching and (spec.batching.cpu or target is not Target.CPU):
         set_batching(config, spec.batching, target, queue_delay_us)

@@ -56,7 +56,15 @@ def test_encoder_configs_match_their_onnx_graphs(rendered, model):
     target, repo, configs = rendered
     config = configs[model.value]
     graph = onnx.load(str(repo / model.value / "1" / "model.onnx"), load_external_data=False).graph
-    for declared, actual in ((config.input, graph.input), (config.output, graph.output)):
+    # On the CPU a tokenizing encoder also takes TEXT and answers TRUNCATED (its tokenizer's work).
+    own = (
+        {Tensor.TEXT.value, Tensor.TRUNCATED.value}
+        if target is Target.CPU and SPEC_BY_MODEL[model].tokenizes
+        else set()
+    )
+    inputs = [t for t in config.input if t.name not in own]
+    outputs = [t for t in config.output if t.name not in own]
+    for declared, actual in ((inputs, graph.input), (outputs, graph.output)):
         onnx_io = {vi.name: vi for vi in actual}
         assert [t.name for t in declared] == [vi.name for vi in actual]
         for tensor in declared:
@@ -109,7 +117,9 @@ def test_cpu_encoders_run_two_instances_with_adaptive_threads(rendered):
     for model, cpu_batcher in layouts:
         config = configs[model.value]
         if target is Target.CPU:
-            assert [g.count for g in config.instance_group] == [2], model
+            # one group per instance, the first preferred by the rate limiter
+            assert [g.count for g in config.instance_group] == [1, 1], model
+            assert [g.rate_limiter.priority for g in config.instance_group] == [1, 1000], model
             assert config.parameters["adaptive_threads"].string_value == "1", model
             assert "intra_op_threads" not in config.parameters, model
             assert config.HasField("dynamic_batching") is cpu_batcher, model
@@ -130,11 +140,29 @@ def test_ensemble_steps_connect_declared_tensors(rendered):
         produced = {t.name for t in config.input}
         for step in config.ensemble_scheduling.step:
             model = configs[step.model_name]
-            assert set(step.input_map) == {t.name for t in model.input}, step.model_name
+            required = {t.name for t in model.input if not t.optional}
+            assert required <= set(step.input_map) <= {t.name for t in model.input}, step.model_name
             assert set(step.input_map.values()) <= produced, step.model_name
             assert set(step.output_map) <= {t.name for t in model.output}, step.model_name
             produced |= set(step.output_map.values())
         assert {t.name for t in config.output} <= produced, config.name
+
+
+def test_cpu_text_ensembles_run_one_tokenizing_encoder_step(rendered):
+    """On the CPU a text query crosses one Python-backend hop: the encoder tokenizes it itself."""
+    target, repo, configs = rendered
+    for ensemble, encoder in (
+        (Model.EMBED_TEXT, Model.CLIP_TEXT_ENCODER),
+        (Model.EMBED_MINILM, Model.MINILM_ENCODER),
+    ):
+        steps = configs[ensemble.value].ensemble_scheduling.step
+        if target is Target.CPU:
+            assert [s.model_name for s in steps] == [encoder.value]
+            assert dict(steps[0].input_map) == {Tensor.TEXT.value: Tensor.TEXT.value}
+            assert set(steps[0].output_map) == {Tensor.EMBEDDING.value, Tensor.TRUNCATED.value}
+            assert (repo / encoder.value / "tokenizer.json").is_file()
+        else:
+            assert len(steps) == 2 and steps[1].model_name == encoder.value
 
 
 def test_batching_off_variant_has_no_batcher(tiny_artifacts, tmp_path):
@@ -226,4 +254,4 @@ def test_a_layout_override_replaces_one_models_cpu_layout(tiny_artifacts, tmp_pa
     assert ce.parameters["intra_op_threads"].string_value == "2"
     assert ce.HasField("dynamic_batching")
     text = configs[Model.CLIP_TEXT_ENCODER.value]  # untouched: the spec's layout
-    assert [g.count for g in text.instance_group] == [2]
+    assert [g.count for g in text.instance_group] == [1, 1]
