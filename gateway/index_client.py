@@ -7,7 +7,7 @@ the one translation point, and passes the caller's remaining time as the index's
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -167,14 +167,20 @@ class IndexRetriever:
         ]
 
     async def get(
-        self, ids: Sequence[str], timeout: float | None, include_vectors: bool = True
+        self,
+        ids: Sequence[str],
+        timeout: float | None,
+        include_vectors: bool = True,
+        spaces: Collection[str] | None = None,
     ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]:
+        """``spaces``: the vectors wanted (None: all; empty: none, and none are sent)."""
+        include_vectors = include_vectors and (spaces is None or len(spaces) > 0)
         resp = await self._call(
             self.stub.Get,
             ipb.GetRequest(collection=self.collection, ids=list(ids), include_vectors=include_vectors),
             timeout,
         )
-        return {it.id: (items.product_of(it), items.vectors_of(it)) for it in resp.items}
+        return {it.id: (items.product_of(it), items.vectors_of(it, spaces)) for it in resp.items}
 
     async def upsert(self, records: Sequence[Record], timeout: float | None) -> None:
         """One Upsert call: every space of every product in one atomic write."""

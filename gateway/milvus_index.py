@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -195,15 +195,22 @@ class MilvusIndex:
         return await self._run(timeout, run)
 
     async def get(
-        self, ids: Sequence[str], timeout: float | None, include_vectors: bool = True
+        self,
+        ids: Sequence[str],
+        timeout: float | None,
+        include_vectors: bool = True,
+        spaces: Collection[str] | None = None,
     ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]:
+        """``spaces``: the vectors wanted (None: all; empty: none, and none are read)."""
+        include_vectors = include_vectors and (spaces is None or len(spaces) > 0)
+
         def run() -> dict[str, tuple[Product, dict[str, np.ndarray]]]:
             schema = self.store.schema()
             rows = self.store.rows(list(dict.fromkeys(ids)), self._fields(schema, include_vectors), timeout)
             out = {}
             for row in rows:
                 item = mr.item_of(row, schema.numbers, schema.keywords, include_vectors)
-                out[item.id] = (items.product_of(item), items.vectors_of(item))
+                out[item.id] = (items.product_of(item), items.vectors_of(item, spaces))
             return out
 
         return await self._run(timeout, run)

@@ -175,32 +175,48 @@ def _boost(product: Product, boosts: Sequence[Boost]) -> float:
     return sum(b.weight for b in boosts if set(b.any_of) & field_values(product, b.field))
 
 
-def _category_similarity(a: Product, b: Product) -> float:
-    if a.category and a.category == b.category:
-        return 1.0
-    if len(a.category) > 1 and a.category[:-1] == b.category[:-1]:
-        return 0.5
-    return 0.0
+def _category_codes(items: Sequence[Recommendation]) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's leaf and parent category as small integers (-1: none), so MMR compares arrays.
+
+    Same leaf (a non-empty category equal to the pick's) is similarity 1, same parent (a category of at
+    least two levels whose path above the leaf equals the pick's) 0.5, anything else 0."""
+    leaves: dict[tuple[str, ...], int] = {}
+    parents: dict[tuple[str, ...], int] = {}
+    leaf = np.full(len(items), -1, dtype=np.int64)
+    parent = np.full(len(items), -1, dtype=np.int64)
+    for i, r in enumerate(items):
+        category = r.product.category
+        if category:
+            leaf[i] = leaves.setdefault(category, len(leaves))
+        if len(category) > 1:
+            parent[i] = parents.setdefault(category[:-1], len(parents))
+    return leaf, parent
 
 
 def mmr(items: list[Recommendation], k: int, diversity: float) -> list[Recommendation]:
-    """Greedy maximal marginal relevance over categories; relevance is min-max scaled to [0, 1]."""
+    """Greedy maximal marginal relevance over categories; relevance is min-max scaled to [0, 1].
+
+    Each pick maximises ``(1 - diversity) * relevance - diversity * max similarity to the picks so far``
+    (ties to the earlier item). The running maximum is updated with the last pick only, over arrays: the
+    same picks as comparing every item with every pick, at a hundredth of the Python work (MMR over a
+    hundred candidates was ~3 ms of the gateway's CPU per Recommend)."""
     if diversity <= 0 or len(items) <= 1:
         return sorted(items, key=lambda r: -r.score)[:k]
-    scores = np.asarray([r.score for r in items])
+    scores = np.asarray([r.score for r in items], dtype=np.float64)
     spread = float(scores.max() - scores.min()) or 1.0
     relevance = (scores - scores.min()) / spread
+    leaf, parent = _category_codes(items)
+    similarity = np.zeros(len(items))
+    available = np.ones(len(items), dtype=bool)
     picked: list[int] = []
-    left = list(range(len(items)))
-    while left and len(picked) < k:
-        best, best_value = left[0], -math.inf
-        for i in left:
-            sim = max((_category_similarity(items[i].product, items[j].product) for j in picked), default=0.0)
-            value = (1 - diversity) * relevance[i] - diversity * sim
-            if value > best_value:
-                best, best_value = i, value
+    while len(picked) < min(k, len(items)):
+        value = np.where(available, (1 - diversity) * relevance - diversity * similarity, -np.inf)
+        best = int(np.argmax(value))
         picked.append(best)
-        left.remove(best)
+        available[best] = False
+        same_leaf = (leaf == leaf[best]) & (leaf >= 0)
+        same_parent = (parent == parent[best]) & (parent >= 0)
+        similarity = np.maximum(similarity, np.where(same_leaf, 1.0, np.where(same_parent, 0.5, 0.0)))
     return [items[i] for i in picked]
 
 
@@ -330,7 +346,8 @@ class Recommender:
             if not version:
                 return None
             space = rec_space(version)
-            stored = await self.index.get(list(dict.fromkeys(e.item_id for e in history)), left())
+            history_ids = list(dict.fromkeys(e.item_id for e in history))
+            stored = await self.index.get(history_ids, left(), spaces=(space,))
             vectors = {pid: vecs[space] for pid, (_, vecs) in stored.items() if space in vecs}
             hist, types, ages, used = pad_history(history, vectors, time.time())
             if not used:
@@ -349,7 +366,7 @@ class Recommender:
             picked = mmr(pool, q.top_k, diversity)
             # reason: the history item nearest each pick in the rec space
             if picked:
-                found = await self.index.get([r.product.id for r in picked], left())
+                found = await self.index.get([r.product.id for r in picked], left(), spaces=(space,))
                 names = {pid: p.title for pid, (p, _) in stored.items()}
                 hist_ids = [e.item_id for e in used]
                 hist_mat = np.stack([vectors[pid] for pid in hist_ids])
@@ -363,13 +380,13 @@ class Recommender:
         self, q: RecommendQuery, exclude: set[str], diversity: float, timer: Timer, left: Callable[[], float]
     ) -> RecommendResult | None:
         with timer.stage("rec_retrieve"):
-            stored = await self.index.get([q.context_item], left())
+            stored = await self.index.get([q.context_item], left(), spaces=(IMAGE,))
             if q.context_item not in stored:
                 raise NotFound(f"unknown context item {q.context_item[:128]!r}")
             context, vecs = stored[q.context_item]
             neighbours = await asyncio.to_thread(self.events.co_visited, q.context_item, 200)
             ids = [pid for pid, _ in neighbours if pid not in exclude]
-            products = await self.index.get(ids, left()) if ids else {}
+            products = await self.index.get(ids, left(), spaces=()) if ids else {}
             counts = dict(neighbours)
             pool = [
                 Recommendation(p, counts[pid] + _boost(p, q.boosts), f"often viewed with {context.title}")
@@ -401,7 +418,7 @@ class Recommender:
         with timer.stage("rec_retrieve"):
             ids = [pid for pid, _ in sorted(trending.items(), key=lambda kv: -kv[1]) if pid not in exclude]
             ids = ids[: max(200, q.top_k * 10)]
-            products = await self.index.get(ids, left()) if ids else {}
+            products = await self.index.get(ids, left(), spaces=()) if ids else {}
         with timer.stage("rec_rerank"):
             pool = [
                 Recommendation(p, math.log1p(trending[pid]) + _boost(p, q.boosts), "trending now")

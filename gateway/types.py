@@ -9,7 +9,7 @@ protocols. Nothing here depends on a transport or a dependency's wire format.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol, runtime_checkable
@@ -140,8 +140,11 @@ class ItemSource(Protocol):
     ) -> list[list[Candidate]]: ...
 
     async def get(
-        self, ids: Sequence[str], timeout: float | None
-    ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]: ...
+        self, ids: Sequence[str], timeout: float | None, *, spaces: Collection[str] | None = None
+    ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]:
+        """The products found and their vectors: every space's, or with ``spaces`` only those (an empty
+        ``spaces`` reads no vectors at all)."""
+        ...
 
 
 @runtime_checkable

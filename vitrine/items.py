@@ -18,7 +18,7 @@ must then carry a vector for it) or in ``OPTIONAL_SPACES`` (existing collections
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -175,8 +175,15 @@ def product_of(item: ipb.Item, pid: str = "") -> Product:
     )
 
 
-def vectors_of(item: ipb.Item) -> dict[str, np.ndarray]:
-    return {space: np.asarray(vec.values, dtype=np.float32) for space, vec in item.vectors.items()}
+def vectors_of(item: ipb.Item, spaces: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """The item's vectors by space; with ``spaces``, only those. Turning a repeated field into an array
+    is most of what reading an item costs its caller (~15 us per 512 floats), and a caller that needs
+    one space of an item's four should not pay for the other three."""
+    return {
+        space: np.asarray(vec.values, dtype=np.float32)
+        for space, vec in item.vectors.items()
+        if spaces is None or space in spaces
+    }
 
 
 def index_filter(filters: Sequence[FieldFilter]) -> ipb.Filter | None:

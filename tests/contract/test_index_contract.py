@@ -191,6 +191,11 @@ async def test_an_optional_space_is_searched_among_the_items_that_have_one_and_k
     (hits,) = await index.search("rec.1", [query], 10, [FieldFilter("category", ("Shoes",))], 30.0)
     assert [h.id for h in hits] == [pid for pid in expected if "Shoes" in recs[int(pid[1:])].product.category]
     assert sorted((await index.get(["p0"], 30.0))["p0"][1]) == sorted([IMAGE, TITLE, "rec.1"])
+    only = await index.get(["p0", "p1"], 30.0, spaces=("rec.1",))  # the vectors asked for, and no other
+    assert {pid: sorted(v) for pid, (_, v) in only.items()} == {"p0": ["rec.1"], "p1": ["rec.1"]}
+    np.testing.assert_allclose(only["p0"][1]["rec.1"], _unit(vecs["p0"]), atol=1e-6)
+    bare = await index.get(["p0", "p7"], 30.0, spaces=())
+    assert {pid: (p.id, v) for pid, (p, v) in bare.items()} == {"p0": ("p0", {}), "p7": ("p7", {})}
     await index.drop_space("rec.1")
     assert await index.spaces() == [*SPACES, *OPTIONAL_SPACES]
     assert len(await index.get([r.product.id for r in recs], 30.0)) == N
