@@ -380,20 +380,18 @@ def write_generated(
 ) -> Path:
     """Write ``catalog.jsonl``, ``images/*.jpg``, ``queries.jsonl`` and the reworded held-out queries
     (``demo.reworded``) under ``out``; returns the catalog."""
-    from tqdm import tqdm
+    catalog = write_rows(out, n, seed, n_queries, image_size)
+    for _ in render_images(out, n, seed, image_size, progress):
+        pass
+    return catalog
 
+
+def write_rows(out: str | Path, n: int, seed: int = 0, n_queries: int = 50, image_size: int = 640) -> Path:
+    """Everything of ``write_generated`` but the photos (a second or so for thousands of products):
+    ``render_images`` draws those, so a caller can store each product as soon as its photo exists."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    products = []
-    for product, spec in tqdm(
-        generate_catalog(n, seed, image_size), total=n, desc="catalog", unit="product", disable=not progress
-    ):
-        target = out / product.image_uri
-        if not target.exists():
-            buf = io.BytesIO()
-            render_product_image(*spec).save(buf, format="JPEG", quality=90)
-            target.write_bytes(buf.getvalue())
-        products.append(product)
+    products = [product for product, _ in generate_catalog(n, seed, image_size)]
     catalog = out / "catalog.jsonl"
     write_catalog(catalog, products)
     queries = generate_queries(products, n_queries, seed)
@@ -402,3 +400,26 @@ def write_generated(
             fh.write(json.dumps({"query": q.text, "relevant": q.relevant}) + "\n")
     write_reworded(products, out / REWORDED_FILE)
     return catalog
+
+
+def render_images(
+    out: str | Path, n: int, seed: int = 0, image_size: int = 640, progress: bool = False
+) -> Iterator[Product]:
+    """Each product of the catalog ``write_rows`` wrote, in catalog order, once its photo is on disk
+    (drawn now unless a previous run left it there). A photo is written whole under a temporary name,
+    then renamed, so a reader never sees half of one."""
+    from tqdm import tqdm
+
+    images = Path(out) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for product, spec in tqdm(
+        generate_catalog(n, seed, image_size), total=n, desc="catalog", unit="product", disable=not progress
+    ):
+        target = Path(out) / product.image_uri
+        if not target.exists():
+            buf = io.BytesIO()
+            render_product_image(*spec).save(buf, format="JPEG", quality=90)
+            partial = target.with_name(target.name + ".part")
+            partial.write_bytes(buf.getvalue())
+            partial.replace(target)
+        yield product

@@ -140,9 +140,11 @@ class Calls:
         events: EventIngest | None = None,
         recommender: Recommender | None = None,
         reranker_weights: Callable[[int, float | None], Awaitable[str]] | None = None,
+        count_products: Callable[[float | None], Awaitable[int]] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.reranker_weights = reranker_weights
+        self.count_products = count_products
         self.metrics = metrics
         self.gate = CallGate(metrics, max_in_flight, on_unavailable)
         self.upsert_batch = upsert_batch
@@ -166,6 +168,11 @@ class Calls:
             if self.reranker_weights is not None:
                 weights = await self.reranker_weights(serving.reranker_version, timeout)
             return ServingInfo(serving.version, serving.reranker_version, rerank_default(weights))
+
+    async def catalog_size(self, timeout: float) -> int:
+        """How many products the catalog holds now (the page shows it grow while a catalog is ingested);
+        0 when unknown."""
+        return await self.count_products(timeout) if self.count_products is not None else 0
 
     async def similar(
         self, product_id: str, top_k: int | None, filters: Sequence[FieldFilter], timeout: float

@@ -21,7 +21,7 @@ from gateway.calls import Calls
 from gateway.config import GatewayConfig
 from gateway.errors import Dependency, DependencyError
 from gateway.events import EventIngest
-from gateway.index_backends import open_index
+from gateway.index_backends import count_items, open_index
 from gateway.ingest import IngestRoots
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline, Serving
@@ -79,6 +79,7 @@ class Gateway:
             events=self.event_ingest,
             recommender=self.recommender,
             reranker_weights=lambda v, t: serving_info.reranker_weights(self.triton.client, v, t),
+            count_products=lambda t: count_items(config.index_address, config.pipeline.collection, t or 10.0),
         )
         self.servicer = ProductSearchServicer(self.calls, config.default_timeout_s)
         spec = ServerSpec(

@@ -9,8 +9,15 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from operations.client import CatalogRow, IngestSummary
 
 
 def say(message: str) -> None:
@@ -84,8 +91,22 @@ def export_models(artifacts: Path, size: str, source: str, device: str = "cpu") 
     return manifest
 
 
-def demo_catalog(var: Path, products: int, seed: int) -> Path:
-    from demo.catalog import write_generated
+@dataclass(frozen=True)
+class DemoCatalog:
+    """The demo catalog's file, its size, and its rows as their photos are drawn (None when every photo
+    was already on disk)."""
+
+    path: Path
+    total: int
+    rows: Iterator[CatalogRow] | None = None
+
+
+def demo_catalog(var: Path, products: int, seed: int) -> DemoCatalog:
+    """The catalog is written at once; its photos are drawn as ``rows`` is read, so ingestion stores each
+    product as soon as its photo exists instead of waiting for all of them. The stamp is written after
+    the last photo, so a run stopped half-way draws the missing ones next time (and only those)."""
+    from demo.catalog import render_images, write_rows
+    from vitrine.catalog import iter_catalog
 
     out = var / "catalog"
     stamp = out / ".generated"
@@ -93,11 +114,79 @@ def demo_catalog(var: Path, products: int, seed: int) -> Path:
     catalog = out / "catalog.jsonl"
     if catalog.is_file() and stamp.is_file() and stamp.read_text() == wanted:
         say(f"demo catalog already generated ({products} products in {out})")
-        return catalog
-    say(f"generating a demo catalog of {products} products in {out}")
-    catalog = write_generated(out, products, seed=seed)
-    stamp.write_text(wanted)
-    return catalog
+        return DemoCatalog(catalog, products)
+    say(f"generating a demo catalog of {products} products in {out} (photos drawn while they are ingested)")
+    stamp.unlink(missing_ok=True)
+    catalog = write_rows(out, products, seed=seed)
+
+    def rows() -> Iterator[CatalogRow]:
+        for row, _ in zip(iter_catalog(catalog), render_images(out, products, seed), strict=True):
+            yield row
+        stamp.write_text(wanted)
+
+    return DemoCatalog(catalog, products, rows())
+
+
+@dataclass
+class _Progress:
+    stored: int = 0
+    rows: int = 0
+    rate: float = 0.0
+    done: bool = False
+    searched: bool = False
+
+    def due(self) -> bool:
+        return self.done or (self.stored > 0 and not self.searched)
+
+
+def ingest_while_serving(
+    run: Callable[[Callable[[IngestSummary], None]], IngestSummary],
+    total: int,
+    first_search: Callable[[int], None],
+    every_s: float = 10.0,
+) -> IngestSummary:
+    """``run(on_batch)`` (an ingest) in a background thread while this one reports: ``first_search`` is
+    called with the number of products stored as soon as the first batch is stored (ingestion goes on
+    meanwhile), then a progress line every ``every_s`` seconds; returns the summary once ingestion ends.
+    A failed ingest raises here."""
+    progress = _Progress()
+    cond = threading.Condition()
+    outcome: list[IngestSummary | BaseException] = []
+
+    def on_batch(summary: IngestSummary) -> None:
+        with cond:
+            progress.stored, progress.rows, progress.rate = summary.upserted, summary.rows, summary.rate
+            cond.notify_all()
+
+    def work() -> None:
+        try:
+            outcome.append(run(on_batch))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append(exc)
+        finally:
+            with cond:
+                progress.done = True
+                cond.notify_all()
+
+    thread = threading.Thread(target=work, name="ingest", daemon=True)
+    thread.start()
+    while True:
+        with cond:
+            cond.wait_for(progress.due, timeout=every_s)
+            stored, rows, rate, done = progress.stored, progress.rows, progress.rate, progress.done
+            search_now = stored > 0 and not progress.searched
+            progress.searched = progress.searched or search_now
+        if search_now:
+            first_search(stored)
+        elif done:
+            break
+        else:
+            say(f"indexing: {stored} of {total} products stored ({rows} rows read, {rate:.1f} products/s)")
+    thread.join()
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def ingested_count(index_address: str, collection: str) -> int:
@@ -120,9 +209,11 @@ def ingested_count(index_address: str, collection: str) -> int:
         return int(stats.count)
 
 
-def demo_searches(address: str, catalog: Path, rerank: bool = False, why: str = "") -> None:
+def demo_searches(
+    address: str, catalog: Path, rerank: bool = False, why: str = "", image: bool = True
+) -> None:
     """A text search (re-ranked only when the served cross-encoder is trained: ``vitrine.reranking``)
-    and an image search."""
+    and, with ``image``, an image search."""
     from operations.client import Connection, render_results, search_request
     from vitrine.catalog import Product, read_catalog
     from vitrine.gateway.v1 import gateway_pb2_grpc
@@ -136,10 +227,11 @@ def demo_searches(address: str, catalog: Path, rerank: bool = False, why: str = 
             search_request(text, top_k=5, rerank=rerank, depth=50 if rerank else 0), timeout=120
         )
         how = "re-ranked, depth 50" if rerank else f"not re-ranked: {why or 'off by default'}"
-        print("\n" + render_results(resp, f'text search: "{text}" ({how})'))
-        image = catalog.parent / first.image_uri
-        resp = stub.Search(search_request(image=str(image), top_k=5), timeout=120)
-        print("\n" + render_results(resp, f"image search: {image.name} ({first.title})") + "\n", flush=True)
+        print("\n" + render_results(resp, f'text search: "{text}" ({how})') + "\n", flush=True)
+        if image:
+            photo = catalog.parent / first.image_uri
+            resp = stub.Search(search_request(image=str(photo), top_k=5), timeout=120)
+            print(render_results(resp, f"image search: {photo.name} ({first.title})") + "\n", flush=True)
 
 
 def demo_recommendations(

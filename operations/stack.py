@@ -5,9 +5,10 @@ supervised child processes over one work directory; and the main job, ``vitrine 
 with seeded random weights, announced loudly), renders the Triton model repository, starts ``--tritons``
 Triton replicas, the index service, PostgreSQL with ``--state postgres``, and ``--gateways`` gateways
 (each balancing over every Triton replica), supervises them all (``operations.supervisor``), generates and
-ingests a demo catalog (``operations.demo_run``), prints a text and an image search, and serves until
-SIGINT/SIGTERM. ``down`` signals a running ``up`` through its pid file and returns once every child
-process of it is gone. Everything lives under one directory (``var/`` by default).
+ingests a demo catalog (``operations.demo_run``: photos drawn as they are ingested, a first text search as
+soon as the first batch is stored, progress while the rest goes in), trains, prints a text and an image
+search, and serves until SIGINT/SIGTERM. ``down`` signals a running ``up`` through its pid file and returns
+once every child process of it is gone. Everything lives under one directory (``var/`` by default).
 
 The stack itself is assembled by ``operations.assembly`` (``Stack``, re-exported here). Ports: replica
 ``i`` of a kind listens on each of its configured ports + ``PORT_STRIDE * i`` (gateways 50050, 50060,
@@ -21,9 +22,12 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import GatewayConfig
 from index_service.config import IndexServiceConfig
@@ -34,9 +38,13 @@ from operations.assembly import PORT_STRIDE as PORT_STRIDE
 from operations.assembly import RELOADABLE_MODELS as RELOADABLE_MODELS
 from operations.assembly import Stack as Stack
 from operations.assembly import trace_args as trace_args
+from operations.client import STREAMS
 from operations.demo_run import say
 from operations.milvus_server import IndexChoice, start_index
 from vitrine.contracts import Target
+
+if TYPE_CHECKING:
+    from operations.client import IngestSummary
 
 ENV_PREFIX = "VITRINE_STACK"
 
@@ -88,6 +96,7 @@ class StackConfig:
         metadata={"help": "Prometheus port of the supervisor's restart counter (-1: off)"},
     )
     ingest_batch: int = field(default=32, metadata={"help": "products per upsert stream"})
+    ingest_streams: int = field(default=STREAMS, metadata={"help": "upsert streams in flight at once"})
     serve: bool = field(default=True, metadata={"help": "keep serving after the demo searches"})
     train: bool = field(
         default=True,
@@ -194,8 +203,6 @@ def start_supervised(cfg: StackConfig, stack: Stack) -> None:
 
 
 def up(cfg: StackConfig) -> int:
-    from operations.client import Connection, ingest
-
     if cfg.gateways < 1 or cfg.tritons < 1:
         say("--gateways and --tritons must be at least 1")
         return 2
@@ -222,16 +229,19 @@ def up(cfg: StackConfig) -> int:
         demo_run.export_models(stack.artifacts, cfg.size, cfg.source, cfg.device)
         start_supervised(cfg, stack)
         assert stack.index is not None and stack.gateway is not None and stack.triton is not None
-        catalog = demo_run.demo_catalog(var, cfg.products, cfg.seed)
-        n_catalog = sum(1 for line in catalog.read_text(encoding="utf-8").splitlines() if line.strip())
+        demo = demo_run.demo_catalog(var, cfg.products, cfg.seed)
+        catalog = demo.path
         collection = stack.gateway_config.pipeline.collection
         have = demo_run.ingested_count(stack.index.address, collection)
-        if have >= n_catalog:
+        if have >= demo.total and demo.rows is None:
             say(f"catalog already ingested ({have} products)")
         else:
-            t0 = time.monotonic()
-            summary = ingest(Connection(stack.gateway_target), catalog, batch=cfg.ingest_batch)
-            say(summary.render() + f" in {time.monotonic() - t0:.0f} s")
+            summary = demo_run.ingest_while_serving(
+                partial(ingest_demo, stack.gateway_target, demo, cfg.ingest_batch, cfg.ingest_streams),
+                demo.total,
+                partial(first_search, stack.gateway_target, catalog, demo.total, t_start),
+            )
+            say(summary.render())
         if cfg.train:
             demo_run.banner(trained_defaults.serve_trained(var, catalog, trained_deploy.Live.of(stack)))
         rerank, why = trained_defaults.rerank_advice(stack)
@@ -262,6 +272,28 @@ def up(cfg: StackConfig) -> int:
         pid_path.unlink(missing_ok=True)
         say("stopped")
     return code
+
+
+def ingest_demo(
+    address: str,
+    demo: demo_run.DemoCatalog,
+    batch: int,
+    streams: int,
+    on_batch: Callable[[IngestSummary], None],
+) -> IngestSummary:
+    from operations.client import Connection, ingest
+
+    return ingest(
+        Connection(address), demo.path, batch, False, streams=streams, rows=demo.rows, on_batch=on_batch
+    )
+
+
+def first_search(address: str, catalog: Path, total: int, t_start: float, stored: int) -> None:
+    """The demo text search over the first products stored, while the rest are still being ingested (a
+    photo search now would queue behind the catalog's photos; it comes with the later demo searches)."""
+    say(f"first {stored} products searchable {time.monotonic() - t_start:.0f} s after start")
+    why = f"searched while indexing ({stored} of {total} so far)"
+    demo_run.demo_searches(address, catalog, False, why, image=False)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -309,6 +309,10 @@ class ServingOut(BaseModel):
         )
 
 
+class CatalogOut(BaseModel):
+    products: int = Field(description="products the catalog holds now (it grows while one is ingested)")
+
+
 class HealthOut(BaseModel):
     status: str = Field(description="SERVING or NOT_SERVING, as grpc.health.v1 reports it")
     dependencies: dict[str, bool]

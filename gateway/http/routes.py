@@ -20,6 +20,7 @@ from gateway.errors import InvalidInput
 from gateway.events import Rejected, parse_event
 from gateway.http.models import (
     MAX_EVENTS,
+    CatalogOut,
     DeleteOut,
     ErrorOut,
     EventErrorOut,
@@ -153,6 +154,11 @@ async def similar(product_id: ProductId, api: Api, body: SimilarIn | None = None
 )
 async def serving(api: Api) -> ServingOut:
     return ServingOut.of(await api.calls.serving(api.timeout))
+
+
+@reads.get("/catalog", response_model=CatalogOut, summary="How many products the catalog holds now")
+async def catalog(api: Api) -> CatalogOut:
+    return CatalogOut(products=await api.calls.catalog_size(api.timeout))
 
 
 @reads.get("/products/{product_id}", response_model=ProductOut, summary="One stored product")

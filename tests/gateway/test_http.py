@@ -276,11 +276,18 @@ async def test_openapi_lists_every_route(stack: HttpStack) -> None:
         "/v1/events": {"post"},
         "/v1/recommendations": {"get"},
         "/v1/serving": {"get"},
+        "/v1/catalog": {"get"},
         "/healthz": {"get"},
     } == {path: set(ops) for path, ops in doc["paths"].items()}
     responses = doc["paths"]["/v1/search"]["post"]["responses"]
     assert "422" not in responses and responses["400"]["content"]["application/json"]["schema"]
     assert "multipart/form-data" in doc["paths"]["/v1/search/upload"]["post"]["requestBody"]["content"]
+
+
+async def test_catalog_states_how_many_products_are_stored(stack: HttpStack) -> None:
+    """The page shows this number grow while a catalog is ingested."""
+    reply = await stack.http.get("/v1/catalog")
+    assert reply.status_code == 200 and reply.json() == {"products": len(stack.grpc.products)}
 
 
 async def test_openapi_states_the_limits_the_server_enforces(stack: HttpStack) -> None:

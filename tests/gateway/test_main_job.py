@@ -53,7 +53,10 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
             pytest.fail("vitrine up ended before serving:\n" + "".join(seen[-40:]))
         log = "".join(seen)
         assert "SEEDED RANDOM WEIGHTS" in log
-        assert "ingested 24 of 24 rows; 0 bad rows" in log
+        assert "ingested 24 of 24 rows; 0 bad rows" in log and "products/s)" in log
+        # the first demo searches come as soon as a batch is stored, before training
+        first = log.index("(not re-ranked: searched while indexing (24 of 24 so far))")
+        assert first < log.index("TRAINED MODELS SKIPPED")
         assert 'text search: "red leather ankle boots"' in log and "image search: p000000.jpg" in log
         # 24 products leave too few held out to compare trained models on, and the test export's
         # cross-encoder head is random: the page and the demo search do not re-rank, and say why.
@@ -78,6 +81,8 @@ def test_up_serves_then_down_stops_everything(tiny_artifacts: Path, tmp_path: Pa
         with urllib.request.urlopen(f"{page}v1/serving", timeout=30) as reply:
             serving = json.loads(reply.read())
         assert serving["reranker_weights"] == "random" and serving["rerank_by_default"] is False
+        with urllib.request.urlopen(f"{page}v1/catalog", timeout=30) as reply:
+            assert json.loads(reply.read()) == {"products": 24}
         with urllib.request.urlopen(f"{page}v1/products/p000023/image", timeout=30) as reply:
             assert reply.headers["content-type"] == "image/jpeg" and reply.read(3) == b"\xff\xd8\xff"
 
