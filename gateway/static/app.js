@@ -270,6 +270,25 @@ async function rerankDefault() {
   box.dataset.advised = "1";
 }
 
+// How many products the catalog holds: `vitrine up` serves from its first stored batch while the rest is
+// ingested, so the header says "indexing" while the count grows, and stops asking once it holds still.
+const CATALOG_POLL_MS = 2000;
+const CATALOG_STILL_POLLS = 5;
+
+async function catalogSize(last = -1, still = 0, grew = false) {
+  let products;
+  try {
+    products = (await call("/v1/catalog")).products;
+  } catch (_) {
+    return; // optional line: the page works without it
+  }
+  const changed = last >= 0 && products !== last;
+  still = changed ? 0 : still + 1;
+  grew = grew || changed;
+  $("#catalog-size").textContent = grew && still < 3 ? `indexing: ${products} products` : `${products} products`;
+  if (still < CATALOG_STILL_POLLS) setTimeout(() => catalogSize(products, still, grew), CATALOG_POLL_MS);
+}
+
 function init() {
   $("#search").addEventListener("submit", search);
   $("#photo").addEventListener("change", (ev) => setPhoto(ev.target.files[0]));
@@ -298,6 +317,7 @@ function init() {
   $("#rec-user").addEventListener("change", recommendations);
   recommendations();
   rerankDefault();
+  catalogSize();
   $("#q").focus();
 }
 

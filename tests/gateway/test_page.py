@@ -193,6 +193,9 @@ async def test_text_search_shows_images_and_a_filter_narrows(driver: Any, site: 
         _wait(driver, lambda b: b.find_element("id", "rerank").get_attribute("data-advised"), "advice")
         assert not driver.find_element("id", "rerank").is_selected()
         assert "untrained" in driver.find_element("id", "rerank-note").text
+        # The header says how many products the catalog holds (it says "indexing" while that grows).
+        count = f"{len(products)} products"
+        _wait(driver, lambda b: b.find_element("id", "catalog-size").text == count, "catalog size")
 
         _set(driver, "q", "boots")
         _submit(driver)
