@@ -90,6 +90,16 @@ STREAMS = 3
 and a third waits in Triton's queues, so the image encoder never idles between batches."""
 
 
+RETRIES = 3
+"""Times a batch is sent again after an answer that says the stack was too busy, not that the batch is
+bad (upserts by id are idempotent): on a machine shared with other work, a batch can wait in Triton's
+queue past the gateway's deadline."""
+RETRYABLE = frozenset(
+    {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
+)
+RETRY_BACKOFF_S = 1.0
+
+
 def _batches(items: Iterable[CatalogRow], size: int) -> Iterator[list[CatalogRow]]:
     batch: list[CatalogRow] = []
     for item in items:
@@ -197,12 +207,17 @@ def ingest(
                     in_flight.subtract(done.ids)
                     lock.notify_all()
                 return
-            try:
-                resp = stub.UpsertProducts(iter(done.messages), timeout=timeout, metadata=conn.metadata())
-            except grpc.RpcError as exc:
-                settle(done, None, f"{exc.code().name}: {exc.details()}")
-            else:
-                settle(done, resp, "")
+            for attempt in range(RETRIES + 1):
+                try:
+                    resp = stub.UpsertProducts(iter(done.messages), timeout=timeout, metadata=conn.metadata())
+                except grpc.RpcError as exc:
+                    if exc.code() in RETRYABLE and attempt < RETRIES and not summary.error:
+                        time.sleep(RETRY_BACKOFF_S * 2**attempt)
+                        continue
+                    settle(done, None, f"{exc.code().name}: {exc.details()}")
+                else:
+                    settle(done, resp, "")
+                return
         finally:
             slots.release()
 
