@@ -214,13 +214,14 @@ class Floor:
 async def served(
     url: str, workload: Workload, inputs: Inputs, concurrency: int, total: int
 ) -> tuple[list[float], int, float]:
-    """``total`` requests over ``concurrency`` closed-loop workers on one server (after two, one at a time, to warm up)."""
+    """``total`` requests over ``concurrency`` closed-loop workers on one server, after two sent one at a
+    time to warm up (overlapping ones would put adaptive instances on their share of the cores)."""
     async with grpcclient.InferenceServerClient(url) as client:
 
         async def send(i: int) -> object:
             return await client.infer(workload.model.value, request(inputs, workload, i), client_timeout=900)
 
-        await closed_loop(send, 1, 2)  # one at a time: overlap would put adaptive instances on a share
+        await closed_loop(send, 1, 2)
         return await closed_loop(send, concurrency, total)
 
 
