@@ -280,36 +280,32 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if a == a and b == b and b else "-"
 
 
-def report(
-    figures: dict[tuple[str, int, str], Figure],
-    workloads: list[Workload],
-    concurrencies: list[int],
-    labels: list[str],
-) -> str:
-    rows = []
+Figures = dict[tuple[str, int, str], Figure]
+
+
+def _sides(
+    figures: Figures, workloads: list[Workload], concurrencies: list[int], labels: list[str], reference: str
+) -> list[tuple[Workload, int, str, Figure, Figure]]:
+    """Every measured (workload, concurrency, side) with the ``reference`` side's figure beside it."""
+    out = []
     for w in workloads:
         for c in concurrencies:
-            floor = figures.get((w.key, c, "floor"))
-            if floor is None:
+            ref = figures.get((w.key, c, reference))
+            if ref is None or not ref.requests:
                 continue
             for label in labels:
                 f = figures.get((w.key, c, label))
-                if f is None or not f.requests:
-                    continue
-                rows.append(
-                    (
-                        w.name,
-                        c,
-                        label,
-                        f.requests,
-                        f.errors,
-                        f"{f.rps:.2f}",
-                        f"{f.p50:.1f}",
-                        f"{f.p95:.1f}",
-                        "1.00x" if label == "floor" else _ratio(f.p50, floor.p50),
-                        "1.00x" if label == "floor" else _ratio(f.rps, floor.rps),
-                    )
-                )
+                if f is not None and f.requests:
+                    out.append((w, c, label, f, ref))
+    return out
+
+
+def report(figures: Figures, workloads: list[Workload], concurrencies: list[int], labels: list[str]) -> str:
+    rows = [
+        (w.name, c, label, f.requests, f.errors, f"{f.rps:.2f}", f"{f.p50:.1f}", f"{f.p95:.1f}",
+         _ratio(f.p50, floor.p50), _ratio(f.rps, floor.rps))
+        for w, c, label, f, floor in _sides(figures, workloads, concurrencies, labels, "floor")
+    ]  # fmt: skip
     return "\n".join(
         markdown_table(
             ("workload", "c", "side", "requests", "errors", "req/s", "p50 ms", "p95 ms", "p50 / floor",
@@ -320,22 +316,13 @@ def report(
 
 
 def peer_table(
-    figures: dict[tuple[str, int, str], Figure],
-    workloads: list[Workload],
-    concurrencies: list[int],
-    labels: list[str],
+    figures: Figures, workloads: list[Workload], concurrencies: list[int], labels: list[str]
 ) -> str:
-    rows = []
-    for w in workloads:
-        for c in concurrencies:
-            peer = figures.get((w.key, c, "peer"))
-            if peer is None or not peer.requests:
-                continue
-            for label in labels:
-                f = figures.get((w.key, c, label))
-                if label in ("floor", "peer") or f is None or not f.requests:
-                    continue
-                rows.append((w.name, c, label, _ratio(f.rps, peer.rps), _ratio(f.p50, peer.p50)))
+    served = [label for label in labels if label not in ("floor", "peer")]
+    rows = [
+        (w.name, c, label, _ratio(f.rps, peer.rps), _ratio(f.p50, peer.p50))
+        for w, c, label, f, peer in _sides(figures, workloads, concurrencies, served, "peer")
+    ]
     if not rows:
         return ""
     return "\n".join(markdown_table(("workload", "c", "served", "req/s / peer", "p50 / peer"), rows))

@@ -18,6 +18,13 @@ from model_repository.preprocess import decode_texts
 from vitrine.contracts import Model, Tensor
 from vitrine.tokenization import ClipTokenizer, SentenceTokenizer
 
+_TOKENIZERS: dict[Model, tuple[type[ClipTokenizer] | type[SentenceTokenizer], str, Tensor]] = {
+    Model.CLIP_TEXT_TOKENIZE: (ClipTokenizer, "CLIP", Tensor.EOT_INDEX),
+    Model.MINILM_TOKENIZE: (SentenceTokenizer, "MiniLM", Tensor.ATTENTION_MASK),
+}
+"""Per tokenizer model: its tokenizer, the model named in truncation notes, the input beside the ids (named
+as the batch's attribute)."""
+
 
 @dataclass(frozen=True)
 class Tokenized:
@@ -42,31 +49,21 @@ class TextFeeds:
 
     @classmethod
     def for_model(cls, tokenizer: Model, tokenizer_json: Path) -> TextFeeds:
-        if tokenizer is Model.CLIP_TEXT_TOKENIZE:
-            clip = ClipTokenizer.from_file(tokenizer_json)
+        if tokenizer not in _TOKENIZERS:
+            raise ValueError(f"{tokenizer.value} is not a text tokenizer model")
+        kind, context, second = _TOKENIZERS[tokenizer]
+        tok = kind.from_file(tokenizer_json)
 
-            def clip_feed(texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-                b = clip.encode_batch(texts)
-                feed = {
-                    Tensor.INPUT_IDS.value: np.asarray(b.input_ids, dtype=np.int64),
-                    Tensor.EOT_INDEX.value: np.asarray(b.eot_index, dtype=np.int64).reshape(-1, 1),
-                }
-                return feed, np.asarray(b.truncated, dtype=bool).reshape(-1, 1)
+        def encode(texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+            b = tok.encode_batch(texts)
+            feed = {
+                Tensor.INPUT_IDS.value: np.asarray(b.input_ids, dtype=np.int64),
+                # CLIP's end-of-text position [n, 1], or MiniLM's attention mask [n, bucket]
+                second.value: np.asarray(getattr(b, second.value), dtype=np.int64).reshape(len(texts), -1),
+            }
+            return feed, np.asarray(b.truncated, dtype=bool).reshape(-1, 1)
 
-            return cls("CLIP", clip_feed)
-        if tokenizer is Model.MINILM_TOKENIZE:
-            sentences = SentenceTokenizer.from_file(tokenizer_json)
-
-            def minilm_feed(texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-                b = sentences.encode_batch(texts)
-                feed = {
-                    Tensor.INPUT_IDS.value: np.asarray(b.input_ids, dtype=np.int64),
-                    Tensor.ATTENTION_MASK.value: np.asarray(b.attention_mask, dtype=np.int64),
-                }
-                return feed, np.asarray(b.truncated, dtype=bool).reshape(-1, 1)
-
-            return cls("MiniLM", minilm_feed)
-        raise ValueError(f"{tokenizer.value} is not a text tokenizer model")
+        return cls(context, encode)
 
     def __call__(self, raw: object) -> Tokenized:
         """One request's TEXT tensor -> its feed; raises ``InputError`` for empty, non-UTF-8 or overlong
