@@ -24,31 +24,41 @@ REC_VECTORS_KEPT = 100_000
 
 
 class RecVectors:
-    """Vectors of one rec space, kept per item; serving another space starts afresh."""
+    """Vectors kept per rec space and item. Requests in flight across a version switch read the space of
+    the version they started on, so each call names its space and the two newest spaces are kept (the one
+    being left and the one being switched to); each space keeps at most ``kept`` items."""
+
+    SPACES_KEPT = 2
 
     def __init__(self, index: ItemSource, kept: int = REC_VECTORS_KEPT) -> None:
         self.index = index
         self.kept = kept
-        self.space = ""
-        self._vectors: dict[str, np.ndarray] = {}
+        self._spaces: dict[str, dict[str, np.ndarray]] = {}  # oldest space first
 
     def __len__(self) -> int:
-        return len(self._vectors)
+        return sum(len(table) for table in self._spaces.values())
 
-    def _serve(self, space: str) -> None:
-        if space != self.space:
-            self.space, self._vectors = space, {}
+    def _table(self, space: str) -> dict[str, np.ndarray]:
+        if space not in self._spaces:
+            self._spaces[space] = {}
+            while len(self._spaces) > self.SPACES_KEPT:
+                self._spaces.pop(next(iter(self._spaces)))
+        return self._spaces[space]
 
-    def _keep(self, stored: dict[str, tuple[Product, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
-        """The vectors ``stored`` brought, now kept too."""
-        read = {pid: vectors[self.space] for pid, (_, vectors) in stored.items() if self.space in vectors}
-        self._vectors.update(read)
-        while len(self._vectors) > self.kept:
-            self._vectors.pop(next(iter(self._vectors)))
+    def _keep(
+        self, space: str, stored: dict[str, tuple[Product, dict[str, np.ndarray]]]
+    ) -> dict[str, np.ndarray]:
+        """The vectors in ``space`` that ``stored`` brought, now kept too."""
+        read = {pid: vectors[space] for pid, (_, vectors) in stored.items() if space in vectors}
+        table = self._table(space)
+        table.update(read)
+        while len(table) > self.kept:
+            table.pop(next(iter(table)))
         return read
 
-    def _known(self, ids: Sequence[str], read: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        found = {pid: self._vectors.get(pid) for pid in ids}
+    def _known(self, space: str, ids: Sequence[str], read: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        table = self._spaces.get(space, {})
+        found = {pid: table.get(pid) for pid in ids}
         return {pid: v for pid, v in found.items() if v is not None} | read
 
     async def products(
@@ -56,16 +66,16 @@ class RecVectors:
     ) -> tuple[dict[str, Product], dict[str, np.ndarray]]:
         """The products among ``ids`` that exist now (read live), and the vectors in ``space`` of those
         that have one. Vectors travel only when some item's vector was never read."""
-        self._serve(space)
-        unread = any(pid not in self._vectors for pid in ids)
+        table = self._table(space)
+        unread = any(pid not in table for pid in ids)
         stored = await self.index.get(ids, timeout, spaces=(space,) if unread else ())
         products = {pid: product for pid, (product, _) in stored.items()}
-        return products, self._known(list(products), self._keep(stored))
+        return products, self._known(space, list(products), self._keep(space, stored))
 
     async def vectors(self, space: str, ids: Sequence[str], timeout: float | None) -> dict[str, np.ndarray]:
         """The vectors in ``space`` of items a search of that space has just returned; only the ones
         never read before are read."""
-        self._serve(space)
-        unread = [pid for pid in dict.fromkeys(ids) if pid not in self._vectors]
-        read = self._keep(await self.index.get(unread, timeout, spaces=(space,))) if unread else {}
-        return self._known(ids, read)
+        table = self._table(space)
+        unread = [pid for pid in dict.fromkeys(ids) if pid not in table]
+        read = self._keep(space, await self.index.get(unread, timeout, spaces=(space,))) if unread else {}
+        return self._known(space, ids, read)

@@ -3,6 +3,7 @@ picks and why, and which reads it makes of the index as its rec-space vectors ar
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -45,6 +46,7 @@ class Index:
         self, ids: Sequence[str], timeout: float | None, *, spaces: Collection[str] | None = None
     ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]:
         self.gets.append((list(ids), None if spaces is None else tuple(spaces)))
+        await asyncio.sleep(0)  # a real read yields: concurrent requests interleave here
         return {
             pid: (
                 self.products[pid],
@@ -197,3 +199,23 @@ async def test_the_kept_vectors_are_bounded_oldest_out() -> None:
     products, vectors = await kept.products("rec.1", ["p3", "gone"], 1.0)
     assert sorted(products) == sorted(vectors) == ["p3"]
     assert index.gets[-1] == (["p3", "gone"], ("rec.1",))  # an id never read: vectors travel
+
+
+async def test_requests_on_two_versions_at_once_each_get_their_own_spaces_vectors() -> None:
+    """Across a version switch, requests still on the old space and new ones on the new space overlap."""
+    index = Index()
+    kept = RecVectors(index)
+
+    async def interleaved(space: str) -> dict[str, np.ndarray]:
+        return await kept.vectors(space, ["p1", "p2"], 1.0)
+
+    old, new = await asyncio.gather(interleaved("rec.1"), interleaved("rec.2"))
+    assert set(old) == set(new) == {"p1", "p2"}
+    assert np.allclose(old["p1"], index.vectors["p1"]["rec.1"])
+    assert np.allclose(new["p1"], index.vectors["p1"]["rec.2"])
+    products, vectors = await kept.products("rec.1", ["p2"], 1.0)  # the old space is still kept
+    assert list(products) == ["p2"]
+    assert list(vectors) == ["p2"] and index.gets[-1] == (["p2"], ())
+    await kept.vectors("rec.3", ["p1"], 1.0)  # a third space: the oldest goes
+    await kept.products("rec.1", ["p2"], 1.0)
+    assert index.gets[-1] == (["p2"], ("rec.1",))
