@@ -186,29 +186,20 @@ class Floor:
 
     def parallel(self, key: str, requests: int) -> tuple[list[float], float]:
         """``requests`` shared by one single-threaded session per core, each in its own thread."""
-        sessions = [self._session(key, 1, slot) for slot in range(self.cores)]
-        counter = iter(range(requests))
+        free = [self._session(key, 1, slot) for slot in range(self.cores)]
+        mine = threading.local()
         lock = threading.Lock()
-        latencies: list[float] = []
 
-        def worker(session: Any) -> None:
-            while True:
+        def send(i: int) -> None:
+            if not hasattr(mine, "session"):
                 with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                t0 = time.perf_counter()
-                self._call(key, session, i)
-                with lock:
-                    latencies.append((time.perf_counter() - t0) * 1000)
+                    mine.session = free.pop()
+            self._call(key, mine.session, i)
 
-        threads = [threading.Thread(target=worker, args=(s,)) for s in sessions]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return latencies, time.perf_counter() - start
+        latencies, wall, errors = closed_loop_threads(send, self.cores, requests)
+        if errors:
+            raise RuntimeError(f"floor {key}: {errors} of {requests} in-process runs failed")
+        return latencies, wall
 
 
 async def served(
