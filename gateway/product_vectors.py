@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -54,7 +55,7 @@ Vector = np.ndarray | BaseException
 
 
 async def _chunked(
-    many: Callable[[Sequence[T]], Awaitable[Sequence[np.ndarray]]] | None,
+    many: Callable[[Sequence[T]], Awaitable[np.ndarray]] | None,
     one: Callable[[T], Awaitable[np.ndarray]],
     items: Sequence[T],
     chunk: int,
@@ -82,41 +83,42 @@ async def _chunked(
     return out
 
 
+def _vectors(
+    embed: Callable[[T], Awaitable[tuple[np.ndarray, object]]],
+) -> Callable[[T], Awaitable[np.ndarray]]:
+    """A text embedding call without its truncation flags."""
+
+    async def vectors(x: T) -> np.ndarray:
+        return (await embed(x))[0]
+
+    return vectors
+
+
 def _image_column(
     embedder: Embedder, images: Sequence[bytes], budget: float | None
 ) -> Awaitable[list[Vector]]:
-    async def many(xs: Sequence[bytes]) -> Sequence[np.ndarray]:
-        assert isinstance(embedder, BatchEmbedder)
-        return list(await embedder.embed_images(xs, budget))
-
-    async def one(x: bytes) -> np.ndarray:
-        return await embedder.embed_image(x, budget)
-
-    return _chunked(many if isinstance(embedder, BatchEmbedder) else None, one, images, IMAGE_CHUNK)
+    many = partial(embedder.embed_images, timeout=budget) if isinstance(embedder, BatchEmbedder) else None
+    return _chunked(many, partial(embedder.embed_image, timeout=budget), images, IMAGE_CHUNK)
 
 
 def _title_column(embedder: Embedder, titles: Sequence[str], budget: float | None) -> Awaitable[list[Vector]]:
-    async def many(xs: Sequence[str]) -> Sequence[np.ndarray]:
-        assert isinstance(embedder, BatchEmbedder)
-        return list((await embedder.embed_texts(xs, budget))[0])
-
-    async def one(x: str) -> np.ndarray:
-        return (await embedder.embed_text(x, budget))[0]
-
-    return _chunked(many if isinstance(embedder, BatchEmbedder) else None, one, titles, TEXT_CHUNK)
+    many = (
+        _vectors(partial(embedder.embed_texts, timeout=budget))
+        if isinstance(embedder, BatchEmbedder)
+        else None
+    )
+    return _chunked(many, _vectors(partial(embedder.embed_text, timeout=budget)), titles, TEXT_CHUNK)
 
 
 def _sentence_column(
     sentence: SentenceEmbedder, texts: Sequence[str], budget: float | None
 ) -> Awaitable[list[Vector]]:
-    async def many(xs: Sequence[str]) -> Sequence[np.ndarray]:
-        assert isinstance(sentence, BatchSentenceEmbedder)
-        return list((await sentence.embed_minilms(xs, budget))[0])
-
-    async def one(x: str) -> np.ndarray:
-        return (await sentence.embed_minilm(x, budget))[0]
-
-    return _chunked(many if isinstance(sentence, BatchSentenceEmbedder) else None, one, texts, TEXT_CHUNK)
+    many = (
+        _vectors(partial(sentence.embed_minilms, timeout=budget))
+        if isinstance(sentence, BatchSentenceEmbedder)
+        else None
+    )
+    return _chunked(many, _vectors(partial(sentence.embed_minilm, timeout=budget)), texts, TEXT_CHUNK)
 
 
 async def product_vectors(
