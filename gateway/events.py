@@ -106,7 +106,7 @@ CHUNK = 256
 class EventIngest:
     """Validates events (items against the catalog in the index) and commits them chunk by chunk.
 
-    ``index`` is anything with ``get(ids, timeout, include_vectors=False)`` (``gateway.index_client``).
+    ``index`` is anything with ``get(ids, timeout, spaces=())`` (``gateway.types.ItemSource``).
     The store is opened on first use, so a gateway that never records events creates no file."""
 
     def __init__(self, open_store: Callable[[], EventStore], index: Any) -> None:
@@ -134,7 +134,7 @@ class EventIngest:
     async def _known_items(self, ids: set[str], timeout: float | None) -> set[str]:
         unknown = [i for i in ids if i not in self._known]
         if unknown:
-            found = await self.index.get(unknown, timeout, include_vectors=False)
+            found = await self.index.get(unknown, timeout, spaces=())
             for pid in found:
                 self._known[pid] = None
             while len(self._known) > KNOWN_ITEMS_CACHE:

@@ -170,11 +170,11 @@ class IndexRetriever:
         self,
         ids: Sequence[str],
         timeout: float | None,
-        include_vectors: bool = True,
+        *,
         spaces: Collection[str] | None = None,
     ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]:
         """``spaces``: the vectors wanted (None: all; empty: none, and none are sent)."""
-        include_vectors = include_vectors and (spaces is None or len(spaces) > 0)
+        include_vectors = items.wants_vectors(spaces)
         resp = await self._call(
             self.stub.Get,
             ipb.GetRequest(collection=self.collection, ids=list(ids), include_vectors=include_vectors),

@@ -198,11 +198,11 @@ class MilvusIndex:
         self,
         ids: Sequence[str],
         timeout: float | None,
-        include_vectors: bool = True,
+        *,
         spaces: Collection[str] | None = None,
     ) -> dict[str, tuple[Product, dict[str, np.ndarray]]]:
         """``spaces``: the vectors wanted (None: all; empty: none, and none are read)."""
-        include_vectors = include_vectors and (spaces is None or len(spaces) > 0)
+        include_vectors = items.wants_vectors(spaces)
 
         def run() -> dict[str, tuple[Product, dict[str, np.ndarray]]]:
             schema = self.store.schema()

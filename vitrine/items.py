@@ -175,6 +175,11 @@ def product_of(item: ipb.Item, pid: str = "") -> Product:
     )
 
 
+def wants_vectors(spaces: Collection[str] | None) -> bool:
+    """Whether a read asking for ``spaces`` (None: every space; empty: none) needs any vector at all."""
+    return spaces is None or len(spaces) > 0
+
+
 def vectors_of(item: ipb.Item, spaces: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """The item's vectors by space; with ``spaces``, only those. Turning a repeated field into an array
     is most of what reading an item costs its caller (~15 us per 512 floats), and a caller that needs
