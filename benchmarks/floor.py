@@ -50,13 +50,14 @@ from benchmarks.triton import (
 from model_repository.preprocess import pixel_values
 from model_repository.render import RenderOptions, load_manifest
 from model_repository.runtime import LengthSorting, available_cores, make_session, run_batched
+from model_repository.text_feeds import TextFeeds
 from operations.assembly import Stack
 from vitrine import logs
 from vitrine import triton as triton_request
 from vitrine.contracts import EMBED_MINILM_IO, Model, Tensor
 from vitrine.measure import describe_hardware, percentile
 from vitrine.tables import markdown_table
-from vitrine.tokenization import ClipTokenizer, PairTokenizer, SentenceTokenizer
+from vitrine.tokenization import PairTokenizer
 
 Feed = dict[str, np.ndarray]
 MINILM = Workload(
@@ -112,21 +113,23 @@ class Floor:
     def __init__(self, artifacts: Path, inputs: Inputs, cores: int) -> None:
         self.cores = cores
         manifest_dir = Path(artifacts)
-        clip = ClipTokenizer.from_file(manifest_dir / "tokenizers" / "clip" / "tokenizer.json")
         pairs = PairTokenizer.from_file(manifest_dir / "tokenizers" / "cross_encoder" / "tokenizer.json")
-        self.feeds: dict[str, list[Feed]] = {}
-        self.outputs: dict[str, list[str]] = {}
         self.graphs = {
             "text": manifest_dir / Model.CLIP_TEXT_ENCODER.value / "model.onnx",
             "image": manifest_dir / Model.CLIP_IMAGE_ENCODER.value / "model.onnx",
             "rerank": manifest_dir / Model.CROSS_ENCODER.value / "model.onnx",
             "minilm": manifest_dir / Model.MINILM_ENCODER.value / "model.onnx",
         }
-        text = []
-        for q in inputs.queries:
-            b = clip.encode_batch([q])
-            text.append({Tensor.INPUT_IDS.value: b.input_ids, Tensor.EOT_INDEX.value: b.eot_index})
-        self.feeds["text"] = text
+        # Text as the served encoders tokenize it (``model_repository.text_feeds``), one query per feed.
+        self.feeds: dict[str, list[Feed]] = {}
+        for key, tokenizer, directory in (
+            ("text", Model.CLIP_TEXT_TOKENIZE, "clip"),
+            ("minilm", Model.MINILM_TOKENIZE, "minilm"),
+        ):
+            path = manifest_dir / "tokenizers" / directory / "tokenizer.json"
+            if path.is_file():  # the MiniLM tower only where it was exported
+                encode = TextFeeds.for_model(tokenizer, path).encode
+                self.feeds[key] = [encode([q])[0] for q in inputs.queries]
         self.feeds["image"] = [{Tensor.PIXEL_VALUES.value: pixel_values(img)[None]} for img in inputs.images]
         rerank = []
         for i in range(16):
@@ -142,15 +145,6 @@ class Floor:
                 }
             )
         self.feeds["rerank"] = rerank
-        minilm_json = manifest_dir / "tokenizers" / "minilm" / "tokenizer.json"
-        if minilm_json.is_file():
-            sentences = SentenceTokenizer.from_file(minilm_json)
-            self.feeds["minilm"] = []
-            for q in inputs.queries:
-                m = sentences.encode_batch([q])
-                self.feeds["minilm"].append(
-                    {Tensor.INPUT_IDS.value: m.input_ids, Tensor.ATTENTION_MASK.value: m.attention_mask}
-                )
         self.outputs = {
             "minilm": [Tensor.EMBEDDING.value],
             "text": [Tensor.EMBEDDING.value],
